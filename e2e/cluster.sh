@@ -1,0 +1,305 @@
+#!/usr/bin/env bash
+# The local test bed: a real Kubernetes control plane without Docker.
+#
+#   e2e/cluster.sh up       etcd, kube-apiserver, kube-controller-manager,
+#                           kube-scheduler, kwok (4 fake GPU nodes) and the pod
+#                           runner, all on 127.0.0.1; writes a kubeconfig
+#   e2e/cluster.sh down     stops every process `up` started, frees the ports,
+#                           removes the cluster's state
+#   e2e/cluster.sh status   what runs, where, and the kubeconfig to export
+#   e2e/cluster.sh env      prints `export KUBECONFIG=...` for eval
+#
+# Environment:
+#   KINFER_CACHE         tool cache (default ~/.cache/kinfer), see tools/install.sh
+#   KINFER_CLUSTER_DIR   cluster state: certs, etcd data, logs, pids, kubeconfig
+#                        (default $KINFER_CACHE/cluster)
+#   KINFER_BIN_DIR       where kinfer-podrunner and vllm-sim are (default: built
+#                        here with cargo into target/debug)
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+repo="$(cd "$here/.." && pwd)"
+CACHE="${KINFER_CACHE:-$HOME/.cache/kinfer}"
+DIR="${KINFER_CLUSTER_DIR:-$CACHE/cluster}"
+TOOLS="$CACHE/bin"
+LOGS="$DIR/logs"
+PIDS="$DIR/pids"
+KUBECONFIG_PATH="$DIR/kubeconfig"
+NODE_COUNT=4
+GPUS_PER_NODE=8
+COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok podrunner)
+
+log() { printf '[cluster %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { printf '[cluster %s] ERROR: %s\n' "$(date +%H:%M:%S)" "$*" >&2; exit 1; }
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+}
+
+pid_of() { cat "$PIDS/$1" 2>/dev/null || true; }
+alive() { local p; p="$(pid_of "$1")"; [ -n "$p" ] && kill -0 "$p" 2>/dev/null; }
+
+# start NAME CMD...: runs CMD in its own process group, logs to $LOGS/NAME.log.
+start() {
+  local name="$1"; shift
+  setsid "$@" >"$LOGS/$name.log" 2>&1 < /dev/null &
+  echo $! >"$PIDS/$name"
+}
+
+# wait_for NAME TIMEOUT CHECK...: polls CHECK until it succeeds; fails naming
+# the component and its log when the process died or the time ran out.
+wait_for() {
+  local name="$1" timeout="$2"; shift 2
+  local deadline=$((SECONDS + timeout))
+  until "$@" >/dev/null 2>&1; do
+    if ! alive "$name"; then
+      tail -n 20 "$LOGS/$name.log" >&2 || true
+      die "$name exited during start-up; its log: $LOGS/$name.log"
+    fi
+    if [ $SECONDS -ge $deadline ]; then
+      tail -n 20 "$LOGS/$name.log" >&2 || true
+      die "$name did not become ready within ${timeout}s; its log: $LOGS/$name.log"
+    fi
+    sleep 0.3
+  done
+}
+
+kubectl() { "$TOOLS/kubectl" --kubeconfig "$KUBECONFIG_PATH" "$@"; }
+
+gen_certs() {
+  local c="$DIR/pki"; mkdir -p "$c"
+  openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=kinfer-local-ca" \
+    -keyout "$c/ca.key" -out "$c/ca.crt" 2>/dev/null
+  # sign NAME SUBJECT [SAN]
+  sign() {
+    local name="$1" subj="$2" san="${3:-}"
+    openssl req -newkey rsa:2048 -nodes -subj "$subj" -keyout "$c/$name.key" -out "$c/$name.csr" 2>/dev/null
+    local ext="$c/$name.ext"
+    if [ -n "$san" ]; then
+      printf 'subjectAltName=%s\nextendedKeyUsage=serverAuth,clientAuth\n' "$san" >"$ext"
+    else
+      printf 'extendedKeyUsage=clientAuth\n' >"$ext"
+    fi
+    openssl x509 -req -in "$c/$name.csr" -CA "$c/ca.crt" -CAkey "$c/ca.key" -CAcreateserial \
+      -days 3650 -extfile "$ext" -out "$c/$name.crt" 2>/dev/null
+  }
+  sign apiserver "/CN=kube-apiserver" \
+    "IP:127.0.0.1,IP:10.96.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
+  sign admin "/O=system:masters/CN=kinfer-admin"
+  sign controller-manager "/CN=system:kube-controller-manager"
+  sign scheduler "/CN=system:kube-scheduler"
+  # kwok writes node and pod status for every fake node: cluster-admin.
+  sign kwok "/O=system:masters/CN=kwok"
+  # The pod runner plays the kubelets' part (pod status): cluster-admin too.
+  sign podrunner "/O=system:masters/CN=kinfer-podrunner"
+  openssl genrsa -out "$c/sa.key" 2048 2>/dev/null
+  openssl rsa -in "$c/sa.key" -pubout -out "$c/sa.pub" 2>/dev/null
+}
+
+# kubeconfig_for NAME FILE: a kubeconfig with NAME's client certificate.
+kubeconfig_for() {
+  local name="$1" file="$2" c="$DIR/pki"
+  cat >"$file" <<EOF
+apiVersion: v1
+kind: Config
+clusters:
+- name: kinfer-local
+  cluster:
+    server: https://127.0.0.1:$(cat "$DIR/apiserver.port")
+    certificate-authority: $c/ca.crt
+users:
+- name: $name
+  user:
+    client-certificate: $c/$name.crt
+    client-key: $c/$name.key
+contexts:
+- name: kinfer-local
+  context: {cluster: kinfer-local, user: $name}
+current-context: kinfer-local
+EOF
+}
+
+node_manifests() {
+  local products=("NVIDIA-A100-SXM4-80GB" "NVIDIA-A100-SXM4-80GB" "NVIDIA-H100-80GB-HBM3" "NVIDIA-L4")
+  local memory=(81920 81920 81559 23034)
+  local zones=("zone-a" "zone-b" "zone-a" "zone-b")
+  for i in $(seq 0 $((NODE_COUNT - 1))); do
+    local taints="[]"
+    # The NVIDIA GPU operator's usual taint, on half the pool.
+    if [ $((i % 2)) -eq 0 ]; then taints='[{"key":"nvidia.com/gpu","value":"present","effect":"NoSchedule"}]'; fi
+    cat <<EOF
+---
+apiVersion: v1
+kind: Node
+metadata:
+  name: gpu-node-$i
+  annotations:
+    kwok.x-k8s.io/node: fake
+    node.alpha.kubernetes.io/ttl: "0"
+  labels:
+    kubernetes.io/hostname: gpu-node-$i
+    kubernetes.io/os: linux
+    kubernetes.io/arch: amd64
+    node.kubernetes.io/instance-type: gpu-8x
+    type: kwok
+    topology.kubernetes.io/region: local
+    topology.kubernetes.io/zone: ${zones[$i]}
+    nvidia.com/gpu.present: "true"
+    nvidia.com/gpu.count: "$GPUS_PER_NODE"
+    nvidia.com/gpu.product: ${products[$i]}
+    nvidia.com/gpu.memory: "${memory[$i]}"
+spec:
+  podCIDR: 127.1.$i.0/24
+  podCIDRs: [127.1.$i.0/24]
+  taints: $taints
+status:
+  addresses:
+  - {type: InternalIP, address: 127.1.$i.254}
+  - {type: Hostname, address: gpu-node-$i}
+  allocatable: {cpu: "96", memory: 1000Gi, pods: "110", ephemeral-storage: 2Ti, nvidia.com/gpu: "$GPUS_PER_NODE"}
+  capacity: {cpu: "96", memory: 1000Gi, pods: "110", ephemeral-storage: 2Ti, nvidia.com/gpu: "$GPUS_PER_NODE"}
+EOF
+  done
+}
+
+ensure_binaries() {
+  BIN_DIR="${KINFER_BIN_DIR:-}"
+  if [ -z "$BIN_DIR" ]; then
+    log "building kinfer-podrunner and vllm-sim (cargo)"
+    (cd "$repo" && cargo build --quiet -p kinfer-e2e --bin kinfer-podrunner -p kinfer-vllm-sim --bin vllm-sim) \
+      || die "cargo build of the pod runner / vLLM stand-in failed"
+    BIN_DIR="$(cd "$repo" && cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/debug"
+  fi
+  [ -x "$BIN_DIR/kinfer-podrunner" ] || die "no kinfer-podrunner in $BIN_DIR"
+  [ -x "$BIN_DIR/vllm-sim" ] || die "no vllm-sim in $BIN_DIR"
+}
+
+up() {
+  for b in etcd kube-apiserver kube-controller-manager kube-scheduler kwok kubectl; do
+    [ -x "$TOOLS/$b" ] || die "$TOOLS/$b is missing: run e2e/tools/install.sh first"
+  done
+  if alive kube-apiserver; then log "already up"; status; return; fi
+  ensure_binaries
+  down_quiet
+  mkdir -p "$DIR" "$LOGS" "$PIDS"
+  local t0=$SECONDS
+  gen_certs
+  local etcd_port peer_port api_port
+  etcd_port="$(free_port)"; peer_port="$(free_port)"; api_port="$(free_port)"
+  echo "$api_port" >"$DIR/apiserver.port"
+  local c="$DIR/pki"
+
+  log "etcd on 127.0.0.1:$etcd_port"
+  start etcd "$TOOLS/etcd" --name local --data-dir "$DIR/etcd" \
+    --listen-client-urls "http://127.0.0.1:$etcd_port" --advertise-client-urls "http://127.0.0.1:$etcd_port" \
+    --listen-peer-urls "http://127.0.0.1:$peer_port" --initial-advertise-peer-urls "http://127.0.0.1:$peer_port" \
+    --initial-cluster "local=http://127.0.0.1:$peer_port" --unsafe-no-fsync --quota-backend-bytes 2147483648
+  wait_for etcd 30 curl -sf "http://127.0.0.1:$etcd_port/health"
+
+  log "kube-apiserver on https://127.0.0.1:$api_port"
+  start kube-apiserver "$TOOLS/kube-apiserver" \
+    --etcd-servers "http://127.0.0.1:$etcd_port" \
+    --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$api_port" \
+    --endpoint-reconciler-type none \
+    --authorization-mode RBAC \
+    --client-ca-file "$c/ca.crt" --tls-cert-file "$c/apiserver.crt" --tls-private-key-file "$c/apiserver.key" \
+    --service-account-issuer https://kubernetes.default.svc.cluster.local \
+    --service-account-key-file "$c/sa.pub" --service-account-signing-key-file "$c/sa.key" \
+    --api-audiences https://kubernetes.default.svc.cluster.local \
+    --service-cluster-ip-range 10.96.0.0/16 \
+    --allow-privileged \
+    --enable-admission-plugins NamespaceLifecycle,LimitRanger,ServiceAccount,DefaultTolerationSeconds,ResourceQuota,PodSecurity \
+    --profiling=false
+  wait_for kube-apiserver 90 curl -sf --cacert "$c/ca.crt" --cert "$c/admin.crt" --key "$c/admin.key" \
+    "https://127.0.0.1:$api_port/readyz"
+
+  kubeconfig_for admin "$KUBECONFIG_PATH"
+  for name in controller-manager scheduler kwok podrunner; do kubeconfig_for "$name" "$DIR/$name.kubeconfig"; done
+
+  log "kube-controller-manager"
+  start kube-controller-manager "$TOOLS/kube-controller-manager" \
+    --kubeconfig "$DIR/controller-manager.kubeconfig" \
+    --authentication-kubeconfig "$DIR/controller-manager.kubeconfig" \
+    --authorization-kubeconfig "$DIR/controller-manager.kubeconfig" \
+    --bind-address 127.0.0.1 --secure-port "$(free_port)" \
+    --leader-elect=false --use-service-account-credentials \
+    --service-account-private-key-file "$c/sa.key" --root-ca-file "$c/ca.crt" \
+    --controllers '*,-nodeipam,-cloud-node-lifecycle,-service-lb-controller,-route' \
+    --allocate-node-cidrs=false --concurrent-deployment-syncs 10 --concurrent-replicaset-syncs 10 \
+    --horizontal-pod-autoscaler-sync-period 5s --profiling=false
+  log "kube-scheduler"
+  start kube-scheduler "$TOOLS/kube-scheduler" \
+    --kubeconfig "$DIR/scheduler.kubeconfig" \
+    --authentication-kubeconfig "$DIR/scheduler.kubeconfig" \
+    --authorization-kubeconfig "$DIR/scheduler.kubeconfig" \
+    --bind-address 127.0.0.1 --secure-port "$(free_port)" --leader-elect=false --profiling=false
+
+  log "kwok: fake GPU nodes, pod lifecycle"
+  local stages=() f
+  for f in "$CACHE"/kwok-stages/*.yaml "$here/kwok/pod-start.yaml"; do stages+=(--config "$f"); done
+  start kwok "$TOOLS/kwok" --kubeconfig "$DIR/kwok.kubeconfig" \
+    --manage-nodes-with-annotation-selector kwok.x-k8s.io/node=fake \
+    --node-ip 127.0.0.1 --server-address "127.0.0.1:$(free_port)" \
+    --node-lease-duration-seconds 40 "${stages[@]}"
+  wait_for kwok 30 kubectl get --raw /api/v1/namespaces/default
+
+  node_manifests | kubectl apply -f - >/dev/null
+  wait_for kwok 60 kubectl wait --for=condition=Ready node --all --timeout=2s
+  # Service accounts come from the controller manager; tests need "default".
+  wait_for kube-controller-manager 60 kubectl get serviceaccount default -n default
+
+  log "pod runner: engine stand-ins at pod IPs"
+  start podrunner "$BIN_DIR/kinfer-podrunner" --kubeconfig "$DIR/podrunner.kubeconfig" \
+    --engine-bin "$BIN_DIR/vllm-sim" --log-dir "$LOGS/pods"
+  wait_for podrunner 30 grep -q "watching pods" "$LOGS/podrunner.log"
+  for name in kube-controller-manager kube-scheduler; do
+    alive "$name" || die "$name exited during start-up; its log: $LOGS/$name.log"
+  done
+  log "up in $((SECONDS - t0))s"
+  status
+}
+
+stop_component() {
+  local name="$1" p
+  p="$(pid_of "$name")"
+  [ -n "$p" ] || return 0
+  if kill -0 "$p" 2>/dev/null; then
+    kill -TERM -- "-$p" 2>/dev/null || kill -TERM "$p" 2>/dev/null || true
+    for _ in $(seq 1 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL -- "-$p" 2>/dev/null || true
+  fi
+  rm -f "$PIDS/$name"
+}
+
+down_quiet() {
+  local i
+  # Reverse start order: the pod runner stops its stand-ins first.
+  for ((i = ${#COMPONENTS[@]} - 1; i >= 0; i--)); do stop_component "${COMPONENTS[$i]}"; done
+}
+
+down() {
+  down_quiet
+  rm -rf "$DIR"
+  log "down: every process stopped, state removed"
+}
+
+status() {
+  local name any=0
+  for name in "${COMPONENTS[@]}"; do
+    if alive "$name"; then printf '  %-24s running (pid %s)\n' "$name" "$(pid_of "$name")"; any=1
+    else printf '  %-24s stopped\n' "$name"; fi
+  done
+  if [ $any -eq 1 ] && [ -f "$KUBECONFIG_PATH" ]; then
+    echo "  logs: $LOGS"
+    echo "  export KUBECONFIG=$KUBECONFIG_PATH"
+  fi
+}
+
+case "${1:-}" in
+  up) up ;;
+  down) down ;;
+  status) status ;;
+  env) echo "export KUBECONFIG=$KUBECONFIG_PATH" ;;
+  kubeconfig) echo "$KUBECONFIG_PATH" ;;
+  *) echo "usage: $0 up|down|status|env|kubeconfig" >&2; exit 2 ;;
+esac

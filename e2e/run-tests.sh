@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it (`make test`):
+#   1. tools into the cache (kubectl, helm, etcd, kube-*, kwok), skipped when fresh
+#   2. cargo fmt --check and clippy -D warnings
+#   3. unit and in-process tests of every crate
+#   4. the local cluster (e2e/cluster.sh up), the e2e suite against it, and
+#      the cluster torn down again, also on failure
+#
+#   KINFER_CACHE          tool and build cache (default ~/.cache/kinfer)
+#   KINFER_SKIP_E2E=1     stop after step 3
+#   KINFER_E2E_KEEP=1     keep test namespaces (and the cluster) for inspection
+set -euo pipefail
+
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$repo"
+export KINFER_CACHE="${KINFER_CACHE:-$HOME/.cache/kinfer}"
+# Builds live in the cache, outside the checkout, so a fresh clone is warm.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$KINFER_CACHE/target}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+t0=$SECONDS
+step() { printf '\n==> [%4ss] %s\n' "$((SECONDS - t0))" "$*"; }
+
+step "tools (cached in $KINFER_CACHE)"
+bash e2e/tools/install.sh >/dev/null
+rustup component add rustfmt clippy >/dev/null 2>&1 || true
+
+step "cargo fmt --check"
+cargo fmt --all --check
+
+step "cargo clippy --all-targets -D warnings"
+cargo clippy --locked --workspace --all-targets --quiet -- -D warnings
+
+step "unit and in-process tests"
+cargo test --locked --workspace --exclude kinfer-e2e
+
+if [ "${KINFER_SKIP_E2E:-0}" = "1" ]; then
+  step "KINFER_SKIP_E2E=1: skipping the cluster tests"
+  exit 0
+fi
+
+step "local cluster up"
+cleanup() {
+  if [ "${KINFER_E2E_KEEP:-0}" = "1" ]; then
+    echo "KINFER_E2E_KEEP=1: leaving the cluster up ($(bash e2e/cluster.sh env))"
+  else
+    bash e2e/cluster.sh down || true
+  fi
+}
+trap cleanup EXIT
+bash e2e/cluster.sh up
+export KUBECONFIG="$(bash e2e/cluster.sh kubeconfig)"
+
+step "e2e suite against $KUBECONFIG"
+cargo test --locked -p kinfer-e2e -- --test-threads 4
+
+step "all tests passed in $((SECONDS - t0))s"

@@ -1,0 +1,64 @@
+//! `kinfer-podrunner`: plays the kubelet for pods on the test bed's fake GPU
+//! nodes (see `kinfer_e2e::podrunner`).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "kinfer-podrunner",
+    about = "Runs engine stand-ins at the pod IPs of kwok's fake nodes"
+)]
+struct Args {
+    /// Kubeconfig to use (the in-cluster or default config when absent).
+    #[arg(long, env = "KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
+    /// The vLLM stand-in binary started for every engine pod.
+    #[arg(long, env = "KINFER_ENGINE_BIN")]
+    engine_bin: PathBuf,
+    /// One log file per engine process is written here.
+    #[arg(long, env = "KINFER_POD_LOG_DIR", default_value = "pod-logs")]
+    log_dir: PathBuf,
+    /// Readiness probe period in milliseconds.
+    #[arg(long, env = "KINFER_PROBE_PERIOD_MS", default_value_t = 500)]
+    probe_period_ms: u64,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,kube=warn".into()),
+        )
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let args = Args::parse();
+    let client = kinfer_e2e::client_from(args.kubeconfig.as_deref())
+        .await
+        .context("connecting to the API server")?;
+    let config = kinfer_e2e::podrunner::RunnerConfig {
+        engine_bin: args.engine_bin,
+        log_dir: args.log_dir,
+        probe_period: Duration::from_millis(args.probe_period_ms),
+    };
+    tokio::select! {
+        result = kinfer_e2e::podrunner::run(client, config) => result.context("pod runner stopped")?,
+        _ = shutdown_signal() => tracing::info!("shutting down: stopping every engine"),
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

@@ -1,0 +1,143 @@
+//! kinfer's end-to-end harness and the local test bed's pod runner.
+//!
+//! Tests run against whatever `KUBECONFIG` points at: the local control plane
+//! from `e2e/cluster.sh`, or a kind cluster (`e2e/kind/`). Each test gets its
+//! own namespace ([`TestNamespace`]), deleted when the test ends unless
+//! `KINFER_E2E_KEEP=1` (or `on-failure`, the default keeps it only when the
+//! test panicked).
+
+pub mod podrunner;
+
+use std::future::Future;
+use std::path::Path;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{DeleteParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Api, Client, Config};
+
+#[derive(Debug, thiserror::Error)]
+pub enum HarnessError {
+    #[error("kubeconfig {path}: {source}")]
+    Kubeconfig {
+        path: String,
+        #[source]
+        source: kube::config::KubeconfigError,
+    },
+    #[error("kubernetes client config: {0}")]
+    Config(#[from] kube::config::InferConfigError),
+    #[error("kubernetes API error: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("timed out after {after:?} waiting for {what}")]
+    Timeout { what: String, after: Duration },
+}
+
+/// A client for `kubeconfig`, or the inferred config (KUBECONFIG, in-cluster).
+pub async fn client_from(kubeconfig: Option<&Path>) -> Result<Client, HarnessError> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let kc = Kubeconfig::read_from(path).map_err(|source| HarnessError::Kubeconfig {
+                path: path.display().to_string(),
+                source,
+            })?;
+            Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+                .await
+                .map_err(|source| HarnessError::Kubeconfig {
+                    path: path.display().to_string(),
+                    source,
+                })?
+        }
+        None => Config::infer().await?,
+    };
+    Ok(Client::try_from(config)?)
+}
+
+/// Polls `check` every 200 ms until it yields `Some`, or fails after `timeout`
+/// naming `what` was awaited.
+pub async fn wait_for<T, F, Fut>(
+    what: &str,
+    timeout: Duration,
+    mut check: F,
+) -> Result<T, HarnessError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return Ok(value);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(HarnessError::Timeout {
+                what: what.to_string(),
+                after: timeout,
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A namespace of its own for one test, deleted on drop (kept on failure, or
+/// always with `KINFER_E2E_KEEP=1`).
+pub struct TestNamespace {
+    pub client: Client,
+    pub name: String,
+}
+
+impl TestNamespace {
+    /// Creates `kinfer-e2e-<prefix>-<random>` with the current `KUBECONFIG`.
+    pub async fn new(prefix: &str) -> Result<Self, HarnessError> {
+        let client = client_from(None).await?;
+        let suffix = uuid::Uuid::new_v4().simple().to_string();
+        let name = format!("kinfer-e2e-{prefix}-{}", &suffix[..6]);
+        let ns: Namespace = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "labels": {"kinfer.dev/e2e": "true"}}
+        }))
+        .map_err(|e| HarnessError::Kube(kube::Error::SerdeError(e)))?;
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &ns)
+            .await?;
+        Ok(Self { client, name })
+    }
+
+    /// A namespaced API for `K` in this test's namespace.
+    pub fn api<K>(&self) -> Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        <K as kube::Resource>::DynamicType: Default,
+    {
+        Api::namespaced(self.client.clone(), &self.name)
+    }
+}
+
+impl Drop for TestNamespace {
+    fn drop(&mut self) {
+        let keep = std::env::var("KINFER_E2E_KEEP").unwrap_or_default();
+        if keep == "1" || (std::thread::panicking() && keep != "0") {
+            eprintln!(
+                "keeping namespace {} for inspection (KINFER_E2E_KEEP)",
+                self.name
+            );
+            return;
+        }
+        let name = self.name.clone();
+        // Drop cannot be async, and the test's client is bound to the test's
+        // runtime (blocked here): delete with a fresh client on a helper thread.
+        let handle = std::thread::spawn(move || {
+            if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                rt.block_on(async {
+                    if let Ok(client) = client_from(None).await {
+                        let api = Api::<Namespace>::all(client);
+                        let _ = api.delete(&name, &DeleteParams::background()).await;
+                    }
+                });
+            }
+        });
+        let _ = handle.join();
+    }
+}

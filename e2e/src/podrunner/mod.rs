@@ -1,0 +1,277 @@
+//! The pod runner: the kubelet's part on the local test bed.
+//!
+//! kwok moves pods bound to fake GPU nodes to `Running` with a loopback pod IP
+//! (see `e2e/kwok/pod-start.yaml`) but leaves them unready. The pod runner
+//! watches those pods and, for each one whose container is a vLLM engine,
+//! starts the vLLM stand-in on the pod's IP with the pod's own arguments; it
+//! then probes the engine's readiness endpoint and writes the pod's `Ready`
+//! condition, as a kubelet does. A crashed engine is restarted with back-off
+//! and reported as `CrashLoopBackOff`; a pod that goes away has its engine
+//! stopped. Pods without an engine container are marked ready at once.
+//!
+//! The decisions (is this an engine, with which arguments, which status) are
+//! plain functions in [`plan`], unit-tested; this module is the glue.
+
+pub mod plan;
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::{ListParams, Patch, PatchParams};
+use kube::runtime::watcher;
+use kube::{Api, Client, ResourceExt};
+use tokio::sync::Mutex;
+use tokio::task::JoinHandle;
+
+use plan::{EngineLaunch, ProbeState};
+
+/// Annotation kwok uses to pick the nodes it manages.
+pub const FAKE_NODE_ANNOTATION: &str = "kwok.x-k8s.io/node";
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunnerError {
+    #[error("kubernetes API error: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("watch error: {0}")]
+    Watch(#[from] watcher::Error),
+}
+
+/// Settings for [`run`].
+#[derive(Clone, Debug)]
+pub struct RunnerConfig {
+    /// The engine stand-in binary (`vllm-sim`).
+    pub engine_bin: PathBuf,
+    /// One log file per engine process goes here.
+    pub log_dir: PathBuf,
+    /// How often readiness is probed.
+    pub probe_period: Duration,
+}
+
+/// One engine process the runner supervises, keyed by pod UID.
+struct Supervised {
+    task: JoinHandle<()>,
+}
+
+struct Runner {
+    client: Client,
+    config: RunnerConfig,
+    fake_nodes: Mutex<Vec<String>>,
+    running: Mutex<HashMap<String, Supervised>>,
+}
+
+/// Watches every pod and plays the kubelet for those on fake nodes. Returns
+/// only on a fatal error; dropping the future stops every engine process
+/// (they are spawned with `kill_on_drop`).
+pub async fn run(client: Client, config: RunnerConfig) -> Result<(), RunnerError> {
+    tokio::fs::create_dir_all(&config.log_dir).await.ok();
+    let runner = Arc::new(Runner {
+        client: client.clone(),
+        config,
+        fake_nodes: Mutex::new(Vec::new()),
+        running: Mutex::new(HashMap::new()),
+    });
+    runner.refresh_nodes().await?;
+    let pods: Api<Pod> = Api::all(client);
+    let mut stream = watcher(pods, watcher::Config::default()).boxed();
+    tracing::info!("watching pods");
+    let mut seen_in_init: Vec<String> = Vec::new();
+    while let Some(event) = stream.next().await {
+        match event {
+            Ok(watcher::Event::Init) => seen_in_init.clear(),
+            Ok(watcher::Event::InitApply(pod)) => {
+                seen_in_init.push(pod.uid().unwrap_or_default());
+                runner.on_pod(pod).await;
+            }
+            Ok(watcher::Event::InitDone) => {
+                // Pods deleted while the watch was down: stop their engines.
+                let mut running = runner.running.lock().await;
+                running.retain(|uid, sup| {
+                    let keep = seen_in_init.contains(uid);
+                    if !keep {
+                        sup.task.abort();
+                    }
+                    keep
+                });
+            }
+            Ok(watcher::Event::Apply(pod)) => runner.on_pod(pod).await,
+            Ok(watcher::Event::Delete(pod)) => runner.stop(&pod.uid().unwrap_or_default()).await,
+            Err(error) => {
+                // The watcher retries by itself; say so and go on.
+                tracing::warn!(%error, "pod watch error");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+    Ok(())
+}
+
+impl Runner {
+    async fn refresh_nodes(&self) -> Result<(), RunnerError> {
+        let nodes: Api<Node> = Api::all(self.client.clone());
+        let list = nodes.list(&ListParams::default()).await?;
+        let names = list
+            .items
+            .iter()
+            .filter(|n| n.annotations().contains_key(FAKE_NODE_ANNOTATION))
+            .map(|n| n.name_any())
+            .collect();
+        *self.fake_nodes.lock().await = names;
+        Ok(())
+    }
+
+    async fn on_fake_node(&self, node: &str) -> bool {
+        if self.fake_nodes.lock().await.iter().any(|n| n == node) {
+            return true;
+        }
+        // A node added after start-up: look again once.
+        if let Err(error) = self.refresh_nodes().await {
+            tracing::warn!(%error, "listing nodes failed");
+        }
+        self.fake_nodes.lock().await.iter().any(|n| n == node)
+    }
+
+    async fn on_pod(self: &Arc<Self>, pod: Pod) {
+        let uid = pod.uid().unwrap_or_default();
+        let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.clone()) else {
+            return;
+        };
+        if pod.metadata.deletion_timestamp.is_some() {
+            self.stop(&uid).await;
+            return;
+        }
+        if !self.on_fake_node(&node).await {
+            return;
+        }
+        let status = pod.status.clone().unwrap_or_default();
+        if status.phase.as_deref() != Some("Running") {
+            return;
+        }
+        let Some(ip) = status
+            .pod_ip
+            .as_deref()
+            .and_then(|ip| ip.parse::<IpAddr>().ok())
+        else {
+            return;
+        };
+        if self.running.lock().await.contains_key(&uid) {
+            return;
+        }
+        match plan::engine_launch(&pod, ip) {
+            Some(launch) => {
+                let runner = Arc::clone(self);
+                let pod_name = pod.name_any();
+                let namespace = pod.namespace().unwrap_or_default();
+                tracing::info!(pod = %pod_name, %namespace, addr = %launch.addr, "starting engine");
+                let task = tokio::spawn(async move {
+                    runner.supervise(namespace, pod_name, launch).await;
+                });
+                self.running.lock().await.insert(uid, Supervised { task });
+            }
+            None => {
+                // Not an engine: nothing to run, ready as soon as it runs.
+                if !plan::is_ready(&pod) {
+                    let patch =
+                        plan::status_patch(&plan::container_refs(&pod), ProbeState::Ready, 0);
+                    self.patch_status(&pod.namespace().unwrap_or_default(), &pod.name_any(), patch)
+                        .await;
+                }
+            }
+        }
+    }
+
+    async fn stop(&self, uid: &str) {
+        if let Some(sup) = self.running.lock().await.remove(uid) {
+            // Aborting drops the child, which kills it (kill_on_drop).
+            sup.task.abort();
+        }
+    }
+
+    async fn patch_status(&self, namespace: &str, name: &str, patch: serde_json::Value) {
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
+        let params = PatchParams::default();
+        if let Err(error) = pods
+            .patch_status(name, &params, &Patch::Strategic(patch))
+            .await
+        {
+            tracing::debug!(%error, pod = name, "status patch failed");
+        }
+    }
+
+    /// Runs the engine for one pod until the task is aborted: start, probe
+    /// readiness, restart with back-off when it exits.
+    async fn supervise(&self, namespace: String, pod: String, launch: EngineLaunch) {
+        let http = match reqwest::Client::builder()
+            .timeout(Duration::from_secs(2))
+            .no_proxy()
+            .build()
+        {
+            Ok(client) => client,
+            Err(error) => {
+                tracing::error!(%error, "building the probe client failed");
+                return;
+            }
+        };
+        let log_path = self.config.log_dir.join(format!("{namespace}_{pod}.log"));
+        let mut restarts: u32 = 0;
+        loop {
+            let log = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&log_path);
+            let (stdout, stderr) = match log.and_then(|f| Ok((f.try_clone()?, f))) {
+                Ok((out, err)) => (Stdio::from(out), Stdio::from(err)),
+                Err(_) => (Stdio::null(), Stdio::null()),
+            };
+            let mut command = tokio::process::Command::new(&self.config.engine_bin);
+            command
+                .args(&launch.args)
+                .envs(launch.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+                .stdin(Stdio::null())
+                .stdout(stdout)
+                .stderr(stderr)
+                .kill_on_drop(true);
+            let mut child = match command.spawn() {
+                Ok(child) => child,
+                Err(error) => {
+                    tracing::error!(%error, pod, "cannot start the engine stand-in");
+                    return;
+                }
+            };
+            let mut last = ProbeState::Starting;
+            let mut ticker = tokio::time::interval(self.config.probe_period);
+            let exit = loop {
+                tokio::select! {
+                    status = child.wait() => break status,
+                    _ = ticker.tick() => {
+                        let url = format!("http://{}{}", launch.addr, launch.readiness_path);
+                        let ok = matches!(http.get(&url).send().await, Ok(r) if r.status().is_success());
+                        let now = if ok { ProbeState::Ready } else { ProbeState::Starting };
+                        if now != last {
+                            let patch = plan::status_patch(&launch.containers, now, restarts);
+                            self.patch_status(&namespace, &pod, patch).await;
+                            last = now;
+                        }
+                    }
+                }
+            };
+            let code = exit.ok().and_then(|s| s.code()).unwrap_or(-1);
+            restarts += 1;
+            tracing::warn!(
+                pod,
+                code,
+                restarts,
+                "engine exited; restarting with back-off"
+            );
+            let crashed = ProbeState::Crashed { exit_code: code };
+            let patch = plan::status_patch(&launch.containers, crashed, restarts);
+            self.patch_status(&namespace, &pod, patch).await;
+            tokio::time::sleep(plan::crash_backoff(restarts)).await;
+        }
+    }
+}

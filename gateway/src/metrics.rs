@@ -1,0 +1,254 @@
+//! Prometheus metrics of the gateway, in an explicit registry with the `kinfer_gateway` prefix.
+//!
+//! Labels are the model id (only ids the index knows; anything else is [`UNKNOWN_MODEL`]) and
+//! the HTTP status code: never a replica address, a request id or anything a client chooses.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// Model label of requests whose model the index does not know (or could not be read).
+pub const UNKNOWN_MODEL: &str = "(unknown)";
+
+/// Bucket bounds in seconds: from a fast embedding to a long generation.
+const LATENCY_BUCKETS: [f64; 16] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModelLabels {
+    pub model: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CodeLabels {
+    pub model: String,
+    pub code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    pub model: String,
+    pub kind: &'static str,
+}
+
+type HistogramFamily = Family<ModelLabels, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(LATENCY_BUCKETS)
+}
+
+/// Every metric the gateway exports.
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<CodeLabels, Counter>,
+    request_duration: HistogramFamily,
+    time_to_first_byte: HistogramFamily,
+    inflight: Family<ModelLabels, Gauge>,
+    queued: Family<ModelLabels, Gauge>,
+    ready_replicas: Family<ModelLabels, Gauge>,
+    retries: Family<ModelLabels, Counter>,
+    upstream_errors: Family<ErrorLabels, Counter>,
+    ejections: Family<ModelLabels, Counter>,
+    /// Routing table publications (one per discovery change).
+    pub index_updates: Counter,
+    /// Engine /metrics scrapes that failed.
+    pub scrape_failures: Counter,
+}
+
+/// Handles of one model's metrics, looked up once per routing-table publication so the request
+/// path does not hash label sets.
+#[derive(Clone, Debug)]
+pub struct ModelMetrics {
+    pub model: String,
+    pub ok: Counter,
+    pub request_duration: Histogram,
+    pub time_to_first_byte: Histogram,
+    pub inflight: Gauge,
+    pub queued: Gauge,
+    pub retries: Counter,
+    pub ejections: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("kinfer_gateway");
+        let requests = Family::<CodeLabels, Counter>::default();
+        registry.register(
+            "requests",
+            "Requests answered, by model and HTTP status code",
+            requests.clone(),
+        );
+        let request_duration: HistogramFamily = Family::new_with_constructor(latency_histogram);
+        registry.register(
+            "request_duration_seconds",
+            "Time from receiving a request to the end of its response body (the whole stream)",
+            request_duration.clone(),
+        );
+        let time_to_first_byte: HistogramFamily = Family::new_with_constructor(latency_histogram);
+        registry.register(
+            "time_to_first_byte_seconds",
+            "Time from receiving a request to the first response body chunk from the engine (time to first token for streams)",
+            time_to_first_byte.clone(),
+        );
+        let inflight = Family::<ModelLabels, Gauge>::default();
+        registry.register(
+            "inflight_requests",
+            "Requests sent to an engine and not finished yet (streams included)",
+            inflight.clone(),
+        );
+        let queued = Family::<ModelLabels, Gauge>::default();
+        registry.register(
+            "queued_requests",
+            "Requests held while the model has no ready replica",
+            queued.clone(),
+        );
+        let ready_replicas = Family::<ModelLabels, Gauge>::default();
+        registry.register(
+            "ready_replicas",
+            "Replicas in the routing table",
+            ready_replicas.clone(),
+        );
+        let retries = Family::<ModelLabels, Counter>::default();
+        registry.register(
+            "retries",
+            "Requests sent again to another replica after a failure before any response byte",
+            retries.clone(),
+        );
+        let upstream_errors = Family::<ErrorLabels, Counter>::default();
+        registry.register(
+            "upstream_errors",
+            "Failures talking to an engine, by kind (connect, timeout, status, body)",
+            upstream_errors.clone(),
+        );
+        let ejections = Family::<ModelLabels, Counter>::default();
+        registry.register(
+            "replica_ejections",
+            "Replicas taken out of rotation for a while after consecutive failures",
+            ejections.clone(),
+        );
+        let index_updates = Counter::default();
+        registry.register(
+            "index_updates",
+            "Routing table publications",
+            index_updates.clone(),
+        );
+        let scrape_failures = Counter::default();
+        registry.register(
+            "engine_scrape_failures",
+            "Failed scrapes of an engine's /metrics",
+            scrape_failures.clone(),
+        );
+        Self {
+            registry,
+            requests,
+            request_duration,
+            time_to_first_byte,
+            inflight,
+            queued,
+            ready_replicas,
+            retries,
+            upstream_errors,
+            ejections,
+            index_updates,
+            scrape_failures,
+        }
+    }
+
+    pub fn model(&self, model: &str) -> ModelMetrics {
+        let labels = ModelLabels {
+            model: model.to_string(),
+        };
+        ModelMetrics {
+            model: model.to_string(),
+            ok: self.requests.get_or_create_owned(&CodeLabels {
+                model: model.to_string(),
+                code: "200".to_string(),
+            }),
+            request_duration: self.request_duration.get_or_create_owned(&labels),
+            time_to_first_byte: self.time_to_first_byte.get_or_create_owned(&labels),
+            inflight: self.inflight.get_or_create_owned(&labels),
+            queued: self.queued.get_or_create_owned(&labels),
+            retries: self.retries.get_or_create_owned(&labels),
+            ejections: self.ejections.get_or_create_owned(&labels),
+        }
+    }
+
+    /// Count one answered request.
+    pub fn count_request(&self, model: &ModelMetrics, code: u16) {
+        if code == 200 {
+            model.ok.inc();
+        } else {
+            self.count_request_by_name(&model.model, code);
+        }
+    }
+
+    pub fn count_request_by_name(&self, model: &str, code: u16) {
+        self.requests
+            .get_or_create(&CodeLabels {
+                model: model.to_string(),
+                code: code.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn count_upstream_error(&self, model: &str, kind: &'static str) {
+        self.upstream_errors
+            .get_or_create(&ErrorLabels {
+                model: model.to_string(),
+                kind,
+            })
+            .inc();
+    }
+
+    pub fn set_ready_replicas(&self, model: &str, ready: usize) {
+        self.ready_replicas
+            .get_or_create(&ModelLabels {
+                model: model.to_string(),
+            })
+            .set(i64::try_from(ready).unwrap_or(i64::MAX));
+    }
+
+    pub fn forget_model(&self, model: &str) {
+        self.ready_replicas.remove(&ModelLabels {
+            model: model.to_string(),
+        });
+    }
+
+    /// The registry in the Prometheus text format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_the_autoscaler_relies_on() {
+        let metrics = Metrics::new();
+        let model = metrics.model("Qwen/Qwen2.5-7B-Instruct");
+        model.inflight.inc();
+        model.queued.inc();
+        metrics.count_request(&model, 200);
+        metrics.count_request(&model, 503);
+        let text = metrics.encode();
+        assert!(text.contains(r#"kinfer_gateway_inflight_requests{model="Qwen/Qwen2.5-7B-Instruct"} 1"#), "{text}");
+        assert!(text.contains(r#"kinfer_gateway_queued_requests{model="Qwen/Qwen2.5-7B-Instruct"} 1"#));
+        assert!(text.contains(r#"kinfer_gateway_requests_total{model="Qwen/Qwen2.5-7B-Instruct",code="503"} 1"#));
+        assert!(text.contains("kinfer_gateway_request_duration_seconds_bucket"));
+    }
+}

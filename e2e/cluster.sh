@@ -165,13 +165,18 @@ EOF
 ensure_binaries() {
   BIN_DIR="${KINFER_BIN_DIR:-}"
   if [ -z "$BIN_DIR" ]; then
-    log "building kinfer-podrunner and vllm-sim (cargo)"
-    (cd "$repo" && cargo build --quiet -p kinfer-e2e --bin kinfer-podrunner -p kinfer-vllm-sim --bin vllm-sim) \
-      || die "cargo build of the pod runner / vLLM stand-in failed"
+    log "building kinfer's binaries, the pod runner and vllm-sim (cargo)"
+    (cd "$repo" && cargo build --quiet --workspace --bins) || die "cargo build --workspace --bins failed"
     BIN_DIR="$(cd "$repo" && cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/debug"
   fi
   [ -x "$BIN_DIR/kinfer-podrunner" ] || die "no kinfer-podrunner in $BIN_DIR"
   [ -x "$BIN_DIR/vllm-sim" ] || die "no vllm-sim in $BIN_DIR"
+  # Pods of kinfer's own images (installed by the Helm chart) run these.
+  IMAGE_BINS=()
+  local name
+  for name in operator gateway; do
+    if [ -x "$BIN_DIR/kinfer-$name" ]; then IMAGE_BINS+=(--image-bin "kinfer/$name=$BIN_DIR/kinfer-$name"); fi
+  done
 }
 
 up() {
@@ -250,13 +255,29 @@ up() {
 
   log "pod runner: engine stand-ins at pod IPs"
   start podrunner "$BIN_DIR/kinfer-podrunner" --kubeconfig "$DIR/podrunner.kubeconfig" \
-    --engine-bin "$BIN_DIR/vllm-sim" --log-dir "$LOGS/pods"
+    --engine-bin "$BIN_DIR/vllm-sim" --log-dir "$LOGS/pods" "${IMAGE_BINS[@]}" \
+    --api-server "https://127.0.0.1:$api_port" --api-ca "$c/ca.crt"
   wait_for podrunner 30 grep -q "watching pods" "$LOGS/podrunner.log"
   for name in kube-controller-manager kube-scheduler; do
     alive "$name" || die "$name exited during start-up; its log: $LOGS/$name.log"
   done
+  check_loopback
   log "up in $((SECONDS - t0))s"
   status
+}
+
+# Every socket the test bed listens on must be a loopback address.
+check_loopback() {
+  local pids="" name p
+  for name in "${COMPONENTS[@]}"; do
+    p="$(pid_of "$name")"; [ -n "$p" ] && pids="$pids $p $(pgrep -g "$p" 2>/dev/null | tr '\n' ' ')"
+  done
+  local bad
+  bad="$(ss -Hltnp 2>/dev/null | awk '{print $4, $6}' | grep -vE '^(127\.[0-9.]+|\[::1\]|\[::ffff:127\.[0-9.]+\]):[0-9]+ ' \
+    | while read -r addr procs; do
+        for p in $pids; do case "$procs" in *"pid=$p,"*) echo "$addr $procs" ;; esac; done
+      done)" || true
+  [ -z "$bad" ] || die "a test bed process listens on a non-loopback address: $bad"
 }
 
 stop_component() {
@@ -279,6 +300,13 @@ down_quiet() {
 
 down() {
   down_quiet
+  # Nothing the test bed started may outlive it (engine stand-ins included).
+  local left
+  left="$(pgrep -f "^($TOOLS|${KINFER_BIN_DIR:-$CACHE/target}|$repo/target)/" 2>/dev/null || true)"
+  if [ -n "$left" ]; then
+    log "stopping leftover processes: $(echo $left)"
+    kill -KILL $left 2>/dev/null || true
+  fi
   rm -rf "$DIR"
   log "down: every process stopped, state removed"
 }
@@ -297,6 +325,7 @@ status() {
 
 case "${1:-}" in
   up) up ;;
+  check) check_loopback; log "every test bed socket is on loopback" ;;
   down) down ;;
   status) status ;;
   env) echo "export KUBECONFIG=$KUBECONFIG_PATH" ;;

@@ -22,6 +22,18 @@ struct Args {
     /// One log file per engine process is written here.
     #[arg(long, env = "KINFER_POD_LOG_DIR", default_value = "pod-logs")]
     log_dir: PathBuf,
+    /// A host binary standing in for a container image, as
+    /// `REPOSITORY=PATH` (e.g. `kinfer/gateway=target/debug/kinfer-gateway`);
+    /// repeatable. Pods with such an image run the binary at their pod IP.
+    #[arg(long = "image-bin", value_parser = parse_image_bin)]
+    image_bins: Vec<(String, PathBuf)>,
+    /// API server URL for the kubeconfig given to processes of pods that
+    /// mount a service account token.
+    #[arg(long, env = "KINFER_API_SERVER")]
+    api_server: Option<String>,
+    /// CA certificate file of the API server, for that kubeconfig.
+    #[arg(long, env = "KINFER_API_CA")]
+    api_ca: Option<PathBuf>,
     /// Readiness probe period in milliseconds.
     #[arg(long, env = "KINFER_PROBE_PERIOD_MS", default_value_t = 500)]
     probe_period_ms: u64,
@@ -44,12 +56,24 @@ async fn main() -> anyhow::Result<()> {
         engine_bin: args.engine_bin,
         log_dir: args.log_dir,
         probe_period: Duration::from_millis(args.probe_period_ms),
+        images: args.image_bins,
+        api_server: args.api_server,
+        api_ca: args.api_ca,
     };
     tokio::select! {
         result = kinfer_e2e::podrunner::run(client, config) => result.context("pod runner stopped")?,
         _ = shutdown_signal() => tracing::info!("shutting down: stopping every engine"),
     }
     Ok(())
+}
+
+fn parse_image_bin(value: &str) -> Result<(String, PathBuf), String> {
+    match value.split_once('=') {
+        Some((image, path)) if !image.is_empty() && !path.is_empty() => {
+            Ok((image.to_string(), PathBuf::from(path)))
+        }
+        _ => Err(format!("expected REPOSITORY=PATH, got {value:?}")),
+    }
 }
 
 async fn shutdown_signal() {

@@ -22,14 +22,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Node, Pod};
-use kube::api::{ListParams, Patch, PatchParams};
+use k8s_openapi::api::authentication::v1::TokenRequest;
+use k8s_openapi::api::core::v1::{Node, Pod, ServiceAccount};
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
 use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
 
-use plan::{EngineLaunch, ProbeState};
+use plan::{Launch, ProbeState, Program};
 
 /// Annotation kwok uses to pick the nodes it manages.
 pub const FAKE_NODE_ANNOTATION: &str = "kwok.x-k8s.io/node";
@@ -51,6 +52,13 @@ pub struct RunnerConfig {
     pub log_dir: PathBuf,
     /// How often readiness is probed.
     pub probe_period: Duration,
+    /// Host binaries standing in for container images: (repository suffix,
+    /// binary), e.g. `("kinfer/gateway", target/debug/kinfer-gateway)`.
+    pub images: Vec<(String, PathBuf)>,
+    /// API server URL and CA file written into the kubeconfig that processes
+    /// of pods with API access get (token of the pod's service account).
+    pub api_server: Option<String>,
+    pub api_ca: Option<PathBuf>,
 }
 
 /// One engine process the runner supervises, keyed by pod UID.
@@ -162,14 +170,21 @@ impl Runner {
         if self.running.lock().await.contains_key(&uid) {
             return;
         }
-        match plan::engine_launch(&pod, ip) {
+        match plan::launch_plan(&pod, ip, &self.config.images) {
             Some(launch) => {
                 let runner = Arc::clone(self);
                 let pod_name = pod.name_any();
                 let namespace = pod.namespace().unwrap_or_default();
-                tracing::info!(pod = %pod_name, %namespace, addr = %launch.addr, "starting engine");
+                let service_account = pod
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.service_account_name.clone())
+                    .unwrap_or_else(|| "default".to_string());
+                tracing::info!(pod = %pod_name, %namespace, program = ?launch.program, "starting");
                 let task = tokio::spawn(async move {
-                    runner.supervise(namespace, pod_name, launch).await;
+                    runner
+                        .supervise(namespace, pod_name, service_account, launch)
+                        .await;
                 });
                 self.running.lock().await.insert(uid, Supervised { task });
             }
@@ -203,9 +218,55 @@ impl Runner {
         }
     }
 
-    /// Runs the engine for one pod until the task is aborted: start, probe
+    /// A kubeconfig holding a token of `namespace/service_account`, as the
+    /// token a kubelet mounts into a pod; the path is returned.
+    async fn service_account_kubeconfig(
+        &self,
+        namespace: &str,
+        pod: &str,
+        service_account: &str,
+    ) -> Result<PathBuf, String> {
+        let (Some(server), Some(ca)) = (&self.config.api_server, &self.config.api_ca) else {
+            return Err("the pod runner was started without --api-server/--api-ca".into());
+        };
+        let accounts: Api<ServiceAccount> = Api::namespaced(self.client.clone(), namespace);
+        let request: TokenRequest = serde_json::from_value(serde_json::json!({
+            "spec": {"audiences": [], "expirationSeconds": 86400}
+        }))
+        .map_err(|e| e.to_string())?;
+        let token = accounts
+            .create_token_request(service_account, &PostParams::default(), &request)
+            .await
+            .map_err(|e| format!("token for service account {namespace}/{service_account}: {e}"))?
+            .status
+            .map(|s| s.token)
+            .ok_or("the token request returned no token")?;
+        let path = self
+            .config
+            .log_dir
+            .join(format!("{namespace}_{pod}.kubeconfig"));
+        let kubeconfig = serde_json::json!({
+            "apiVersion": "v1", "kind": "Config",
+            "clusters": [{"name": "local", "cluster": {"server": server, "certificate-authority": ca}}],
+            "users": [{"name": service_account, "user": {"token": token}}],
+            "contexts": [{"name": "local", "context": {"cluster": "local", "user": service_account, "namespace": namespace}}],
+            "current-context": "local",
+        });
+        tokio::fs::write(&path, kubeconfig.to_string())
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(path)
+    }
+
+    /// Runs the process of one pod until the task is aborted: start, probe
     /// readiness, restart with back-off when it exits.
-    async fn supervise(&self, namespace: String, pod: String, launch: EngineLaunch) {
+    async fn supervise(
+        &self,
+        namespace: String,
+        pod: String,
+        service_account: String,
+        launch: Launch,
+    ) {
         let http = match reqwest::Client::builder()
             .timeout(Duration::from_secs(2))
             .no_proxy()
@@ -218,6 +279,23 @@ impl Runner {
             }
         };
         let log_path = self.config.log_dir.join(format!("{namespace}_{pod}.log"));
+        let mut env = launch.env.clone();
+        if launch.api_access {
+            match self
+                .service_account_kubeconfig(&namespace, &pod, &service_account)
+                .await
+            {
+                Ok(path) => {
+                    env.push(("KUBECONFIG".into(), path.display().to_string()));
+                    env.push(("POD_NAMESPACE".into(), namespace.clone()));
+                }
+                Err(error) => tracing::warn!(pod, %error, "no API credentials for the pod"),
+            }
+        }
+        let program = match &launch.program {
+            Program::Engine => self.config.engine_bin.clone(),
+            Program::Binary(path) => path.clone(),
+        };
         let mut restarts: u32 = 0;
         loop {
             let log = std::fs::OpenOptions::new()
@@ -228,10 +306,11 @@ impl Runner {
                 Ok((out, err)) => (Stdio::from(out), Stdio::from(err)),
                 Err(_) => (Stdio::null(), Stdio::null()),
             };
-            let mut command = tokio::process::Command::new(&self.config.engine_bin);
+            let mut command = tokio::process::Command::new(&program);
             command
                 .args(&launch.args)
-                .envs(launch.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+                .env_remove("KUBECONFIG")
+                .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
                 .stdin(Stdio::null())
                 .stdout(stdout)
                 .stderr(stderr)
@@ -239,7 +318,7 @@ impl Runner {
             let mut child = match command.spawn() {
                 Ok(child) => child,
                 Err(error) => {
-                    tracing::error!(%error, pod, "cannot start the engine stand-in");
+                    tracing::error!(%error, pod, program = %program.display(), "cannot start the process");
                     return;
                 }
             };
@@ -249,8 +328,13 @@ impl Runner {
                 tokio::select! {
                     status = child.wait() => break status,
                     _ = ticker.tick() => {
-                        let url = format!("http://{}{}", launch.addr, launch.readiness_path);
-                        let ok = matches!(http.get(&url).send().await, Ok(r) if r.status().is_success());
+                        let ok = match &launch.readiness {
+                            Some((addr, path)) => {
+                                let url = format!("http://{addr}{path}");
+                                matches!(http.get(&url).send().await, Ok(r) if r.status().is_success())
+                            }
+                            None => true,
+                        };
                         let now = if ok { ProbeState::Ready } else { ProbeState::Starting };
                         if now != last {
                             let patch = plan::status_patch(&launch.containers, now, restarts);

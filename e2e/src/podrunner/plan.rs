@@ -2,30 +2,44 @@
 //! command line, and the pod status a kubelet would report.
 
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Container, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::jiff::Timestamp;
 use serde_json::{json, Value};
 
 /// vLLM's default HTTP port (`vllm serve --port`).
 pub const DEFAULT_ENGINE_PORT: u16 = 8000;
 
-/// How to start the stand-in for one pod.
+/// What runs for a pod: the vLLM stand-in, or a host binary standing in for
+/// a container image (kinfer's own operator and gateway images).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct EngineLaunch {
-    /// Arguments for the stand-in: the pod's `vllm serve` arguments with
-    /// `--host`/`--port` set to the pod's address.
+pub enum Program {
+    Engine,
+    Binary(PathBuf),
+}
+
+/// How to start the process for one pod.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Launch {
+    pub program: Program,
+    /// Command-line arguments, `$(VAR)` references expanded as a kubelet does.
+    /// Engines get `--host`/`--port` set to the pod's address.
     pub args: Vec<String>,
-    /// Literal environment values of the engine container (`valueFrom` entries
-    /// need the API server and a kubelet; they are skipped).
+    /// The container's environment: literal values and the downward-API
+    /// fields a kubelet resolves (`status.podIP`, `metadata.name`, ...).
+    /// Secret and ConfigMap references are skipped.
     pub env: Vec<(String, String)>,
-    /// Where the engine listens: pod IP and port.
-    pub addr: SocketAddr,
-    /// The HTTP path of the readiness probe (vLLM: `/health`).
-    pub readiness_path: String,
-    /// Every container of the pod (name, image), for status reporting.
+    /// The HTTP readiness probe target, if the container has one (engines
+    /// always do: vLLM's `/health`). Without one the pod is ready once started.
+    pub readiness: Option<(SocketAddr, String)>,
+    /// Whether the process gets API credentials (a kubeconfig with a token of
+    /// the pod's service account), like a pod's mounted token.
+    pub api_access: bool,
+    /// Every container of the pod, for status reporting.
     pub containers: Vec<ContainerRef>,
 }
 
@@ -127,11 +141,149 @@ fn take_flag(args: &mut Vec<String>, flag: &str) -> Option<String> {
     value
 }
 
-/// The launch plan for a pod, or `None` when it has no engine container.
-pub fn engine_launch(pod: &Pod, ip: IpAddr) -> Option<EngineLaunch> {
+/// The value of a downward-API field path of `pod` running at `ip`.
+fn field_value(pod: &Pod, ip: IpAddr, path: &str) -> Option<String> {
+    let spec = pod.spec.as_ref();
+    match path {
+        "status.podIP" => Some(ip.to_string()),
+        "metadata.name" => pod.metadata.name.clone(),
+        "metadata.namespace" => pod.metadata.namespace.clone(),
+        "metadata.uid" => pod.metadata.uid.clone(),
+        "spec.nodeName" => spec.and_then(|s| s.node_name.clone()),
+        "spec.serviceAccountName" => spec.and_then(|s| s.service_account_name.clone()),
+        _ => None,
+    }
+}
+
+/// The container's environment as a kubelet resolves it.
+fn resolve_env(pod: &Pod, ip: IpAddr, container: &Container) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = Vec::new();
+    for var in container.env.as_deref().unwrap_or_default() {
+        let value = match (&var.value, &var.value_from) {
+            (Some(v), _) => Some(expand(v, &env)),
+            (None, Some(from)) => from
+                .field_ref
+                .as_ref()
+                .and_then(|f| field_value(pod, ip, &f.field_path)),
+            (None, None) => Some(String::new()),
+        };
+        if let Some(value) = value {
+            env.push((var.name.clone(), value));
+        }
+    }
+    env
+}
+
+/// Expands `$(VAR)` from `env` as Kubernetes does for command, args and env
+/// values: `$$(VAR)` escapes, unknown references stay as written.
+pub fn expand(input: &str, env: &[(String, String)]) -> String {
+    let mut out = String::with_capacity(input.len());
+    let mut rest = input;
+    while let Some(pos) = rest.find('$') {
+        out.push_str(&rest[..pos]);
+        let after = &rest[pos + 1..];
+        if let Some(escaped) = after.strip_prefix("$(") {
+            out.push_str("$(");
+            rest = escaped;
+        } else if let Some(body) = after.strip_prefix('(') {
+            match body.find(')') {
+                Some(close) => {
+                    let name = &body[..close];
+                    match env.iter().rev().find(|(k, _)| k == name) {
+                        Some((_, v)) => out.push_str(v),
+                        None => {
+                            out.push_str("$(");
+                            out.push_str(name);
+                            out.push(')');
+                        }
+                    }
+                    rest = &body[close + 1..];
+                }
+                None => {
+                    out.push_str("$(");
+                    rest = body;
+                }
+            }
+        } else {
+            out.push('$');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The readiness probe target of `container`, if it has an HTTP probe.
+fn http_probe(container: &Container, ip: IpAddr) -> Option<(SocketAddr, String)> {
+    let get = container.readiness_probe.as_ref()?.http_get.as_ref()?;
+    let port = match &get.port {
+        IntOrString::Int(p) => u16::try_from(*p).ok()?,
+        IntOrString::String(name) => container
+            .ports
+            .as_deref()
+            .unwrap_or_default()
+            .iter()
+            .find(|p| p.name.as_deref() == Some(name))
+            .and_then(|p| u16::try_from(p.container_port).ok())?,
+    };
+    Some((
+        SocketAddr::new(ip, port),
+        get.path.clone().unwrap_or_else(|| "/".to_string()),
+    ))
+}
+
+/// Which host binary stands in for `image`, from `images` (pattern, binary):
+/// the pattern matches the image's repository, without tag or digest, as a
+/// suffix (`kinfer/gateway` matches `ghcr.io/kinfer/gateway:v1`).
+pub fn binary_for<'a>(image: &str, images: &'a [(String, PathBuf)]) -> Option<&'a PathBuf> {
+    let repository = image.split('@').next().unwrap_or(image);
+    let repository = match repository.rsplit_once(':') {
+        Some((repo, tag)) if !tag.contains('/') => repo,
+        _ => repository,
+    };
+    images
+        .iter()
+        .find(|(pattern, _)| repository == pattern || repository.ends_with(&format!("/{pattern}")))
+        .map(|(_, bin)| bin)
+}
+
+/// The launch plan for a pod at `ip`, or `None` when none of its containers
+/// is an engine or an image in `images`. Kinfer's own images are checked
+/// first, so a stand-in image named like vLLM is still an engine.
+pub fn launch_plan(pod: &Pod, ip: IpAddr, images: &[(String, PathBuf)]) -> Option<Launch> {
     let spec = pod.spec.as_ref()?;
+    let containers = container_refs(pod);
+    for container in &spec.containers {
+        let image = container.image.as_deref().unwrap_or_default();
+        if let Some(bin) = binary_for(image, images) {
+            let env = resolve_env(pod, ip, container);
+            let command = container.command.clone().unwrap_or_default();
+            let args = command
+                .into_iter()
+                .skip(1)
+                .chain(container.args.clone().unwrap_or_default())
+                .map(|a| expand(&a, &env))
+                .collect();
+            return Some(Launch {
+                program: Program::Binary(bin.clone()),
+                args,
+                readiness: http_probe(container, ip),
+                env,
+                api_access: pod
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.automount_service_account_token)
+                    .unwrap_or(true),
+                containers,
+            });
+        }
+    }
     let container = spec.containers.iter().find(|c| is_engine(c))?;
-    let mut args = engine_args(container);
+    let env = resolve_env(pod, ip, container);
+    let mut args: Vec<String> = engine_args(container)
+        .iter()
+        .map(|a| expand(a, &env))
+        .collect();
     take_flag(&mut args, "--host");
     let port = take_flag(&mut args, "--port")
         .and_then(|p| p.parse::<u16>().ok())
@@ -149,25 +301,19 @@ pub fn engine_launch(pod: &Pod, ip: IpAddr) -> Option<EngineLaunch> {
         "--port".to_string(),
         port.to_string(),
     ]);
-    let env = container
-        .env
-        .as_deref()
-        .unwrap_or_default()
-        .iter()
-        .filter_map(|e| e.value.clone().map(|v| (e.name.clone(), v)))
-        .collect();
-    let readiness_path = container
+    let path = container
         .readiness_probe
         .as_ref()
         .and_then(|p| p.http_get.as_ref())
         .and_then(|h| h.path.clone())
         .unwrap_or_else(|| "/health".to_string());
-    Some(EngineLaunch {
+    Some(Launch {
+        program: Program::Engine,
         args,
         env,
-        addr: SocketAddr::new(ip, port),
-        readiness_path,
-        containers: container_refs(pod),
+        readiness: Some((SocketAddr::new(ip, port), path)),
+        api_access: false,
+        containers,
     })
 }
 
@@ -268,7 +414,7 @@ spec:
     args: [Qwen/Qwen2.5-7B, --served-model-name, qwen, --host, 0.0.0.0, --port, "8001", --tensor-parallel-size, "2"]
     env: [{name: VLLM_SIM_ITL_MS, value: "3"}, {name: HF_TOKEN, valueFrom: {secretKeyRef: {name: s, key: k}}}]
 "#);
-        let launch = engine_launch(&p, IP).unwrap();
+        let launch = launch_plan(&p, IP, &[]).unwrap();
         assert_eq!(
             launch.args,
             [
@@ -283,12 +429,14 @@ spec:
                 "8001"
             ]
         );
-        assert_eq!(launch.addr, "127.1.0.7:8001".parse().unwrap());
+        let (addr, path) = launch.readiness.clone().unwrap();
+        assert_eq!(addr, "127.1.0.7:8001".parse().unwrap());
+        assert_eq!(path, "/health");
         assert_eq!(
             launch.env,
             vec![("VLLM_SIM_ITL_MS".to_string(), "3".to_string())]
         );
-        assert_eq!(launch.readiness_path, "/health");
+        assert_eq!(launch.program, Program::Engine);
     }
 
     #[test]
@@ -304,17 +452,25 @@ spec:
   - name: sidecar
     image: busybox
 "#);
-        let launch = engine_launch(&p, IP).unwrap();
+        let launch = launch_plan(&p, IP, &[]).unwrap();
         assert_eq!(
             launch.args,
             ["--model=m", "--host", "127.1.0.7", "--port", "9000"]
         );
-        assert_eq!(launch.readiness_path, "/ready");
+        assert_eq!(launch.readiness.as_ref().unwrap().1, "/ready");
         let names: Vec<_> = launch.containers.iter().map(|c| c.name.as_str()).collect();
         assert_eq!(names, ["engine", "sidecar"]);
 
         let p = pod("spec: {containers: [{name: e, image: vllm/vllm-openai, ports: [{containerPort: 8123}]}]}");
-        assert_eq!(engine_launch(&p, IP).unwrap().addr.port(), 8123);
+        assert_eq!(
+            launch_plan(&p, IP, &[])
+                .unwrap()
+                .readiness
+                .unwrap()
+                .0
+                .port(),
+            8123
+        );
     }
 
     #[test]
@@ -327,7 +483,7 @@ spec:
     command: [python3, -m, vllm.entrypoints.openai.api_server]
     args: [--model, m]
 "#);
-        let launch = engine_launch(&p, IP).unwrap();
+        let launch = launch_plan(&p, IP, &[]).unwrap();
         assert_eq!(
             launch.args,
             ["--model", "m", "--host", "127.1.0.7", "--port", "8000"]
@@ -335,9 +491,64 @@ spec:
     }
 
     #[test]
+    fn kinfer_images_run_their_host_binary_with_expanded_args() {
+        let p = pod(r#"
+metadata: {name: gw-1, namespace: kinfer-system}
+spec:
+  serviceAccountName: kinfer-gateway
+  containers:
+  - name: gateway
+    image: ghcr.io/kinfer/gateway:v0.1.0
+    args: [--listen, "$(POD_IP):8080", --name=$(POD_NAME), "$$(literal)", $(MISSING)]
+    env:
+    - {name: POD_IP, valueFrom: {fieldRef: {fieldPath: status.podIP}}}
+    - {name: POD_NAME, valueFrom: {fieldRef: {fieldPath: metadata.name}}}
+    - {name: TOKEN, valueFrom: {secretKeyRef: {name: s, key: k}}}
+    ports: [{name: admin, containerPort: 9090}]
+    readinessProbe: {httpGet: {path: /readyz, port: admin}}
+"#);
+        let images = vec![(
+            "kinfer/gateway".to_string(),
+            PathBuf::from("/bin/kinfer-gateway"),
+        )];
+        let launch = launch_plan(&p, IP, &images).unwrap();
+        assert_eq!(
+            launch.program,
+            Program::Binary(PathBuf::from("/bin/kinfer-gateway"))
+        );
+        assert_eq!(
+            launch.args,
+            [
+                "--listen",
+                "127.1.0.7:8080",
+                "--name=gw-1",
+                "$(literal)",
+                "$(MISSING)"
+            ]
+        );
+        assert_eq!(
+            launch.readiness,
+            Some(("127.1.0.7:9090".parse().unwrap(), "/readyz".to_string()))
+        );
+        assert!(launch.api_access);
+        let names: Vec<_> = launch.env.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(names, ["POD_IP", "POD_NAME"]);
+    }
+
+    #[test]
+    fn image_patterns_match_the_repository_suffix_only() {
+        let images = vec![("kinfer/operator".to_string(), PathBuf::from("/op"))];
+        assert!(binary_for("kinfer/operator", &images).is_some());
+        assert!(binary_for("localhost:5000/kinfer/operator:dev", &images).is_some());
+        assert!(binary_for("ghcr.io/kinfer/operator@sha256:abc", &images).is_some());
+        assert!(binary_for("ghcr.io/notkinfer/operator:v1", &images).is_none());
+        assert!(binary_for("kinfer/operator-extra:v1", &images).is_none());
+    }
+
+    #[test]
     fn pods_without_engine_have_no_launch() {
         let p = pod("spec: {containers: [{name: web, image: nginx, command: [nginx]}]}");
-        assert!(engine_launch(&p, IP).is_none());
+        assert!(launch_plan(&p, IP, &[]).is_none());
     }
 
     #[test]

@@ -221,7 +221,10 @@ mod tests {
         ] {
             assert_eq!(parse(uri).unwrap().to_string(), uri);
         }
-        assert_eq!(parse("s3://bucket/a/").unwrap().to_string(), "s3://bucket/a");
+        assert_eq!(
+            parse("s3://bucket/a/").unwrap().to_string(),
+            "s3://bucket/a"
+        );
     }
 
     #[test]
@@ -263,7 +266,11 @@ mod tests {
 
     #[test]
     fn rejects_whitespace() {
-        for uri in ["hf://org/my repo", "pvc://claim/\tpath", "s3://bucket/prefix\n"] {
+        for uri in [
+            "hf://org/my repo",
+            "pvc://claim/\tpath",
+            "s3://bucket/prefix\n",
+        ] {
             assert!(
                 matches!(parse(uri), Err(ModelSourceError::Whitespace { .. })),
                 "{uri:?}"

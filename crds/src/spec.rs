@@ -96,7 +96,11 @@ pub const MAX_ADAPTERS: usize = 64;
         description = "Reason of the Ready condition (Available, Loading, ScaledToZero, Unschedulable, ...)",
         json_path = ".status.conditions[?(@.type==\"Ready\")].reason"
     ),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    ),
     printcolumn(
         name = "Message",
         type_ = "string",
@@ -236,7 +240,7 @@ impl Default for EngineSpec {
 /// Which inference engine serves the model.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
 pub enum EngineKind {
-    /// vLLM (https://github.com/vllm-project/vllm).
+    /// vLLM, <https://github.com/vllm-project/vllm>.
     #[default]
     #[serde(rename = "VLLM")]
     Vllm,
@@ -391,7 +395,9 @@ impl Default for ParallelismSpec {
 }
 
 /// An OpenAI API family a model serves.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, JsonSchema)]
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, JsonSchema,
+)]
 pub enum Feature {
     /// /v1/chat/completions and /v1/completions.
     TextGeneration,
@@ -697,9 +703,11 @@ impl InferenceModelSpec {
     pub fn bounded_replicas(&self) -> i32 {
         let replicas = self.replicas.max(0);
         match &self.autoscaling {
-            Some(autoscaling) => replicas
-                .max(autoscaling.min_replicas.max(0))
-                .min(autoscaling.max_replicas.max(autoscaling.min_replicas.max(0))),
+            Some(autoscaling) => replicas.max(autoscaling.min_replicas.max(0)).min(
+                autoscaling
+                    .max_replicas
+                    .max(autoscaling.min_replicas.max(0)),
+            ),
             None => replicas,
         }
     }
@@ -912,7 +920,9 @@ startupProbe: {periodSeconds: 30}
         assert_eq!(spec.tensor_parallel(), 4);
         let spec = spec_from("model: {name: m}\nresources: {gpus: 0}");
         assert_eq!(spec.tensor_parallel(), 1, "CPU-only models run one shard");
-        let spec = spec_from("model: {name: m}\nresources: {gpus: 4}\nparallelism: {tensor: 2, pipeline: 2}");
+        let spec = spec_from(
+            "model: {name: m}\nresources: {gpus: 4}\nparallelism: {tensor: 2, pipeline: 2}",
+        );
         assert_eq!(spec.tensor_parallel(), 2);
     }
 
@@ -930,7 +940,9 @@ startupProbe: {periodSeconds: 30}
         let spec = spec_from("model: {name: m}\nreplicas: 0\nautoscaling: {mode: External, minReplicas: 2, maxReplicas: 4}");
         assert_eq!(spec.bounded_replicas(), 2);
         // An invalid range must not panic.
-        let spec = spec_from("model: {name: m}\nreplicas: 1\nautoscaling: {minReplicas: 5, maxReplicas: 2}");
+        let spec = spec_from(
+            "model: {name: m}\nreplicas: 1\nautoscaling: {minReplicas: 5, maxReplicas: 2}",
+        );
         assert_eq!(spec.bounded_replicas(), 5);
     }
 

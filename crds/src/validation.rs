@@ -1,7 +1,7 @@
 //! Admission rules of the CRD and their Rust mirror.
 //!
 //! Each [`CelRule`] is injected into the generated schema as an `x-kubernetes-validations` entry
-//! (through the [`CelRules`] schemars transform), so the API server rejects invalid objects at
+//! (through the crate-private `CelRules` schemars transform), so the API server rejects invalid objects at
 //! admission. [`InferenceModelSpec::validate`] checks the same rules in Rust, for the operator
 //! (objects stored before a rule existed, or a CRD installed without them) and for unit tests.
 //! Every error message starts with the CEL rule's message, so a user sees the same words from
@@ -30,9 +30,8 @@ pub struct CelRule {
     /// Field the error is reported on, relative to `location`, when it is not `location` itself.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub field_path: Option<&'static str>,
-    /// Machine-readable reason when it is not the default FieldValueInvalid.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub reason: Option<&'static str>,
+    // No `reason`: with FieldValueDuplicate the API server prints `Duplicate value: "array"`
+    // and drops the message, so every rule keeps the default FieldValueInvalid.
 }
 
 /// A schemars transform appending CEL rules to a schema's `x-kubernetes-validations`.
@@ -73,7 +72,6 @@ pub mod rules {
         rule: "self.size() > 0",
         message: "spec.model.name must not be empty",
         field_path: None,
-        reason: None,
     };
 
     /// Model IDs are joined with commas in the `kinfer.dev/served-models` annotation.
@@ -82,7 +80,6 @@ pub mod rules {
         rule: "!self.matches('[,[:space:]]')",
         message: "spec.model.name must not contain commas or whitespace",
         field_path: None,
-        reason: None,
     };
 
     /// `spec.model.source` must use a scheme the operator can download from.
@@ -91,7 +88,6 @@ pub mod rules {
         rule: concat!("self.matches('", source_pattern!(), "')"),
         message: "spec.model.source must be hf://org/repo, pvc://claim/path or s3://bucket/prefix",
         field_path: None,
-        reason: None,
     };
 
     /// A revision only means something on the Hugging Face Hub. A missing source defaults to
@@ -101,7 +97,6 @@ pub mod rules {
         rule: "!has(self.revision) || !has(self.source) || self.source.startsWith('hf://')",
         message: "spec.model.revision is only supported with an hf:// spec.model.source",
         field_path: Some(".revision"),
-        reason: None,
     };
 
     /// `spec.engine.port` must be a TCP port.
@@ -110,7 +105,6 @@ pub mod rules {
         rule: "self >= 1 && self <= 65535",
         message: "spec.engine.port must be between 1 and 65535",
         field_path: None,
-        reason: None,
     };
 
     /// `spec.resources.gpus` must not be negative (0 is CPU only).
@@ -119,7 +113,6 @@ pub mod rules {
         rule: "self >= 0",
         message: "spec.resources.gpus must be >= 0",
         field_path: None,
-        reason: None,
     };
 
     /// vLLM's --gpu-memory-utilization is a fraction.
@@ -128,7 +121,6 @@ pub mod rules {
         rule: "self > 0.0 && self <= 1.0",
         message: "spec.engine.vllm.gpuMemoryUtilization must be > 0 and <= 1",
         field_path: None,
-        reason: None,
     };
 
     /// Every GPU of a replica holds one shard: tensor x pipeline = gpus, with tensor defaulting
@@ -147,7 +139,6 @@ pub mod rules {
                      % (has(self.parallelism.pipeline) ? self.parallelism.pipeline : 1) == 0)",
         message: "spec.parallelism.tensor * spec.parallelism.pipeline must equal spec.resources.gpus (tensor defaults to gpus / pipeline)",
         field_path: Some(".parallelism"),
-        reason: None,
     };
 
     /// Adapter names are model IDs, so they must be unique.
@@ -156,7 +147,6 @@ pub mod rules {
         rule: "self.all(a, self.exists_one(b, b.name == a.name))",
         message: "spec.adapters[].name must be unique",
         field_path: None,
-        reason: Some("FieldValueDuplicate"),
     };
 
     /// An adapter name must not shadow the base model's ID.
@@ -165,7 +155,6 @@ pub mod rules {
         rule: "!has(self.adapters) || self.adapters.all(a, a.name != self.model.name)",
         message: "spec.adapters[].name must differ from spec.model.name",
         field_path: Some(".adapters"),
-        reason: Some("FieldValueDuplicate"),
     };
 
     /// `spec.adapters[].name` must not be empty.
@@ -174,7 +163,6 @@ pub mod rules {
         rule: "self.size() > 0",
         message: "spec.adapters[].name must not be empty",
         field_path: None,
-        reason: None,
     };
 
     /// Adapter names are joined with commas in the `kinfer.dev/served-models` annotation.
@@ -183,7 +171,6 @@ pub mod rules {
         rule: "!self.matches('[,[:space:]]')",
         message: "spec.adapters[].name must not contain commas or whitespace",
         field_path: None,
-        reason: None,
     };
 
     /// `spec.adapters[].source` must use a scheme the operator can download from.
@@ -193,7 +180,6 @@ pub mod rules {
         message:
             "spec.adapters[].source must be hf://org/repo, pvc://claim/path or s3://bucket/prefix",
         field_path: None,
-        reason: None,
     };
 
     /// The autoscaling bounds must form a range.
@@ -202,7 +188,6 @@ pub mod rules {
         rule: "!has(self.minReplicas) || !has(self.maxReplicas) || self.minReplicas <= self.maxReplicas",
         message: "spec.autoscaling.minReplicas must be <= spec.autoscaling.maxReplicas",
         field_path: Some(".minReplicas"),
-        reason: None,
     };
 
     /// Every rule, in the order [`InferenceModelSpec::validate`](crate::InferenceModelSpec::validate) checks them.
@@ -692,8 +677,7 @@ adapters:
     }
 
     fn autoscaling(min: i32, max: i32) -> AutoscalingSpec {
-        serde_json::from_value(serde_json::json!({"minReplicas": min, "maxReplicas": max}))
-            .unwrap()
+        serde_json::from_value(serde_json::json!({"minReplicas": min, "maxReplicas": max})).unwrap()
     }
 
     /// The only error of `spec`, checked to name `field` and, for CEL mirrors, to start with
@@ -741,7 +725,12 @@ adapters:
 
     #[test]
     fn model_source_needs_a_known_scheme() {
-        for source in ["gs://bucket/model", "Qwen/Qwen2.5", "hf://", "s3://bucket/my model"] {
+        for source in [
+            "gs://bucket/model",
+            "Qwen/Qwen2.5",
+            "hf://",
+            "s3://bucket/my model",
+        ] {
             let mut spec = valid();
             spec.model.source = Some(source.into());
             let error = only_error(&spec, "spec.model.source");
@@ -901,7 +890,10 @@ adapters:
         spec.adapters[0].source = "https://example.com/lora".into();
         let error = only_error(&spec, "spec.adapters[0].source");
         assert!(matches!(error, SpecError::AdapterSource { index: 0, .. }));
-        assert!(error.to_string().contains("unknown scheme \"https\""), "{error}");
+        assert!(
+            error.to_string().contains("unknown scheme \"https\""),
+            "{error}"
+        );
     }
 
     #[test]

@@ -141,3 +141,51 @@ impl Drop for TestNamespace {
         let _ = handle.join();
     }
 }
+
+/// Creates the InferenceModel CRD when it is not installed yet (the chart
+/// normally installs it) and waits until the API server serves it.
+pub async fn ensure_crd(client: &Client) -> Result<(), HarnessError> {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use kube::CustomResourceExt;
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let crd = kinfer_crds::InferenceModel::crd();
+    let name = crd.metadata.name.clone().unwrap_or_default();
+    match crds.create(&PostParams::default(), &crd).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(e)) if e.code == 409 => {}
+        Err(e) => return Err(e.into()),
+    }
+    wait_for(
+        &format!("CRD {name} to be established"),
+        Duration::from_secs(30),
+        || async {
+            let crd = crds.get(&name).await.ok()?;
+            let established = crd
+                .status?
+                .conditions?
+                .into_iter()
+                .any(|c| c.type_ == "Established" && c.status == "True");
+            established.then_some(())
+        },
+    )
+    .await
+}
+
+/// The folder of the test bed's tools (kubectl, helm), `$KINFER_CACHE/bin`.
+pub fn tools_bin() -> std::path::PathBuf {
+    let cache = std::env::var_os("KINFER_CACHE")
+        .map(std::path::PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".cache/kinfer"))
+        })
+        .unwrap_or_default();
+    cache.join("bin")
+}
+
+/// The repository root (the e2e crate's parent folder).
+pub fn repo_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(|p| p.to_path_buf())
+        .unwrap_or_default()
+}

@@ -256,7 +256,12 @@ mod tests {
 
     #[test]
     fn boolean_unknown_flag_does_not_eat_the_model() {
-        let out = run(&["vllm-sim", "--trust-remote-code", "my/model", "--disable-log-requests"]);
+        let out = run(&[
+            "vllm-sim",
+            "--trust-remote-code",
+            "my/model",
+            "--disable-log-requests",
+        ]);
         assert_eq!(out.kept, vec!["vllm-sim", "--", "my/model"]);
     }
 

@@ -198,11 +198,19 @@ pub struct SimArgs {
     pub startup_delay_ms: u64,
 
     /// Fraction (0..=1) of inference requests answered 500 with vLLM's error body.
-    #[arg(long = "sim-error-rate", env = "VLLM_SIM_ERROR_RATE", default_value_t = 0.0)]
+    #[arg(
+        long = "sim-error-rate",
+        env = "VLLM_SIM_ERROR_RATE",
+        default_value_t = 0.0
+    )]
     pub error_rate: f64,
 
     /// Fraction (0..=1) of streams whose connection is cut halfway, before `[DONE]`.
-    #[arg(long = "sim-drop-rate", env = "VLLM_SIM_DROP_RATE", default_value_t = 0.0)]
+    #[arg(
+        long = "sim-drop-rate",
+        env = "VLLM_SIM_DROP_RATE",
+        default_value_t = 0.0
+    )]
     pub drop_rate: f64,
 
     /// KV-cache capacity in blocks: bounds the prefix cache (LRU) and is the
@@ -368,7 +376,10 @@ impl Config {
         if self.vllm.max_num_seqs > tokio::sync::Semaphore::MAX_PERMITS {
             return Err(ConfigError::Invalid {
                 flag: "--max-num-seqs",
-                reason: format!("at most {} is supported", tokio::sync::Semaphore::MAX_PERMITS),
+                reason: format!(
+                    "at most {} is supported",
+                    tokio::sync::Semaphore::MAX_PERMITS
+                ),
             });
         }
         Ok(())

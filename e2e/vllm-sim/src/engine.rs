@@ -160,7 +160,10 @@ impl Run {
         };
         self.cached_tokens = cached;
         self.hold_kv_for(0);
-        let delay = self.engine.timing.prefill(self.prompt_tokens - cached.min(self.prompt_tokens));
+        let delay = self
+            .engine
+            .timing
+            .prefill(self.prompt_tokens - cached.min(self.prompt_tokens));
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
@@ -313,7 +316,10 @@ mod tests {
         let started = Instant::now();
         let mut run = Run::new(Arc::clone(&engine), 65, 1);
         run.schedule(None).await.unwrap();
-        assert_eq!(run.prefill(&[prompt.clone()], None, true).await, 0);
+        assert_eq!(
+            run.prefill(std::slice::from_ref(&prompt), None, true).await,
+            0
+        );
         assert_eq!(started.elapsed(), Duration::from_millis(10 + 65));
         run.finish(FinishReason::Stop);
 

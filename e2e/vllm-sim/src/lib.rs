@@ -158,7 +158,10 @@ pub async fn spawn(config: Config) -> Result<(SocketAddr, SimHandle), SimError> 
 }
 
 /// Like [`spawn`], on a listener the caller already bound.
-pub fn spawn_on(listener: TcpListener, config: &Config) -> Result<(SocketAddr, SimHandle), SimError> {
+pub fn spawn_on(
+    listener: TcpListener,
+    config: &Config,
+) -> Result<(SocketAddr, SimHandle), SimError> {
     let addr = listener.local_addr().map_err(SimError::Serve)?;
     let state = SimState::new(config)?;
     let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
@@ -181,7 +184,10 @@ pub fn spawn_on(listener: TcpListener, config: &Config) -> Result<(SocketAddr, S
 }
 
 /// Serves until `shutdown` completes (what `main` runs).
-pub async fn serve(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), SimError> {
+pub async fn serve(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), SimError> {
     let listener = bind(&config).await?;
     let addr = listener.local_addr().map_err(SimError::Serve)?;
     let state = SimState::new(&config)?;

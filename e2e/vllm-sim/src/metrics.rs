@@ -38,7 +38,11 @@ impl FinishReason {
         }
     }
 
-    const ALL: [FinishReason; 3] = [FinishReason::Stop, FinishReason::Length, FinishReason::Abort];
+    const ALL: [FinishReason; 3] = [
+        FinishReason::Stop,
+        FinishReason::Length,
+        FinishReason::Abort,
+    ];
 
     fn index(self) -> usize {
         match self {
@@ -128,8 +132,8 @@ const TOKEN_LATENCY_BUCKETS: &[f64] = &[
     40.0, 80.0,
 ];
 const REQUEST_LATENCY_BUCKETS: &[f64] = &[
-    0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0,
-    240.0, 480.0, 960.0, 1920.0, 7680.0,
+    0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0, 240.0,
+    480.0, 960.0, 1920.0, 7680.0,
 ];
 
 /// vLLM's `build_1_2_5_buckets(max_model_len)`: 1, 2, 5, 10, 20, 50, ... up to the limit.
@@ -278,7 +282,8 @@ impl Metrics {
             self.decode_time.observe(decode.as_secs_f64());
         }
         if let (Some(prefill), Some(decode)) = (request.prefill, request.decode) {
-            self.inference_time.observe((prefill + decode).as_secs_f64());
+            self.inference_time
+                .observe((prefill + decode).as_secs_f64());
         }
         self.request_prompt_tokens
             .observe(request.prompt_tokens as f64);
@@ -520,16 +525,8 @@ impl Metrics {
             "{name}_count{{{labels}}} {}",
             go_float(cumulative as f64)
         );
-        let _ = writeln!(
-            out,
-            "{name}_sum{{{labels}}} {}",
-            go_float(histogram.sum())
-        );
-        let _ = writeln!(
-            out,
-            "{name}_created{{{labels}}} {}",
-            go_float(self.created)
-        );
+        let _ = writeln!(out, "{name}_sum{{{labels}}} {}", go_float(histogram.sum()));
+        let _ = writeln!(out, "{name}_created{{{labels}}} {}", go_float(self.created));
     }
 }
 
@@ -623,10 +620,22 @@ mod tests {
                 .unwrap_or_else(|| panic!("missing {prefix}"))
                 .to_owned()
         };
-        assert!(line("vllm:time_to_first_token_seconds_bucket{model_name=\"m\",engine=\"0\",le=\"0.001\"}").ends_with(" 0.0"));
-        assert!(line("vllm:time_to_first_token_seconds_bucket{model_name=\"m\",engine=\"0\",le=\"0.005\"}").ends_with(" 1.0"));
-        assert!(line("vllm:time_to_first_token_seconds_bucket{model_name=\"m\",engine=\"0\",le=\"0.5\"}").ends_with(" 3.0"));
-        assert!(line("vllm:time_to_first_token_seconds_bucket{model_name=\"m\",engine=\"0\",le=\"+Inf\"}").ends_with(" 4.0"));
+        assert!(line(
+            "vllm:time_to_first_token_seconds_bucket{model_name=\"m\",engine=\"0\",le=\"0.001\"}"
+        )
+        .ends_with(" 0.0"));
+        assert!(line(
+            "vllm:time_to_first_token_seconds_bucket{model_name=\"m\",engine=\"0\",le=\"0.005\"}"
+        )
+        .ends_with(" 1.0"));
+        assert!(line(
+            "vllm:time_to_first_token_seconds_bucket{model_name=\"m\",engine=\"0\",le=\"0.5\"}"
+        )
+        .ends_with(" 3.0"));
+        assert!(line(
+            "vllm:time_to_first_token_seconds_bucket{model_name=\"m\",engine=\"0\",le=\"+Inf\"}"
+        )
+        .ends_with(" 4.0"));
         assert!(line("vllm:time_to_first_token_seconds_count").ends_with(" 4.0"));
     }
 

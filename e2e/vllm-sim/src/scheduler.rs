@@ -158,7 +158,11 @@ pub struct RunningSlot {
 }
 
 impl RunningSlot {
-    fn new(scheduler: Arc<Scheduler>, permit: OwnedSemaphorePermit, adapter: Option<Arc<str>>) -> Self {
+    fn new(
+        scheduler: Arc<Scheduler>,
+        permit: OwnedSemaphorePermit,
+        adapter: Option<Arc<str>>,
+    ) -> Self {
         scheduler.running.fetch_add(1, Ordering::Relaxed);
         if let Some(adapter) = &adapter {
             scheduler.adjust_adapter(adapter, |c| c.running += 1);

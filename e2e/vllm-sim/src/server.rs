@@ -87,7 +87,10 @@ impl Catalog {
             .map(|module| Adapter {
                 name: Arc::from(module.name.as_str()),
                 path: module.path.clone(),
-                parent: module.base_model_name.clone().unwrap_or_else(|| first.clone()),
+                parent: module
+                    .base_model_name
+                    .clone()
+                    .unwrap_or_else(|| first.clone()),
             })
             .collect();
         Catalog {
@@ -113,7 +116,11 @@ impl Catalog {
                 adapter: None,
             });
         };
-        if self.served_names.iter().any(|served| served.as_ref() == name) {
+        if self
+            .served_names
+            .iter()
+            .any(|served| served.as_ref() == name)
+        {
             return Ok(Target {
                 model: base(),
                 adapter: None,
@@ -306,15 +313,23 @@ impl SimState {
     }
 
     /// `(include_usage, continuous_usage)` for a request.
-    fn usage_mode(&self, stream: bool, options: Option<&StreamOptions>) -> Result<(bool, bool), ApiError> {
+    fn usage_mode(
+        &self,
+        stream: bool,
+        options: Option<&StreamOptions>,
+    ) -> Result<(bool, bool), ApiError> {
         match options {
             Some(_) if !stream => Err(ApiError::bad_request(
                 "Stream options can only be defined when `stream=True`.",
                 Some("stream_options"),
             )),
             Some(options) => {
-                let include = options.include_usage.unwrap_or(true) || self.options.force_include_usage;
-                Ok((include, include && options.continuous_usage_stats.unwrap_or(false)))
+                let include =
+                    options.include_usage.unwrap_or(true) || self.options.force_include_usage;
+                Ok((
+                    include,
+                    include && options.continuous_usage_stats.unwrap_or(false),
+                ))
             }
             None => Ok((stream && self.options.force_include_usage, false)),
         }
@@ -424,7 +439,9 @@ async fn chat_completions(
 ) -> Result<Response, ApiError> {
     let request: ChatCompletionRequest = parse_json(&headers, &body)?;
     let target = state.catalog.resolve(request.model.as_deref())?;
-    state.catalog.require(ModelKind::Generate, "Chat Completions")?;
+    state
+        .catalog
+        .require(ModelKind::Generate, "Chat Completions")?;
     let tokens = tokenize(&render_chat(&request.messages, request.tools.as_ref()));
     let requested = request.max_completion_tokens.or(request.max_tokens);
     let id = format!("chatcmpl-{}", request_id(&headers, request.request_id));
@@ -459,10 +476,10 @@ async fn completions(
     let echo = request.echo.unwrap_or(false);
     let prompts = prompt_token_lists(request.prompt)?
         .into_iter()
-        .map(|(tokens, text)| PromptPlan {
-            seed: prompt_seed(&tokens),
-            echo: echo.then(|| text.unwrap_or_else(|| detokenize(&tokens))),
-            tokens,
+        .map(|prompt| PromptPlan {
+            seed: prompt_seed(&prompt.tokens),
+            echo: echo.then(|| prompt.text.unwrap_or_else(|| detokenize(&prompt.tokens))),
+            tokens: prompt.tokens,
         })
         .collect();
     let id = format!("cmpl-{}", request_id(&headers, request.request_id));
@@ -502,7 +519,11 @@ fn plan(
         ));
     }
     let (include_usage, continuous_usage) = state.usage_mode(stream, stream_options)?;
-    let longest = prompts.iter().map(|p| p.tokens.len() as u64).max().unwrap_or(0);
+    let longest = prompts
+        .iter()
+        .map(|p| p.tokens.len() as u64)
+        .max()
+        .unwrap_or(0);
     let (max_tokens, finish) = state.output_plan(requested, longest)?;
     if state.engine.faults.inject_error() {
         return Err(ApiError::InjectedFailure);
@@ -529,7 +550,11 @@ fn plan(
     })
 }
 
-async fn respond(state: &SimState, generation: Generation, stream: bool) -> Result<Response, ApiError> {
+async fn respond(
+    state: &SimState,
+    generation: Generation,
+    stream: bool,
+) -> Result<Response, ApiError> {
     let engine = Arc::clone(&state.engine);
     if stream {
         let body = Body::from_stream(sse::stream(engine, generation));
@@ -561,7 +586,7 @@ async fn embeddings(
     state.catalog.require(ModelKind::Embed, "Embeddings")?;
     let inputs: Vec<Vec<u32>> = prompt_token_lists(request.input)?
         .into_iter()
-        .map(|(tokens, _)| tokens)
+        .map(|input| input.tokens)
         .collect();
     let max_len = state.catalog.max_model_len;
     if let Some(too_long) = inputs.iter().find(|t| t.len() as u64 > max_len) {
@@ -598,7 +623,11 @@ async fn embeddings(
     }
 
     let prompt_tokens: u64 = inputs.iter().map(|t| t.len() as u64).sum();
-    let mut run = Run::new(Arc::clone(&state.engine), prompt_tokens, inputs.len() as u64);
+    let mut run = Run::new(
+        Arc::clone(&state.engine),
+        prompt_tokens,
+        inputs.len() as u64,
+    );
     run.schedule(target.adapter.clone()).await?;
     // Pooling models in vLLM do not use the prefix cache.
     run.prefill(&inputs, target.adapter.as_deref(), false).await;
@@ -653,18 +682,30 @@ fn parse_json<T: DeserializeOwned>(headers: &HeaderMap, body: &[u8]) -> Result<T
         .map_err(|err| ApiError::InvalidRequest(format!("Invalid request body: {err}")))
 }
 
-/// Prompts as token lists, with their text when given as text.
-fn prompt_token_lists(input: PromptInput) -> Result<Vec<(Vec<u32>, Option<String>)>, ApiError> {
-    let lists: Vec<(Vec<u32>, Option<String>)> = match input {
-        PromptInput::Text(text) => vec![(tokenize(&text), Some(text))],
-        PromptInput::Texts(texts) => texts
-            .into_iter()
-            .map(|text| (tokenize(&text), Some(text)))
-            .collect(),
-        PromptInput::Tokens(tokens) => vec![(tokens, None)],
-        PromptInput::TokenLists(lists) => lists.into_iter().map(|tokens| (tokens, None)).collect(),
+/// One prompt as token ids, with its text when it was given as text.
+struct PromptTokens {
+    tokens: Vec<u32>,
+    text: Option<String>,
+}
+
+/// Prompts (or embedding inputs) as token lists.
+fn prompt_token_lists(input: PromptInput) -> Result<Vec<PromptTokens>, ApiError> {
+    let from_text = |text: String| PromptTokens {
+        tokens: tokenize(&text),
+        text: Some(text),
     };
-    if lists.is_empty() || lists.iter().any(|(tokens, text)| tokens.is_empty() && text.is_none()) {
+    let from_tokens = |tokens: Vec<u32>| PromptTokens { tokens, text: None };
+    let lists: Vec<PromptTokens> = match input {
+        PromptInput::Text(text) => vec![from_text(text)],
+        PromptInput::Texts(texts) => texts.into_iter().map(from_text).collect(),
+        PromptInput::Tokens(tokens) => vec![from_tokens(tokens)],
+        PromptInput::TokenLists(lists) => lists.into_iter().map(from_tokens).collect(),
+    };
+    if lists.is_empty()
+        || lists
+            .iter()
+            .any(|p| p.tokens.is_empty() && p.text.is_none())
+    {
         return Err(ApiError::bad_request(
             "Prompt must be a non-empty string, list of strings or list of token ids.",
             Some("prompt"),
@@ -789,7 +830,10 @@ mod tests {
             base_model_name: None,
         }];
         let catalog = Catalog::new(&config);
-        assert_eq!(catalog.resolve(Some("alias-b")).unwrap().model.as_ref(), "alias-a");
+        assert_eq!(
+            catalog.resolve(Some("alias-b")).unwrap().model.as_ref(),
+            "alias-a"
+        );
         assert_eq!(catalog.resolve(None).unwrap().model.as_ref(), "alias-a");
         let adapter = catalog.resolve(Some("sql")).unwrap();
         assert_eq!(adapter.adapter.as_deref(), Some("sql"));

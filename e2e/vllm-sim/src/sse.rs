@@ -28,9 +28,9 @@ use crate::engine::{Engine, Run};
 use crate::error::ApiError;
 use crate::metrics::FinishReason;
 use crate::protocol::{
-    AssistantMessage, ChatChoice, ChatChunk, ChatChunkChoice, ChatCompletionResponse,
-    CompactUsage, CompletionChoice, CompletionChunk, CompletionChunkChoice, CompletionResponse,
-    Delta, JsonNull, PromptTokensDetails, Usage, UsageChunk,
+    AssistantMessage, ChatChoice, ChatChunk, ChatChunkChoice, ChatCompletionResponse, CompactUsage,
+    CompletionChoice, CompletionChunk, CompletionChunkChoice, CompletionResponse, Delta, JsonNull,
+    PromptTokensDetails, Usage, UsageChunk,
 };
 use crate::tokenizer::output_token;
 
@@ -118,9 +118,12 @@ impl Generation {
     /// (choice index, prompt, sample index) for every choice, in vLLM's order.
     fn choice_list(&self) -> impl Iterator<Item = (u32, &PromptPlan, u32)> {
         let n = self.n;
-        self.prompts.iter().enumerate().flat_map(move |(p, prompt)| {
-            (0..n).map(move |sample| (p as u32 * n + sample, prompt, sample))
-        })
+        self.prompts
+            .iter()
+            .enumerate()
+            .flat_map(move |(p, prompt)| {
+                (0..n).map(move |sample| (p as u32 * n + sample, prompt, sample))
+            })
     }
 
     fn token_ids(&self) -> Vec<Vec<u32>> {
@@ -331,7 +334,11 @@ async fn pause_before_cut() {
 
 /// Runs a generation to the end and builds the JSON response body.
 pub async fn complete(engine: Arc<Engine>, generation: Generation) -> Result<Vec<u8>, ApiError> {
-    let mut run = Run::new(Arc::clone(&engine), generation.prompt_tokens(), generation.choices());
+    let mut run = Run::new(
+        Arc::clone(&engine),
+        generation.prompt_tokens(),
+        generation.choices(),
+    );
     run.schedule(generation.adapter.clone()).await?;
     let cached = run
         .prefill(&generation.token_ids(), generation.adapter.as_deref(), true)

@@ -14,9 +14,11 @@
 //!    multi-value flag (`--served-model-name a b`) keeps every following word up
 //!    to the next `-`-prefixed one. A known boolean given `=false` is dropped.
 //! 4. An unknown flag is dropped. Without an inline `=value` it also swallows the
-//!    next word unless that word starts with `-` or the flag looks boolean
-//!    (`--enable-*`, `--disable-*`, `--no-*` or a known vLLM switch such as
-//!    `--trust-remote-code`), so `--trust-remote-code MODEL` keeps MODEL.
+//!    next word, unless that word starts with `-` (and is not a number) or the
+//!    flag looks boolean (`--enable-*`, `--disable-*`, `--no-*` or a known vLLM
+//!    switch such as `--trust-remote-code`), so `--trust-remote-code MODEL`
+//!    keeps MODEL. Unknown short flags (`-tp 2`) swallow a value the same way
+//!    unless they carry it inline (`-O3`).
 //! 5. The first bare word is the positional MODEL; later bare words are dropped.
 //!    It is passed to clap after `--`, so a multi-value flag cannot absorb it.
 //!

@@ -19,7 +19,7 @@
 //! let (addr, handle) = kinfer_vllm_sim::spawn(config).await?;
 //! // ... send requests to http://{addr}/v1/chat/completions ...
 //! assert_eq!(handle.stats().running, 0);
-//! handle.shutdown().await;
+//! handle.shutdown().await?;
 //! # Ok(()) }
 //! ```
 //!

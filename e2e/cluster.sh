@@ -8,6 +8,7 @@
 #                           removes the cluster's state
 #   e2e/cluster.sh status   what runs, where, and the kubeconfig to export
 #   e2e/cluster.sh env      prints `export KUBECONFIG=...` for eval
+#   e2e/cluster.sh restart-runner   rebuild kinfer's binaries, restart the pod runner
 #
 # Environment:
 #   KINFER_CACHE         tool cache (default ~/.cache/kinfer), see tools/install.sh
@@ -253,11 +254,7 @@ up() {
   # Service accounts come from the controller manager; tests need "default".
   wait_for kube-controller-manager 60 kubectl get serviceaccount default -n default
 
-  log "pod runner: engine stand-ins at pod IPs"
-  start podrunner "$BIN_DIR/kinfer-podrunner" --kubeconfig "$DIR/podrunner.kubeconfig" \
-    --engine-bin "$BIN_DIR/vllm-sim" --log-dir "$LOGS/pods" "${IMAGE_BINS[@]}" \
-    --api-server "https://127.0.0.1:$api_port" --api-ca "$c/ca.crt"
-  wait_for podrunner 30 grep -q "watching pods" "$LOGS/podrunner.log"
+  start_runner
   for name in kube-controller-manager kube-scheduler; do
     alive "$name" || die "$name exited during start-up; its log: $LOGS/$name.log"
   done
@@ -278,6 +275,23 @@ check_loopback() {
         for p in $pids; do case "$procs" in *"pid=$p,"*) echo "$addr $procs" ;; esac; done
       done)" || true
   [ -z "$bad" ] || die "a test bed process listens on a non-loopback address: $bad"
+}
+
+start_runner() {
+  log "pod runner: engine stand-ins at pod IPs"
+  start podrunner "$BIN_DIR/kinfer-podrunner" --kubeconfig "$DIR/podrunner.kubeconfig" \
+    --engine-bin "$BIN_DIR/vllm-sim" --log-dir "$LOGS/pods" "${IMAGE_BINS[@]}" \
+    --api-server "https://127.0.0.1:$(cat "$DIR/apiserver.port")" --api-ca "$DIR/pki/ca.crt"
+  wait_for podrunner 30 grep -q "watching pods" "$LOGS/podrunner.log"
+}
+
+# Rebuilds and restarts the pod runner alone (after changing kinfer's
+# binaries or the stand-in); running pods get their processes restarted.
+restart_runner() {
+  alive kube-apiserver || die "the cluster is not up"
+  ensure_binaries
+  stop_component podrunner
+  start_runner
 }
 
 stop_component() {
@@ -325,6 +339,7 @@ status() {
 
 case "${1:-}" in
   up) up ;;
+  restart-runner) restart_runner ;;
   check) check_loopback; log "every test bed socket is on loopback" ;;
   down) down ;;
   status) status ;;

@@ -6,6 +6,7 @@
 //! `KINFER_E2E_KEEP=1` (or `on-failure`, the default keeps it only when the
 //! test panicked).
 
+pub mod forward;
 pub mod podrunner;
 
 use std::future::Future;

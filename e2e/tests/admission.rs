@@ -3,6 +3,8 @@
 //! accepted; each invalid one is rejected with its rule's message, which
 //! names the field.
 
+#![allow(clippy::unwrap_used)] // test code: a panic is a test failure
+
 use kinfer_e2e::{ensure_crd, repo_root, tools_bin, TestNamespace};
 use kube::api::{DynamicObject, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};

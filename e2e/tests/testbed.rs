@@ -4,6 +4,8 @@
 //!
 //! Needs a cluster: `e2e/cluster.sh up` then `cargo test -p kinfer-e2e`.
 
+#![allow(clippy::unwrap_used)] // test code: a panic is a test failure
+
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;

@@ -34,6 +34,12 @@ pub mod reasons {
     pub const ROLLING_OUT: &str = "RollingOut";
     /// The spec breaks a rule the API server could not check; the message names the field.
     pub const INVALID_SPEC: &str = "InvalidSpec";
+    /// The engine container cannot be created from its configuration, for example because the
+    /// Secret named by spec.cache.hfTokenSecretRef does not exist.
+    pub const CONTAINER_CONFIG_ERROR: &str = "ContainerConfigError";
+    /// The Deployment cannot create pods: a ResourceQuota, a LimitRange, Pod Security admission
+    /// or a webhook rejects them.
+    pub const PODS_NOT_CREATED: &str = "PodsNotCreated";
 }
 
 /// Values of a condition's `status`.

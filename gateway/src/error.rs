@@ -27,7 +27,9 @@ pub enum ApiError {
     #[error("could not read the request body: {0}")]
     BodyRead(#[source] axum::Error),
 
-    #[error("the model `{model}` does not exist. GET /v1/models lists the models this gateway serves")]
+    #[error(
+        "the model `{model}` does not exist. GET /v1/models lists the models this gateway serves"
+    )]
     ModelNotFound { model: String },
 
     #[error("the model `{model}` does not serve {path} (it serves: {features}); pick a model with the {required} feature")]
@@ -39,10 +41,16 @@ pub enum ApiError {
     },
 
     #[error("the model `{model}` has no ready replica (scaled to zero or starting); retry after {}s", retry_after.as_secs())]
-    NoReadyReplica { model: String, retry_after: Duration },
+    NoReadyReplica {
+        model: String,
+        retry_after: Duration,
+    },
 
     #[error("too many requests are waiting for a replica of the model `{model}`; retry after {}s", retry_after.as_secs())]
-    HoldQueueFull { model: String, retry_after: Duration },
+    HoldQueueFull {
+        model: String,
+        retry_after: Duration,
+    },
 
     #[error("no replica of the model `{model}` could be reached: {reason}")]
     BackendUnreachable { model: String, reason: String },
@@ -52,6 +60,9 @@ pub enum ApiError {
 
     #[error("unknown endpoint {method} {path}")]
     RouteNotFound { method: String, path: String },
+
+    #[error("method {method} is not allowed on {path}")]
+    MethodNotAllowed { method: String, path: String },
 }
 
 #[derive(Serialize)]
@@ -85,6 +96,7 @@ impl ApiError {
             }
             ApiError::BackendUnreachable { .. } => StatusCode::BAD_GATEWAY,
             ApiError::BackendTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
         }
     }
 
@@ -103,6 +115,7 @@ impl ApiError {
             ApiError::BackendUnreachable { .. } => "backend_unreachable",
             ApiError::BackendTimeout { .. } => "backend_timeout",
             ApiError::RouteNotFound { .. } => "unknown_url",
+            ApiError::MethodNotAllowed { .. } => "method_not_allowed",
         }
     }
 
@@ -146,7 +159,10 @@ impl IntoResponse for ApiError {
         let body = serde_json::to_vec(&envelope).unwrap_or_default();
         let mut response = (
             self.status(),
-            [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
             body,
         )
             .into_response();

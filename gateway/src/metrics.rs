@@ -246,9 +246,18 @@ mod tests {
         metrics.count_request(&model, 200);
         metrics.count_request(&model, 503);
         let text = metrics.encode();
-        assert!(text.contains(r#"kinfer_gateway_inflight_requests{model="Qwen/Qwen2.5-7B-Instruct"} 1"#), "{text}");
-        assert!(text.contains(r#"kinfer_gateway_queued_requests{model="Qwen/Qwen2.5-7B-Instruct"} 1"#));
-        assert!(text.contains(r#"kinfer_gateway_requests_total{model="Qwen/Qwen2.5-7B-Instruct",code="503"} 1"#));
+        assert!(
+            text.contains(
+                r#"kinfer_gateway_inflight_requests{model="Qwen/Qwen2.5-7B-Instruct"} 1"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"kinfer_gateway_queued_requests{model="Qwen/Qwen2.5-7B-Instruct"} 1"#)
+        );
+        assert!(text.contains(
+            r#"kinfer_gateway_requests_total{model="Qwen/Qwen2.5-7B-Instruct",code="503"} 1"#
+        ));
         assert!(text.contains("kinfer_gateway_request_duration_seconds_bucket"));
     }
 }

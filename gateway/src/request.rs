@@ -16,7 +16,33 @@ const MAX_REQUEST_ID_LENGTH: usize = 128;
 #[derive(Deserialize)]
 struct RoutingFields<'a> {
     #[serde(borrow, default)]
-    model: Option<Cow<'a, str>>,
+    model: Option<BorrowedStr<'a>>,
+}
+
+/// A string borrowed from the body when it has no escapes. (serde's `Cow<str>` always
+/// allocates when nested in an `Option`.)
+struct BorrowedStr<'a>(Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for BorrowedStr<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = BorrowedStr<'de>;
+            fn expecting(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                formatter.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, value: &'de str) -> Result<Self::Value, E> {
+                Ok(BorrowedStr(Cow::Borrowed(value)))
+            }
+            fn visit_str<E>(self, value: &str) -> Result<Self::Value, E> {
+                Ok(BorrowedStr(Cow::Owned(value.to_string())))
+            }
+            fn visit_string<E>(self, value: String) -> Result<Self::Value, E> {
+                Ok(BorrowedStr(Cow::Owned(value)))
+            }
+        }
+        deserializer.deserialize_str(Visitor)
+    }
 }
 
 /// Read the model id of a JSON request body.
@@ -32,7 +58,7 @@ pub fn model_of(body: &[u8]) -> Result<Cow<'_, str>, ApiError> {
         }
     })?;
     match fields.model {
-        Some(model) if !model.trim().is_empty() => Ok(model),
+        Some(BorrowedStr(model)) if !model.trim().is_empty() => Ok(model),
         _ => Err(ApiError::MissingModel),
     }
 }

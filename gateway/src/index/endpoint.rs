@@ -52,6 +52,8 @@ struct OutlierState {
 #[derive(Debug)]
 pub struct Endpoint {
     name: String,
+    /// `name` as the `x-kinfer-replica` value, built once.
+    replica_header: http::HeaderValue,
     address: String,
     scheme: Scheme,
     authority: Authority,
@@ -87,8 +89,13 @@ impl Endpoint {
         if authority.port_u16().is_none() {
             return Err(invalid());
         }
+        let name = name.into();
+        let replica_header = http::HeaderValue::from_str(&name)
+            .or_else(|_| http::HeaderValue::from_str(authority.as_str()))
+            .map_err(|_| invalid())?;
         Ok(Self {
-            name: name.into(),
+            name,
+            replica_header,
             address: authority.to_string(),
             scheme: Scheme::HTTP,
             authority,
@@ -100,6 +107,10 @@ impl Endpoint {
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    pub fn replica_header(&self) -> &http::HeaderValue {
+        &self.replica_header
     }
 
     /// `host:port`.
@@ -131,12 +142,18 @@ impl Endpoint {
 
     /// The last scraped load, if it is younger than `max_age`.
     pub fn engine_load(&self, now: Instant, max_age: Duration) -> Option<EngineLoad> {
-        let load = *self.load.lock().unwrap_or_else(|poison| poison.into_inner());
+        let load = *self
+            .load
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
         load.filter(|load| now.saturating_duration_since(load.scraped_at) <= max_age)
     }
 
     pub fn set_engine_load(&self, load: Option<EngineLoad>) {
-        *self.load.lock().unwrap_or_else(|poison| poison.into_inner()) = load;
+        *self
+            .load
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner()) = load;
     }
 
     /// Whether the replica may receive requests (it is not ejected, or its ejection is over).
@@ -162,7 +179,9 @@ impl Endpoint {
     pub(crate) fn record_success(&self) {
         // Loads before stores: the common case touches no shared cache line for writing.
         if self.outlier.consecutive_failures.load(Ordering::Relaxed) != 0 {
-            self.outlier.consecutive_failures.store(0, Ordering::Relaxed);
+            self.outlier
+                .consecutive_failures
+                .store(0, Ordering::Relaxed);
         }
         if self.outlier.ejections_in_a_row.load(Ordering::Relaxed) != 0 {
             self.outlier.ejections_in_a_row.store(0, Ordering::Relaxed);
@@ -187,8 +206,13 @@ impl Endpoint {
         if until.is_some_and(|deadline| now < deadline) {
             return None;
         }
-        self.outlier.consecutive_failures.store(0, Ordering::Relaxed);
-        let previous = self.outlier.ejections_in_a_row.fetch_add(1, Ordering::Relaxed);
+        self.outlier
+            .consecutive_failures
+            .store(0, Ordering::Relaxed);
+        let previous = self
+            .outlier
+            .ejections_in_a_row
+            .fetch_add(1, Ordering::Relaxed);
         let duration = policy
             .base
             .saturating_mul(1 << previous.min(16))

@@ -164,7 +164,10 @@ impl Index {
             config.endpoints.sort();
             config.endpoints.dedup_by(|a, b| a.address == b.address);
         }
-        let mut last = self.last.lock().unwrap_or_else(|poison| poison.into_inner());
+        let mut last = self
+            .last
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
         if last.as_ref() == Some(&configs) {
             return false;
         }
@@ -308,10 +311,16 @@ mod tests {
     fn strategy_change_replaces_policy() {
         let index = index();
         index.publish(vec![model("a", &[])]);
-        assert_eq!(index.snapshot().get("a").unwrap().policy.name(), "LeastLoad");
+        assert_eq!(
+            index.snapshot().get("a").unwrap().policy.name(),
+            "LeastLoad"
+        );
         let mut config = model("a", &[]);
         config.strategy = Some(RoutingStrategy::RoundRobin);
         index.publish(vec![config]);
-        assert_eq!(index.snapshot().get("a").unwrap().policy.name(), "RoundRobin");
+        assert_eq!(
+            index.snapshot().get("a").unwrap().policy.name(),
+            "RoundRobin"
+        );
     }
 }

@@ -22,7 +22,7 @@ use std::time::{Duration, SystemTime};
 use kinfer_crds::{Feature, RoutingStrategy};
 use serde::Deserialize;
 
-use super::{EndpointConfig, Endpoint, Index, ModelConfig};
+use super::{Endpoint, EndpointConfig, Index, ModelConfig};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StaticFileError {
@@ -95,15 +95,23 @@ impl StaticFile {
                     StaticEndpoint::Url(url) => (url, None),
                     StaticEndpoint::Named { url, name } => (url, name.as_ref()),
                 };
-                let parsed = Endpoint::new("", url).map_err(|error| format!("model `{}`: {error}", model.id))?;
+                let parsed = Endpoint::new("", url)
+                    .map_err(|error| format!("model `{}`: {error}", model.id))?;
                 endpoints.push(EndpointConfig {
-                    name: name.cloned().unwrap_or_else(|| parsed.address().to_string()),
+                    name: name
+                        .cloned()
+                        .unwrap_or_else(|| parsed.address().to_string()),
                     address: parsed.address().to_string(),
                 });
             }
             let ids = std::iter::once((&model.id, None))
                 .chain(model.aliases.iter().map(|alias| (alias, None)))
-                .chain(model.adapters.iter().map(|adapter| (adapter, Some(model.id.clone()))));
+                .chain(
+                    model
+                        .adapters
+                        .iter()
+                        .map(|adapter| (adapter, Some(model.id.clone()))),
+                );
             for (id, parent) in ids {
                 if !seen.insert(id.clone()) {
                     return Err(format!("model id `{id}` appears more than once"));
@@ -135,10 +143,11 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<ModelConfig>, StaticFileErro
         path: path.to_path_buf(),
         source,
     })?;
-    file.to_configs().map_err(|message| StaticFileError::Invalid {
-        path: path.to_path_buf(),
-        message,
-    })
+    file.to_configs()
+        .map_err(|message| StaticFileError::Invalid {
+            path: path.to_path_buf(),
+            message,
+        })
 }
 
 fn fingerprint(path: &Path) -> Option<(SystemTime, u64)> {
@@ -205,8 +214,20 @@ models:
     fn example_expands() {
         let configs = parse(Path::new("x.yaml"), EXAMPLE).unwrap();
         let ids: Vec<_> = configs.iter().map(|config| config.id.as_str()).collect();
-        assert_eq!(ids, ["Qwen/Qwen2.5-7B-Instruct", "qwen", "sql-lora", "bge", "cold"]);
-        assert_eq!(configs[2].parent.as_deref(), Some("Qwen/Qwen2.5-7B-Instruct"));
+        assert_eq!(
+            ids,
+            [
+                "Qwen/Qwen2.5-7B-Instruct",
+                "qwen",
+                "sql-lora",
+                "bge",
+                "cold"
+            ]
+        );
+        assert_eq!(
+            configs[2].parent.as_deref(),
+            Some("Qwen/Qwen2.5-7B-Instruct")
+        );
         assert_eq!(configs[1].parent, None);
         assert_eq!(configs[0].strategy, Some(RoutingStrategy::RoundRobin));
         assert_eq!(
@@ -232,8 +253,14 @@ models:
         for (text, needle) in [
             ("models:\n  - id: a\n  - id: a\n", "more than once"),
             ("models:\n  - id: a\n    aliases: [a]\n", "more than once"),
-            ("models:\n  - id: a\n    endpoints: [\"https://x:1\"]\n", "invalid endpoint"),
-            ("models:\n  - id: a\n    strategy: Fastest\n", "unknown variant"),
+            (
+                "models:\n  - id: a\n    endpoints: [\"https://x:1\"]\n",
+                "invalid endpoint",
+            ),
+            (
+                "models:\n  - id: a\n    strategy: Fastest\n",
+                "unknown variant",
+            ),
             ("models:\n  - id: a\n    endpoint: []\n", "unknown field"),
             ("models:\n  - id: \"\"\n", "empty id"),
         ] {
@@ -245,14 +272,22 @@ models:
 
     #[tokio::test]
     async fn reloads_on_change() {
-        let directory = std::env::temp_dir().join(format!("kinfer-static-{}", uuid::Uuid::new_v4()));
+        let directory =
+            std::env::temp_dir().join(format!("kinfer-static-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(&directory).unwrap();
         let path = directory.join("models.yaml");
         std::fs::write(&path, "models:\n  - id: a\n").unwrap();
         let index = Arc::new(crate::index::tests::index());
         let mut changes = index.subscribe();
-        let task = tokio::spawn(watch(path.clone(), Duration::from_millis(20), index.clone()));
-        tokio::time::timeout(Duration::from_secs(5), changes.changed()).await.unwrap().unwrap();
+        let task = tokio::spawn(watch(
+            path.clone(),
+            Duration::from_millis(20),
+            index.clone(),
+        ));
+        tokio::time::timeout(Duration::from_secs(5), changes.changed())
+            .await
+            .unwrap()
+            .unwrap();
         assert!(index.is_synced());
         assert!(index.snapshot().get("a").is_some());
         // Invalid content keeps the last table.
@@ -260,7 +295,10 @@ models:
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert!(index.snapshot().get("a").is_some());
         std::fs::write(&path, "models:\n  - id: b\n    endpoints: [127.0.0.1:9]\n").unwrap();
-        tokio::time::timeout(Duration::from_secs(5), changes.changed()).await.unwrap().unwrap();
+        tokio::time::timeout(Duration::from_secs(5), changes.changed())
+            .await
+            .unwrap()
+            .unwrap();
         let table = index.snapshot();
         assert!(table.get("a").is_none());
         assert_eq!(table.get("b").unwrap().endpoints.len(), 1);

@@ -87,7 +87,13 @@ mod tests {
             counts[policy.pick(&endpoints, &REQUEST).unwrap()] += 1;
         }
         assert_eq!(counts[2], 0, "{counts:?}");
-        assert!(counts.iter().enumerate().all(|(index, count)| index == 2 || *count > 50), "{counts:?}");
+        assert!(
+            counts
+                .iter()
+                .enumerate()
+                .all(|(index, count)| index == 2 || *count > 50),
+            "{counts:?}"
+        );
     }
 
     #[test]

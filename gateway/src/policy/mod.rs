@@ -83,7 +83,10 @@ pub(crate) mod tests {
     pub(crate) fn endpoints(count: usize) -> Vec<Arc<Endpoint>> {
         (0..count)
             .map(|index| {
-                Arc::new(Endpoint::new(format!("e{index}"), &format!("127.0.0.1:{}", 1000 + index)).unwrap())
+                Arc::new(
+                    Endpoint::new(format!("e{index}"), &format!("127.0.0.1:{}", 1000 + index))
+                        .unwrap(),
+                )
             })
             .collect()
     }
@@ -97,14 +100,26 @@ pub(crate) mod tests {
     #[test]
     fn factory_names() {
         let config = PolicyConfig::default();
-        assert_eq!(for_strategy(RoutingStrategy::LeastLoad, config).name(), "LeastLoad");
-        assert_eq!(for_strategy(RoutingStrategy::RoundRobin, config).name(), "RoundRobin");
-        assert_eq!(for_strategy(RoutingStrategy::PrefixCache, config).name(), "LeastLoad");
+        assert_eq!(
+            for_strategy(RoutingStrategy::LeastLoad, config).name(),
+            "LeastLoad"
+        );
+        assert_eq!(
+            for_strategy(RoutingStrategy::RoundRobin, config).name(),
+            "RoundRobin"
+        );
+        assert_eq!(
+            for_strategy(RoutingStrategy::PrefixCache, config).name(),
+            "LeastLoad"
+        );
     }
 
     #[test]
     fn strategies_parse() {
-        assert_eq!(parse_strategy("RoundRobin"), Ok(RoutingStrategy::RoundRobin));
+        assert_eq!(
+            parse_strategy("RoundRobin"),
+            Ok(RoutingStrategy::RoundRobin)
+        );
         assert_eq!(parse_strategy("least-load"), Ok(RoutingStrategy::LeastLoad));
         assert!(parse_strategy("random").is_err());
     }

@@ -1,0 +1,323 @@
+//! Command line and environment configuration. Every flag has a `KINFER_GATEWAY_*` variable.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, ValueEnum};
+use kinfer_crds::RoutingStrategy;
+
+use crate::index::EjectionPolicy;
+use crate::policy::{self, PolicyConfig};
+use crate::proxy::ProxyConfig;
+use crate::server::Limits;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "kinfer-gateway",
+    version,
+    about = "OpenAI-compatible gateway routing requests to kinfer InferenceModel replicas"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub server: ServerArgs,
+    #[command(flatten)]
+    pub discovery: DiscoveryArgs,
+    #[command(flatten)]
+    pub routing: RoutingArgs,
+    #[command(flatten)]
+    pub proxy: ProxyArgs,
+    #[command(flatten)]
+    pub limits: LimitArgs,
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Server")]
+pub struct ServerArgs {
+    /// Address of the OpenAI-compatible API.
+    #[arg(long, env = "KINFER_GATEWAY_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+    /// Address of /metrics, /healthz and /readyz.
+    #[arg(
+        long,
+        env = "KINFER_GATEWAY_ADMIN_LISTEN",
+        default_value = "0.0.0.0:9090"
+    )]
+    pub admin_listen: SocketAddr,
+    /// On SIGTERM, how long in-flight requests (streams included) may take to finish.
+    #[arg(long, env = "KINFER_GATEWAY_SHUTDOWN_GRACE", default_value = "30s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum DiscoveryMode {
+    /// Watch engine Pods and InferenceModels (in-cluster config, or KUBECONFIG).
+    Kubernetes,
+    /// Read models and endpoints from --static-file, re-read when it changes.
+    Static,
+}
+
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Discovery")]
+pub struct DiscoveryArgs {
+    #[arg(
+        long,
+        env = "KINFER_GATEWAY_DISCOVERY",
+        value_enum,
+        default_value = "kubernetes"
+    )]
+    pub discovery: DiscoveryMode,
+    /// YAML file of models and endpoints (static discovery).
+    #[arg(
+        long,
+        env = "KINFER_GATEWAY_STATIC_FILE",
+        required_if_eq("discovery", "static")
+    )]
+    pub static_file: Option<PathBuf>,
+    /// How often the static file's modification time is checked.
+    #[arg(long, env = "KINFER_GATEWAY_STATIC_POLL_INTERVAL", default_value = "2s", value_parser = parse_duration)]
+    pub static_poll_interval: Duration,
+    /// Namespaces to watch, comma-separated; empty watches every namespace.
+    #[arg(long, env = "KINFER_GATEWAY_NAMESPACES", value_delimiter = ',')]
+    pub namespaces: Vec<String>,
+    /// Watch InferenceModels, so models scaled to zero are listed and their requests held.
+    /// Turn off where the CRD or the RBAC to read it is missing.
+    #[arg(long, env = "KINFER_GATEWAY_WATCH_INFERENCE_MODELS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub watch_inference_models: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Routing")]
+pub struct RoutingArgs {
+    /// Strategy of models that do not set one: LeastLoad, RoundRobin or PrefixCache.
+    #[arg(long, env = "KINFER_GATEWAY_DEFAULT_STRATEGY", default_value = "LeastLoad", value_parser = policy::parse_strategy)]
+    pub default_strategy: RoutingStrategy,
+    /// How often each engine's /metrics is scraped for queue depth; 0s turns scraping off.
+    #[arg(long, env = "KINFER_GATEWAY_ENGINE_METRICS_INTERVAL", default_value = "2s", value_parser = parse_duration)]
+    pub engine_metrics_interval: Duration,
+    /// Scraped engine metrics older than this are ignored.
+    #[arg(long, env = "KINFER_GATEWAY_ENGINE_METRICS_MAX_AGE", default_value = "10s", value_parser = parse_duration)]
+    pub engine_metrics_max_age: Duration,
+}
+
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Upstream")]
+pub struct ProxyArgs {
+    /// TCP connect timeout to a replica.
+    #[arg(long, env = "KINFER_GATEWAY_CONNECT_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub connect_timeout: Duration,
+    /// Time to the engine's response headers (504 after). Non-streaming requests get their
+    /// headers only when generation ends, so keep it above the longest generation.
+    #[arg(long, env = "KINFER_GATEWAY_FIRST_BYTE_TIMEOUT", default_value = "600s", value_parser = parse_duration)]
+    pub first_byte_timeout: Duration,
+    /// Longest silence between two chunks of a response body; the response is cut after it.
+    #[arg(long, env = "KINFER_GATEWAY_IDLE_TIMEOUT", default_value = "120s", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+    /// Further attempts on other replicas when a failure happens before any response byte.
+    #[arg(long, env = "KINFER_GATEWAY_MAX_RETRIES", default_value_t = 2)]
+    pub max_retries: u32,
+    /// Retries allowed as a fraction of requests, on top of --retry-budget-burst.
+    #[arg(long, env = "KINFER_GATEWAY_RETRY_BUDGET_RATIO", default_value_t = 0.2)]
+    pub retry_budget_ratio: f64,
+    /// Retries that may be spent at once.
+    #[arg(long, env = "KINFER_GATEWAY_RETRY_BUDGET_BURST", default_value_t = 100)]
+    pub retry_budget_burst: u32,
+    /// Consecutive failures that eject a replica for a while; 0 turns ejection off.
+    #[arg(long, env = "KINFER_GATEWAY_EJECT_AFTER_FAILURES", default_value_t = 5)]
+    pub eject_after_failures: u32,
+    /// First ejection time, doubled on each further ejection without a success between.
+    #[arg(long, env = "KINFER_GATEWAY_EJECTION_TIME", default_value = "10s", value_parser = parse_duration)]
+    pub ejection_time: Duration,
+    #[arg(long, env = "KINFER_GATEWAY_MAX_EJECTION_TIME", default_value = "300s", value_parser = parse_duration)]
+    pub max_ejection_time: Duration,
+    /// Idle upstream connections are closed after this.
+    #[arg(long, env = "KINFER_GATEWAY_POOL_IDLE_TIMEOUT", default_value = "90s", value_parser = parse_duration)]
+    pub pool_idle_timeout: Duration,
+    #[arg(
+        long,
+        env = "KINFER_GATEWAY_POOL_MAX_IDLE_PER_HOST",
+        default_value_t = 1024
+    )]
+    pub pool_max_idle_per_host: usize,
+}
+
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Limits")]
+pub struct LimitArgs {
+    /// Largest request body (bytes, or with a KiB/MiB/GiB suffix); 413 above.
+    #[arg(long, env = "KINFER_GATEWAY_MAX_BODY_SIZE", default_value = "32MiB", value_parser = parse_bytes)]
+    pub max_body_size: usize,
+    /// How long a request for a model with no ready replica (scaled to zero, starting)
+    /// waits for one before a 503.
+    #[arg(long, env = "KINFER_GATEWAY_HOLD_TIMEOUT", default_value = "180s", value_parser = parse_duration)]
+    pub hold_timeout: Duration,
+    /// Requests that may wait per model; more get a 503 at once.
+    #[arg(long, env = "KINFER_GATEWAY_HOLD_QUEUE_LIMIT", default_value_t = 1000)]
+    pub hold_queue_limit: usize,
+    /// Retry-After of 503 answers.
+    #[arg(long, env = "KINFER_GATEWAY_RETRY_AFTER", default_value = "10s", value_parser = parse_duration)]
+    pub retry_after: Duration,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Logging")]
+pub struct LogArgs {
+    #[arg(
+        long,
+        env = "KINFER_GATEWAY_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    pub log_format: LogFormat,
+    /// tracing filter, for example `info` or `kinfer_gateway=debug,warn`. `warn` drops the
+    /// per-request access log.
+    #[arg(long, env = "KINFER_GATEWAY_LOG", default_value = "info")]
+    pub log_filter: String,
+}
+
+impl ProxyArgs {
+    pub fn to_config(&self) -> ProxyConfig {
+        ProxyConfig {
+            connect_timeout: self.connect_timeout,
+            first_byte_timeout: self.first_byte_timeout,
+            idle_timeout: self.idle_timeout,
+            max_retries: self.max_retries,
+            retry_budget_ratio: self.retry_budget_ratio,
+            retry_budget_burst: self.retry_budget_burst,
+            ejection: EjectionPolicy {
+                consecutive_failures: self.eject_after_failures,
+                base: self.ejection_time,
+                max: self.max_ejection_time,
+            },
+            pool_idle_timeout: self.pool_idle_timeout,
+            pool_max_idle_per_host: self.pool_max_idle_per_host,
+        }
+    }
+}
+
+impl LimitArgs {
+    pub fn to_limits(&self) -> Limits {
+        Limits {
+            max_body_bytes: self.max_body_size,
+            hold_timeout: self.hold_timeout,
+            hold_queue_limit: self.hold_queue_limit,
+            retry_after: self.retry_after,
+        }
+    }
+}
+
+impl RoutingArgs {
+    pub fn policy_config(&self) -> PolicyConfig {
+        PolicyConfig {
+            engine_metrics_max_age: self.engine_metrics_max_age,
+        }
+    }
+}
+
+/// `500ms`, `30s`, `5m`, `1h`, or a plain number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|character: char| !(character.is_ascii_digit() || character == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("invalid duration `{text}`: expected for example 500ms, 30s, 5m"))?;
+    let seconds = match unit.trim() {
+        "ms" => value / 1000.0,
+        "" | "s" => value,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        other => {
+            return Err(format!(
+                "invalid duration unit `{other}` in `{text}`: use ms, s, m or h"
+            ))
+        }
+    };
+    Duration::try_from_secs_f64(seconds)
+        .map_err(|error| format!("invalid duration `{text}`: {error}"))
+}
+
+/// `1048576`, `512KiB`, `32MiB`, `1GiB` (also KB/MB/GB, read as powers of 1024).
+pub fn parse_bytes(text: &str) -> Result<usize, String> {
+    let text = text.trim();
+    let split = text
+        .find(|character: char| !character.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: usize = number
+        .parse()
+        .map_err(|_| format!("invalid size `{text}`: expected for example 1048576 or 32MiB"))?;
+    let multiplier: usize = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        other => return Err(format!("invalid size unit `{other}` in `{text}`")),
+    };
+    value
+        .checked_mul(multiplier)
+        .ok_or_else(|| format!("size `{text}` is too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn every_flag_has_an_env_variable() {
+        let command = Cli::command();
+        for argument in command.get_arguments() {
+            let id = argument.get_id().as_str();
+            if id == "help" || id == "version" {
+                continue;
+            }
+            assert!(argument.get_env().is_some(), "--{id} has no env variable");
+        }
+    }
+
+    #[test]
+    fn defaults_parse() {
+        let cli = Cli::try_parse_from([
+            "kinfer-gateway",
+            "--discovery",
+            "static",
+            "--static-file",
+            "m.yaml",
+            "--namespaces",
+            "a,b",
+        ])
+        .unwrap();
+        assert_eq!(cli.discovery.namespaces, ["a", "b"]);
+        assert_eq!(cli.limits.max_body_size, 32 << 20);
+        assert_eq!(cli.proxy.first_byte_timeout, Duration::from_secs(600));
+        assert!(Cli::try_parse_from(["kinfer-gateway", "--discovery", "static"]).is_err());
+    }
+
+    #[test]
+    fn durations_and_sizes() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("5 parsecs").is_err());
+        assert!(parse_duration("-1s").is_err());
+        assert_eq!(parse_bytes("1KiB"), Ok(1024));
+        assert_eq!(parse_bytes("32MiB"), Ok(32 << 20));
+        assert!(parse_bytes("1XB").is_err());
+    }
+}

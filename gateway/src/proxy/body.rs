@@ -1,0 +1,262 @@
+//! The response body handed to the client: the engine's hyper body, frame by frame, unchanged.
+//!
+//! The wrapper adds what a pass-through needs and nothing else: an idle timeout between
+//! frames, the time-to-first-byte measurement, and guards whose `Drop` ends the in-flight count
+//! and writes the access log. When the client goes away, axum drops this body, which drops the
+//! upstream body, which closes the upstream connection: the engine sees the cancel.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use prometheus_client::metrics::gauge::Gauge;
+use tokio::time::{Instant, Sleep};
+
+use crate::index::Endpoint;
+use crate::metrics::{Metrics, ModelMetrics, UNKNOWN_MODEL};
+
+/// Counts one request in flight on an endpoint and on its model's gauge, until dropped.
+#[derive(Debug)]
+pub struct InflightGuard {
+    endpoint: Arc<Endpoint>,
+    gauge: Gauge,
+}
+
+impl InflightGuard {
+    pub fn new(endpoint: Arc<Endpoint>, gauge: Gauge) -> Self {
+        endpoint.begin_request();
+        gauge.inc();
+        Self { endpoint, gauge }
+    }
+
+    pub fn endpoint(&self) -> &Arc<Endpoint> {
+        &self.endpoint
+    }
+}
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        self.endpoint.end_request();
+        self.gauge.dec();
+    }
+}
+
+/// How a request ended, for the access log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Still running (the log has not been finished yet).
+    Pending,
+    /// The whole response was sent.
+    Complete,
+    /// The upstream body failed or went idle too long mid-stream.
+    UpstreamError,
+    /// The client went away (or the server shut down) before the end.
+    Cancelled,
+}
+
+/// One access log line and the request's duration, written when dropped, whatever happened.
+pub struct RequestLog {
+    metrics: Arc<Metrics>,
+    pub request_id: http::HeaderValue,
+    pub path: http::uri::PathAndQuery,
+    pub model: Option<ModelMetrics>,
+    pub replica: Option<Arc<Endpoint>>,
+    pub status: Option<u16>,
+    pub error: Option<&'static str>,
+    pub retries: u32,
+    pub started: Instant,
+    pub outcome: Outcome,
+}
+
+impl RequestLog {
+    pub fn new(
+        metrics: Arc<Metrics>,
+        request_id: http::HeaderValue,
+        path: http::uri::PathAndQuery,
+    ) -> Self {
+        Self {
+            metrics,
+            request_id,
+            path,
+            model: None,
+            replica: None,
+            status: None,
+            error: None,
+            retries: 0,
+            started: Instant::now(),
+            outcome: Outcome::Pending,
+        }
+    }
+}
+
+impl Drop for RequestLog {
+    fn drop(&mut self) {
+        let elapsed = self.started.elapsed();
+        let outcome = match self.outcome {
+            Outcome::Pending if self.status.is_some() && self.replica.is_none() => {
+                Outcome::Complete
+            }
+            Outcome::Pending => Outcome::Cancelled,
+            other => other,
+        };
+        // 499: the client closed the request before the response head (nginx's convention).
+        let code = self.status.unwrap_or(499);
+        match &self.model {
+            Some(model) => {
+                self.metrics.count_request(model, code);
+                if self.replica.is_some() {
+                    model.request_duration.observe(elapsed.as_secs_f64());
+                }
+            }
+            None => self.metrics.count_request_by_name(UNKNOWN_MODEL, code),
+        }
+        tracing::info!(
+            request_id = ?self.request_id,
+            path = %self.path.path(),
+            model = self.model.as_ref().map_or(UNKNOWN_MODEL, |model| model.model.as_str()),
+            replica = self.replica.as_ref().map_or("", |endpoint| endpoint.name()),
+            status = code,
+            error = self.error.unwrap_or(""),
+            retries = self.retries,
+            duration_ms = elapsed.as_secs_f64() * 1000.0,
+            outcome = ?outcome,
+            "request"
+        );
+    }
+}
+
+/// Errors of the body stream as the client's connection sees them (it is cut).
+#[derive(Debug)]
+pub enum BodyError {
+    Upstream(hyper::Error),
+    Idle(Duration),
+}
+
+impl fmt::Display for BodyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BodyError::Upstream(error) => write!(f, "engine response body failed: {error}"),
+            BodyError::Idle(after) => write!(f, "engine sent nothing for {after:?}"),
+        }
+    }
+}
+
+impl std::error::Error for BodyError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            BodyError::Upstream(error) => Some(error),
+            BodyError::Idle(_) => None,
+        }
+    }
+}
+
+pub struct ProxyBody {
+    inner: Incoming,
+    idle_timeout: Duration,
+    /// Fires at most once per `idle_timeout`; frames only move `last_frame`, so a stream of
+    /// many small chunks does not touch the timer wheel per chunk.
+    idle: Pin<Box<Sleep>>,
+    last_frame: Instant,
+    first_frame_seen: bool,
+    _inflight: InflightGuard,
+    log: RequestLog,
+}
+
+impl ProxyBody {
+    pub fn new(
+        inner: Incoming,
+        idle_timeout: Duration,
+        inflight: InflightGuard,
+        log: RequestLog,
+    ) -> Self {
+        let now = Instant::now();
+        Self {
+            inner,
+            idle_timeout,
+            idle: Box::pin(tokio::time::sleep_until(now + idle_timeout)),
+            last_frame: now,
+            first_frame_seen: false,
+            _inflight: inflight,
+            log,
+        }
+    }
+
+    fn count_error(&self, kind: &'static str) {
+        let model = self
+            .log
+            .model
+            .as_ref()
+            .map_or(UNKNOWN_MODEL, |model| model.model.as_str());
+        self.log.metrics.count_upstream_error(model, kind);
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                this.last_frame = Instant::now();
+                if !this.first_frame_seen {
+                    this.first_frame_seen = true;
+                    if let Some(model) = &this.log.model {
+                        let elapsed = this.last_frame.saturating_duration_since(this.log.started);
+                        model.time_to_first_byte.observe(elapsed.as_secs_f64());
+                    }
+                }
+                // A body with a content-length ends with its last byte: hyper does not poll
+                // again for the end.
+                if this.inner.is_end_stream() && this.log.outcome == Outcome::Pending {
+                    this.log.outcome = Outcome::Complete;
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(error))) => {
+                this.log.outcome = Outcome::UpstreamError;
+                this.log.error = Some("upstream_body");
+                this.count_error("body");
+                Poll::Ready(Some(Err(BodyError::Upstream(error))))
+            }
+            Poll::Ready(None) => {
+                if this.log.outcome == Outcome::Pending {
+                    this.log.outcome = Outcome::Complete;
+                }
+                Poll::Ready(None)
+            }
+            Poll::Pending => loop {
+                match this.idle.as_mut().poll(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(()) => {
+                        let deadline = this.last_frame + this.idle_timeout;
+                        if Instant::now() >= deadline {
+                            this.log.outcome = Outcome::UpstreamError;
+                            this.log.error = Some("idle_timeout");
+                            this.count_error("idle_timeout");
+                            return Poll::Ready(Some(Err(BodyError::Idle(this.idle_timeout))));
+                        }
+                        this.idle.as_mut().reset(deadline);
+                    }
+                }
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -1,0 +1,373 @@
+//! Forwarding a request to an engine replica: pooled keep-alive connections, timeouts,
+//! retries on another replica before any response byte, passive outlier ejection, and the
+//! streaming pass-through of the response body.
+
+mod body;
+mod budget;
+pub mod scraper;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body as AxumBody;
+use bytes::Bytes;
+use http::header::{self, HeaderName};
+use http::uri::PathAndQuery;
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tokio::time::Instant;
+
+pub use body::{InflightGuard, Outcome, ProxyBody, RequestLog};
+pub use budget::RetryBudget;
+
+use crate::error::ApiError;
+use crate::index::{EjectionPolicy, Endpoint, ModelEntry};
+use crate::metrics::Metrics;
+use crate::policy::RequestInfo;
+
+/// Header naming the replica that served the request.
+pub const REPLICA_HEADER: HeaderName = HeaderName::from_static("x-kinfer-replica");
+/// Header carrying the request id (propagated from the client or generated).
+pub const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
+
+pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+#[derive(Clone, Debug)]
+pub struct ProxyConfig {
+    /// TCP connect timeout to a replica (a timed-out connect is retried elsewhere).
+    pub connect_timeout: Duration,
+    /// Time from sending the request to the engine's response headers. Non-streaming
+    /// completions answer only when generation is done, so this must be generous.
+    pub first_byte_timeout: Duration,
+    /// Longest silence between two body chunks of a response.
+    pub idle_timeout: Duration,
+    /// Further attempts on other replicas after a failure before any response byte.
+    pub max_retries: u32,
+    /// Retries allowed per request, as a fraction of requests (0.2: one retry per five
+    /// requests on average), on top of `retry_budget_burst`.
+    pub retry_budget_ratio: f64,
+    /// Retries that may be spent at once (the budget's size).
+    pub retry_budget_burst: u32,
+    pub ejection: EjectionPolicy,
+    pub pool_idle_timeout: Duration,
+    pub pool_max_idle_per_host: usize,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(5),
+            first_byte_timeout: Duration::from_secs(600),
+            idle_timeout: Duration::from_secs(120),
+            max_retries: 2,
+            retry_budget_ratio: 0.2,
+            retry_budget_burst: 100,
+            ejection: EjectionPolicy::default(),
+            pool_idle_timeout: Duration::from_secs(90),
+            pool_max_idle_per_host: 1024,
+        }
+    }
+}
+
+/// Builds the pooled upstream client: HTTP/1.1 keep-alive, TCP_NODELAY.
+pub fn http_client(config: &ProxyConfig) -> HttpClient {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(config.connect_timeout));
+    connector.set_keepalive(Some(Duration::from_secs(60)));
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(config.pool_idle_timeout)
+        .pool_max_idle_per_host(config.pool_max_idle_per_host)
+        .pool_timer(TokioTimer::new())
+        .build(connector)
+}
+
+/// The parts of the client's request sent upstream.
+pub struct UpstreamRequest {
+    pub method: Method,
+    pub path_and_query: PathAndQuery,
+    /// Already stripped of hop-by-hop headers.
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+pub struct Proxy {
+    client: HttpClient,
+    config: ProxyConfig,
+    budget: RetryBudget,
+    metrics: Arc<Metrics>,
+}
+
+/// A failure before any response byte that another replica might not have.
+enum Retryable {
+    Unreachable(String),
+    Status(Response<Incoming>, InflightGuard),
+}
+
+impl Proxy {
+    pub fn new(config: ProxyConfig, metrics: Arc<Metrics>) -> Self {
+        Self {
+            client: http_client(&config),
+            budget: RetryBudget::new(config.retry_budget_ratio, config.retry_budget_burst),
+            config,
+            metrics,
+        }
+    }
+
+    pub fn client(&self) -> &HttpClient {
+        &self.client
+    }
+
+    /// A replica for the request: not already tried, and not ejected unless every untried
+    /// replica is (then ejection is ignored rather than failing the request).
+    fn choose(
+        &self,
+        entry: &ModelEntry,
+        tried: &[Arc<Endpoint>],
+        info: &RequestInfo<'_>,
+        now: Instant,
+    ) -> Option<Arc<Endpoint>> {
+        let all = &entry.endpoints;
+        if let ([only], true) = (all.as_slice(), tried.is_empty()) {
+            if only.is_available(now) {
+                return Some(only.clone());
+            }
+        }
+        if tried.is_empty() && all.iter().all(|endpoint| endpoint.is_available(now)) {
+            return entry.policy.pick(all, info).map(|index| all[index].clone());
+        }
+        let untried: Vec<Arc<Endpoint>> = all
+            .iter()
+            .filter(|endpoint| !tried.iter().any(|done| Arc::ptr_eq(done, endpoint)))
+            .cloned()
+            .collect();
+        let available: Vec<Arc<Endpoint>> = untried
+            .iter()
+            .filter(|endpoint| endpoint.is_available(now))
+            .cloned()
+            .collect();
+        let candidates = if available.is_empty() {
+            untried
+        } else {
+            available
+        };
+        // A single candidate needs no policy (and must not move a round-robin position).
+        if let [only] = candidates.as_slice() {
+            return Some(only.clone());
+        }
+        entry
+            .policy
+            .pick(&candidates, info)
+            .map(|index| candidates[index].clone())
+    }
+
+    fn record_failure(&self, entry: &ModelEntry, endpoint: &Endpoint, kind: &'static str) {
+        self.metrics.count_upstream_error(&entry.id, kind);
+        if let Some(duration) = endpoint.record_failure(Instant::now(), &self.config.ejection) {
+            entry.metrics.ejections.inc();
+            tracing::warn!(
+                replica = endpoint.name(),
+                model = %entry.id,
+                seconds = duration.as_secs_f64(),
+                "replica ejected after consecutive failures"
+            );
+        }
+    }
+
+    /// Send `request` to a replica of `entry`, retrying on another one when the failure
+    /// happens before any response byte. Engine responses (errors included) are returned as
+    /// they are; a response whose body is streaming is never retried.
+    pub async fn forward(
+        &self,
+        entry: &Arc<ModelEntry>,
+        request: UpstreamRequest,
+        info: &RequestInfo<'_>,
+        mut log: RequestLog,
+    ) -> Result<Response<AxumBody>, (ApiError, RequestLog)> {
+        self.budget.deposit();
+        let attempts = self.config.max_retries as usize + 1;
+        let mut tried: Vec<Arc<Endpoint>> = Vec::new();
+        let Some(mut endpoint) = self.choose(entry, &tried, info, Instant::now()) else {
+            let error = ApiError::NoReadyReplica {
+                model: entry.id.clone(),
+                retry_after: Duration::from_secs(1),
+            };
+            return Err((error, log));
+        };
+        loop {
+            tried.push(endpoint.clone());
+            let guard = InflightGuard::new(endpoint.clone(), entry.metrics.inflight.clone());
+            let mut upstream = Request::new(Full::new(request.body.clone()));
+            *upstream.method_mut() = request.method.clone();
+            *upstream.uri_mut() = endpoint.uri(request.path_and_query.clone());
+            *upstream.headers_mut() = request.headers.clone();
+            let sent = tokio::time::timeout(
+                self.config.first_byte_timeout,
+                self.client.request(upstream),
+            )
+            .await;
+            let failure = match sent {
+                Err(_elapsed) => {
+                    self.record_failure(entry, &endpoint, "timeout");
+                    log.replica = Some(endpoint);
+                    let error = ApiError::BackendTimeout {
+                        model: entry.id.clone(),
+                        after: self.config.first_byte_timeout,
+                    };
+                    return Err((error, log));
+                }
+                Ok(Err(error)) => {
+                    let kind = if error.is_connect() {
+                        "connect"
+                    } else {
+                        "reset"
+                    };
+                    self.record_failure(entry, &endpoint, kind);
+                    let reason = match std::error::Error::source(&error) {
+                        Some(source) => format!("{} ({error}: {source})", endpoint.name()),
+                        None => format!("{} ({error})", endpoint.name()),
+                    };
+                    Retryable::Unreachable(reason)
+                }
+                Ok(Ok(response))
+                    if matches!(
+                        response.status(),
+                        StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE
+                    ) =>
+                {
+                    self.record_failure(entry, &endpoint, "status");
+                    Retryable::Status(response, guard)
+                }
+                Ok(Ok(response)) => {
+                    endpoint.record_success();
+                    return Ok(self.respond(response, guard, log));
+                }
+            };
+            let next = if tried.len() < attempts {
+                self.choose(entry, &tried, info, Instant::now())
+            } else {
+                None
+            };
+            match next {
+                Some(next) if self.budget.withdraw() => {
+                    tracing::debug!(
+                        request_id = ?log.request_id,
+                        from = endpoint.name(),
+                        to = next.name(),
+                        "retrying on another replica"
+                    );
+                    entry.metrics.retries.inc();
+                    log.retries += 1;
+                    endpoint = next;
+                }
+                _ => {
+                    return match failure {
+                        Retryable::Status(response, guard) => {
+                            Ok(self.respond(response, guard, log))
+                        }
+                        Retryable::Unreachable(reason) => {
+                            log.replica = Some(endpoint);
+                            let error = ApiError::BackendUnreachable {
+                                model: entry.id.clone(),
+                                reason,
+                            };
+                            Err((error, log))
+                        }
+                    };
+                }
+            }
+        }
+    }
+
+    fn respond(
+        &self,
+        response: Response<Incoming>,
+        guard: InflightGuard,
+        mut log: RequestLog,
+    ) -> Response<AxumBody> {
+        let (mut parts, incoming) = response.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        let endpoint = guard.endpoint().clone();
+        parts
+            .headers
+            .insert(REPLICA_HEADER, endpoint.replica_header().clone());
+        log.status = Some(parts.status.as_u16());
+        log.replica = Some(endpoint);
+        let body = ProxyBody::new(incoming, self.config.idle_timeout, guard, log);
+        Response::from_parts(parts, AxumBody::new(body))
+    }
+}
+
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::UPGRADE,
+];
+
+/// Remove the headers that describe one connection, not the message (RFC 9110 7.6.1),
+/// including those the `Connection` header names. `transfer-encoding` is left to hyper.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if let Some(connection) = headers.get(header::CONNECTION) {
+        let named: Vec<HeaderName> = connection
+            .to_str()
+            .unwrap_or_default()
+            .split(',')
+            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
+    }
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+    headers.remove(header::TRANSFER_ENCODING);
+}
+
+/// Headers of the client's request that go upstream: all but hop-by-hop ones, `host` (the
+/// client sets the replica's), `content-length` (recomputed from the buffered body) and
+/// `expect` (the body is already read).
+pub fn upstream_headers(mut headers: HeaderMap, request_id: &HeaderValue) -> HeaderMap {
+    strip_hop_by_hop(&mut headers);
+    headers.remove(header::HOST);
+    headers.remove(header::CONTENT_LENGTH);
+    headers.remove(header::EXPECT);
+    headers.insert(REQUEST_ID_HEADER, request_id.clone());
+    headers
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_are_dropped() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret-hop"),
+        );
+        headers.insert("x-secret-hop", HeaderValue::from_static("1"));
+        headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        headers.insert(header::HOST, HeaderValue::from_static("gateway"));
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("10"));
+        headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer k"));
+        headers.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        let out = upstream_headers(headers, &HeaderValue::from_static("rid"));
+        let names: Vec<_> = out.keys().map(|name| name.as_str()).collect();
+        assert_eq!(names.len(), 2, "{names:?}");
+        assert_eq!(out[header::AUTHORIZATION], "Bearer k");
+        assert_eq!(out[REQUEST_ID_HEADER], "rid");
+    }
+}

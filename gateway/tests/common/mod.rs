@@ -1,0 +1,135 @@
+//! Helpers shared by the in-process tests: a gateway on 127.0.0.1:0, vllm-sim replicas, and
+//! small axum upstreams for behaviours the simulator does not have (slow headers, echo).
+
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use kinfer_crds::{Feature, RoutingStrategy};
+use kinfer_gateway::index::{EndpointConfig, ModelConfig};
+use kinfer_gateway::{build_router, AppState, Gateway, GatewayConfig};
+use kinfer_vllm_sim::{Config, SimHandle};
+use tokio::net::TcpListener;
+
+pub struct TestGateway {
+    pub state: AppState,
+    pub addr: SocketAddr,
+    pub client: reqwest::Client,
+}
+
+impl TestGateway {
+    pub async fn start(config: GatewayConfig) -> Self {
+        let state = Gateway::new(config);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let router = build_router(state.clone());
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(20))
+            .build()
+            .unwrap();
+        Self {
+            state,
+            addr,
+            client,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn publish(&self, models: Vec<ModelConfig>) {
+        self.state.index.publish(models);
+    }
+
+    pub async fn post(&self, path: &str, body: serde_json::Value) -> reqwest::Response {
+        self.client
+            .post(self.url(path))
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn chat(&self, model: &str) -> reqwest::Response {
+        self.post("/v1/chat/completions", chat_body(model, false))
+            .await
+    }
+
+    pub fn metrics(&self) -> String {
+        self.state.metrics.encode()
+    }
+}
+
+pub fn chat_body(model: &str, stream: bool) -> serde_json::Value {
+    serde_json::json!({
+        "model": model,
+        "messages": [{"role": "user", "content": "Say hello"}],
+        "max_tokens": 4,
+        "stream": stream,
+    })
+}
+
+pub fn model(id: &str, addresses: &[String]) -> ModelConfig {
+    ModelConfig {
+        id: id.to_string(),
+        parent: None,
+        features: vec![Feature::TextGeneration],
+        strategy: Some(RoutingStrategy::RoundRobin),
+        endpoints: addresses
+            .iter()
+            .map(|address| EndpointConfig {
+                name: address.clone(),
+                address: address.clone(),
+            })
+            .collect(),
+    }
+}
+
+pub async fn sim(model: &str, tweak: impl FnOnce(&mut Config)) -> SimHandle {
+    let mut config = Config::for_tests(model);
+    tweak(&mut config);
+    let (_, handle) = kinfer_vllm_sim::spawn(config).await.unwrap();
+    handle
+}
+
+pub fn address(handle: &SimHandle) -> String {
+    handle.addr().to_string()
+}
+
+/// An address nothing listens on (connections are refused).
+pub async fn dead_address() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    addr.to_string()
+}
+
+/// Serve `router` on 127.0.0.1:0.
+pub async fn upstream(router: axum::Router) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    addr.to_string()
+}
+
+/// Poll `condition` every 10 ms for up to `within`.
+pub async fn eventually(within: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + within;
+    while tokio::time::Instant::now() < deadline {
+        if condition() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    condition()
+}
+
+pub async fn error_of(response: reqwest::Response) -> (u16, serde_json::Value) {
+    let status = response.status().as_u16();
+    let body: serde_json::Value = response.json().await.unwrap();
+    (status, body["error"].clone())
+}

@@ -1,0 +1,110 @@
+#!/usr/bin/env bash
+# The OpenAI Python SDK against kinfer-gateway (static discovery) in front of vllm-sim
+# replicas, everything on 127.0.0.1 with free ports.
+#
+#   gateway/tests/openai_sdk/run.sh [pytest arguments]
+#
+# Environment: KINFER_CACHE (default ~/.cache/kinfer) holds the venv (venv-sdk);
+# KINFER_PROFILE=release builds and runs release binaries (default debug);
+# CARGO_TARGET_DIR is honoured.
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+root=$(cd "$here/../../.." && pwd)
+cache=${KINFER_CACHE:-$HOME/.cache/kinfer}
+venv=$cache/venv-sdk
+profile=${KINFER_PROFILE:-debug}
+target=${CARGO_TARGET_DIR:-$root/target}
+
+build_flags=()
+[[ $profile == release ]] && build_flags+=(--release)
+(cd "$root" && cargo build "${build_flags[@]}" -p kinfer-gateway -p kinfer-vllm-sim --bins)
+bin=$target/$profile
+
+if ! "$venv/bin/python" -c 'import openai, pytest' 2>/dev/null; then
+    mkdir -p "$cache"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check openai pytest
+fi
+
+work=$(mktemp -d)
+pids=()
+cleanup() {
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+# Six free ports: three replicas, one port nothing listens on, the gateway and its admin.
+read -r sim_a sim_b sim_embed dead listen admin < <("$venv/bin/python" - <<'PY'
+import socket
+sockets = [socket.socket() for _ in range(6)]
+for s in sockets:
+    s.bind(("127.0.0.1", 0))
+print(" ".join(str(s.getsockname()[1]) for s in sockets))
+for s in sockets:
+    s.close()
+PY
+)
+
+model=Qwen/Qwen2.5-0.5B-Instruct
+embedder=BAAI/bge-small-en-v1.5
+for port in "$sim_a" "$sim_b"; do
+    "$bin/vllm-sim" serve "$model" --host 127.0.0.1 --port "$port" --max-model-len 2048 \
+        --enable-lora --lora-modules sql-lora=/adapters/sql-lora \
+        --sim-ttft-ms 5 --sim-itl-ms 2 >"$work/sim-$port.log" 2>&1 &
+    pids+=($!)
+done
+"$bin/vllm-sim" serve "$embedder" --task embed --host 127.0.0.1 --port "$sim_embed" \
+    >"$work/sim-$sim_embed.log" 2>&1 &
+pids+=($!)
+
+cat >"$work/models.yaml" <<YAML
+models:
+  - id: $model
+    adapters: [sql-lora]
+    strategy: RoundRobin
+    endpoints:
+      - url: http://127.0.0.1:$sim_a
+        name: sim-a
+      - url: http://127.0.0.1:$sim_b
+        name: sim-b
+  - id: $embedder
+    features: [TextEmbedding]
+    endpoints: [http://127.0.0.1:$sim_embed]
+  - id: cold-model
+  - id: broken-model
+    endpoints: [http://127.0.0.1:$dead]
+YAML
+
+"$bin/kinfer-gateway" --discovery static --static-file "$work/models.yaml" \
+    --listen "127.0.0.1:$listen" --admin-listen "127.0.0.1:$admin" \
+    --hold-timeout 1s --retry-after 2s --max-body-size 64KiB --engine-metrics-interval 1s \
+    --log-format json --log-filter warn >"$work/gateway.log" 2>&1 &
+pids+=($!)
+
+wait_for() {
+    local url=$1
+    for _ in $(seq 1 100); do
+        curl -fsS -o /dev/null --max-time 1 "$url" 2>/dev/null && return 0
+        sleep 0.1
+    done
+    echo "timed out waiting for $url" >&2
+    cat "$work"/*.log >&2
+    return 1
+}
+wait_for "http://127.0.0.1:$sim_a/health"
+wait_for "http://127.0.0.1:$sim_b/health"
+wait_for "http://127.0.0.1:$sim_embed/health"
+wait_for "http://127.0.0.1:$admin/readyz"
+
+status=0
+KINFER_GATEWAY_URL="http://127.0.0.1:$listen" KINFER_ADMIN_URL="http://127.0.0.1:$admin" \
+KINFER_MODEL="$model" KINFER_EMBEDDING_MODEL="$embedder" \
+    timeout 300 "$venv/bin/python" -m pytest -q -p no:cacheprovider "$here/test_sdk.py" "$@" || status=$?
+if [[ $status -ne 0 ]]; then
+    echo "--- gateway log" >&2
+    tail -n 50 "$work/gateway.log" >&2
+fi
+exit $status

@@ -14,6 +14,9 @@
 #   KINFER_CACHE         tool cache (default ~/.cache/kinfer), see tools/install.sh
 #   KINFER_CLUSTER_DIR   cluster state: certs, etcd data, logs, pids, kubeconfig
 #                        (default $KINFER_CACHE/cluster)
+#   KINFER_POD_NET       first two octets of the pod networks (default 127.1:
+#                        node N gets 127.1.N.0/24); give a second cluster on the
+#                        same machine another one, e.g. 127.2
 #   KINFER_BIN_DIR       where kinfer-podrunner and vllm-sim are (default: built
 #                        here with cargo into target/debug)
 set -euo pipefail
@@ -26,6 +29,9 @@ TOOLS="$CACHE/bin"
 LOGS="$DIR/logs"
 PIDS="$DIR/pids"
 KUBECONFIG_PATH="$DIR/kubeconfig"
+POD_NET="${KINFER_POD_NET:-127.1}"
+# Pod IPs must stay on loopback: test traffic never leaves this machine.
+[[ "$POD_NET" =~ ^127\.[0-9]{1,3}$ ]] || { echo "KINFER_POD_NET must be 127.<n>, got $POD_NET" >&2; exit 2; }
 NODE_COUNT=4
 GPUS_PER_NODE=8
 COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok podrunner)
@@ -150,12 +156,12 @@ metadata:
     nvidia.com/gpu.product: ${products[$i]}
     nvidia.com/gpu.memory: "${memory[$i]}"
 spec:
-  podCIDR: 127.1.$i.0/24
-  podCIDRs: [127.1.$i.0/24]
+  podCIDR: $POD_NET.$i.0/24
+  podCIDRs: [$POD_NET.$i.0/24]
   taints: $taints
 status:
   addresses:
-  - {type: InternalIP, address: 127.1.$i.254}
+  - {type: InternalIP, address: $POD_NET.$i.254}
   - {type: Hostname, address: gpu-node-$i}
   allocatable: {cpu: "96", memory: 1000Gi, pods: "110", ephemeral-storage: 2Ti, nvidia.com/gpu: "$GPUS_PER_NODE"}
   capacity: {cpu: "96", memory: 1000Gi, pods: "110", ephemeral-storage: 2Ti, nvidia.com/gpu: "$GPUS_PER_NODE"}
@@ -314,9 +320,11 @@ down_quiet() {
 
 down() {
   down_quiet
-  # Nothing the test bed started may outlive it (engine stand-ins included).
+  # Nothing this cluster started may outlive it: every component names the
+  # cluster folder on its command line (engine stand-ins die with the pod
+  # runner's process group). Other clusters, with other folders, are left alone.
   local left
-  left="$(pgrep -f "^($TOOLS|${KINFER_BIN_DIR:-$CACHE/target}|$repo/target)/" 2>/dev/null || true)"
+  left="$(pgrep -f -- "$DIR/" 2>/dev/null || true)"
   if [ -n "$left" ]; then
     log "stopping leftover processes: $(echo $left)"
     kill -KILL $left 2>/dev/null || true

@@ -190,3 +190,86 @@ pub fn repo_root() -> std::path::PathBuf {
         .map(|p| p.to_path_buf())
         .unwrap_or_default()
 }
+
+/// Namespace of the kinfer release under test (`KINFER_E2E_NAMESPACE`,
+/// default `kinfer-system`, as `e2e/install-kinfer.sh` installs it).
+pub fn release_namespace() -> String {
+    std::env::var("KINFER_E2E_NAMESPACE").unwrap_or_else(|_| "kinfer-system".to_string())
+}
+
+/// Base URLs (`http://podIP:port`) of the ready gateway pods of the release.
+/// Pods are reached at their IPs: loopback on the local test bed, the Docker
+/// network on kind.
+pub async fn gateway_urls(client: &Client) -> Result<Vec<String>, HarnessError> {
+    use k8s_openapi::api::core::v1::Pod;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &release_namespace());
+    let list = pods
+        .list(&kube::api::ListParams::default().labels("app.kubernetes.io/component=gateway"))
+        .await?;
+    Ok(list
+        .items
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter_map(|p| {
+            let status = p.status?;
+            let ready = status
+                .conditions?
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True");
+            let port = p
+                .spec?
+                .containers
+                .iter()
+                .flat_map(|c| c.ports.clone().unwrap_or_default())
+                .find(|port| port.name.as_deref() == Some("http"))
+                .map(|port| port.container_port)?;
+            ready.then(|| format!("http://{}:{port}", status.pod_ip.unwrap_or_default()))
+        })
+        .collect())
+}
+
+/// The first ready gateway's base URL, waiting up to a minute for one.
+pub async fn gateway_url(client: &Client) -> Result<String, HarnessError> {
+    wait_for(
+        "a ready kinfer gateway pod",
+        Duration::from_secs(60),
+        || async { gateway_urls(client).await.ok()?.into_iter().next() },
+    )
+    .await
+}
+
+/// An HTTP client for test traffic: no proxy (every target is a local pod IP).
+pub fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap_or_default()
+}
+
+/// Loads an example manifest from `examples/` as a typed InferenceModel.
+pub fn example(file: &str) -> Result<kinfer_crds::InferenceModel, String> {
+    let path = repo_root().join("examples").join(file);
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    serde_yaml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Waits until the InferenceModel `name` reports `Ready=True`.
+pub async fn wait_model_ready(
+    api: &Api<kinfer_crds::InferenceModel>,
+    name: &str,
+    timeout: Duration,
+) -> Result<kinfer_crds::InferenceModel, HarnessError> {
+    wait_for(
+        &format!("InferenceModel {name} to be Ready"),
+        timeout,
+        || async {
+            let im = api.get(name).await.ok()?;
+            im.status
+                .as_ref()
+                .is_some_and(|s| s.is_ready())
+                .then_some(im)
+        },
+    )
+    .await
+}

@@ -79,18 +79,21 @@ install_control_plane() {
 }
 
 install_kwok() {
-  local want="$KWOK_VERSION"
+  # The suffix versions the set of stock stages copied below.
+  local want="$KWOK_VERSION+stages-2"
   if fresh kwok "$want" && [ -d "$CACHE/kwok-stages" ]; then return; fi
   log "go install sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION"
   GOFLAGS=-trimpath GOBIN="$BIN" go install -ldflags "-s -w" "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION"
   local dir; dir="$(go env GOMODCACHE)/sigs.k8s.io/kwok@$KWOK_VERSION/kustomize/stage"
   rm -rf "$CACHE/kwok-stages"; mkdir -p "$CACHE/kwok-stages"
   # Stock stages: node initialisation and lease heartbeat (so the node
-  # lifecycle controller keeps the nodes Ready), pod completion and deletion.
-  # Pod start-up is ours (e2e/kwok/pod-start.yaml): Running but not Ready, so
-  # the pod runner decides readiness from the engine's /health as a kubelet would.
+  # lifecycle controller keeps the nodes Ready) and pod completion. Pod
+  # start-up is ours (e2e/kwok/pod-start.yaml: Running but not Ready, so the
+  # pod runner decides readiness from the engine's /health as a kubelet would),
+  # and so is pod deletion: the pod runner runs preStop, SIGTERM and the grace
+  # period before removing the pod, where kwok's stock stage removes it at once.
   cp "$dir/node/fast/node-initialize.yaml" "$dir/node/heartbeat-with-lease/node-heartbeat-with-lease.yaml" \
-     "$dir/pod/fast/pod-complete.yaml" "$dir/pod/fast/pod-delete.yaml" "$CACHE/kwok-stages/"
+     "$dir/pod/fast/pod-complete.yaml" "$CACHE/kwok-stages/"
   chmod -R u+w "$CACHE/kwok-stages"
   stamp kwok "$want"
 }

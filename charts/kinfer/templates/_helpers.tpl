@@ -40,3 +40,32 @@ app.kubernetes.io/component: operator
 {{- define "kinfer.operator.image" -}}
 {{- printf "%s:%s" .Values.operator.image.repository (default .Chart.AppVersion .Values.operator.image.tag) -}}
 {{- end -}}
+
+{{/* Name of the gateway's objects. */}}
+{{- define "kinfer.gateway.fullname" -}}
+{{- printf "%s-gateway" .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Selector labels of the gateway pods. */}}
+{{- define "kinfer.gateway.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "kinfer.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: gateway
+{{- end -}}
+
+{{- define "kinfer.gateway.labels" -}}
+{{ include "kinfer.labels" . }}
+app.kubernetes.io/component: gateway
+{{- end -}}
+
+{{- define "kinfer.gateway.serviceAccountName" -}}
+{{- if .Values.gateway.serviceAccount.create -}}
+{{- default (include "kinfer.gateway.fullname" .) .Values.gateway.serviceAccount.name -}}
+{{- else -}}
+{{- required "gateway.serviceAccount.name is required when gateway.serviceAccount.create is false" .Values.gateway.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "kinfer.gateway.image" -}}
+{{- printf "%s:%s" .Values.gateway.image.repository (default .Chart.AppVersion .Values.gateway.image.tag) -}}
+{{- end -}}

@@ -24,10 +24,10 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::authentication::v1::TokenRequest;
 use k8s_openapi::api::core::v1::{Node, Pod, ServiceAccount};
-use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
-use tokio::sync::Mutex;
+use tokio::sync::{watch, Mutex};
 use tokio::task::JoinHandle;
 
 use plan::{Launch, ProbeState, Program};
@@ -61,10 +61,14 @@ pub struct RunnerConfig {
     pub api_ca: Option<PathBuf>,
 }
 
-/// One engine process the runner supervises, keyed by pod UID.
+/// One process the runner supervises, keyed by pod UID.
 struct Supervised {
     task: JoinHandle<()>,
+    /// Set once when the pod starts terminating.
+    terminate: watch::Sender<Option<Termination>>,
 }
+
+pub use plan::Termination;
 
 struct Runner {
     client: Client,
@@ -149,11 +153,11 @@ impl Runner {
         let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.clone()) else {
             return;
         };
-        if pod.metadata.deletion_timestamp.is_some() {
-            self.stop(&uid).await;
+        if !self.on_fake_node(&node).await {
             return;
         }
-        if !self.on_fake_node(&node).await {
+        if pod.metadata.deletion_timestamp.is_some() {
+            self.terminate(&pod).await;
             return;
         }
         let status = pod.status.clone().unwrap_or_default();
@@ -181,12 +185,24 @@ impl Runner {
                     .and_then(|s| s.service_account_name.clone())
                     .unwrap_or_else(|| "default".to_string());
                 tracing::info!(pod = %pod_name, %namespace, program = ?launch.program, "starting");
+                let (terminate, terminated) = watch::channel(None);
+                let uid_for_task = uid.clone();
                 let task = tokio::spawn(async move {
                     runner
-                        .supervise(namespace, pod_name, service_account, launch)
+                        .supervise(
+                            namespace,
+                            pod_name,
+                            service_account,
+                            uid_for_task,
+                            launch,
+                            terminated,
+                        )
                         .await;
                 });
-                self.running.lock().await.insert(uid, Supervised { task });
+                self.running
+                    .lock()
+                    .await
+                    .insert(uid, Supervised { task, terminate });
             }
             None => {
                 // Not an engine: nothing to run, ready as soon as it runs.
@@ -197,6 +213,52 @@ impl Runner {
                         .await;
                 }
             }
+        }
+    }
+
+    /// A pod was deleted (its deletion timestamp is set): as a kubelet, run
+    /// its preStop hook, send SIGTERM, wait for the process up to the grace
+    /// period, then remove the pod object. Pods without a process go at once.
+    async fn terminate(self: &Arc<Self>, pod: &Pod) {
+        let uid = pod.uid().unwrap_or_default();
+        let termination = plan::termination(pod);
+        let running = self.running.lock().await;
+        match running.get(&uid) {
+            Some(sup) => {
+                // Once: later updates of the terminating pod change nothing.
+                sup.terminate.send_if_modified(|current| {
+                    let first = current.is_none();
+                    if first {
+                        *current = Some(termination);
+                    }
+                    first
+                });
+            }
+            None => {
+                drop(running);
+                self.remove_pod(pod.namespace().unwrap_or_default(), pod.name_any(), uid)
+                    .await;
+            }
+        }
+    }
+
+    /// Deletes the pod object for good (grace period 0), as a kubelet does
+    /// once the pod's containers are gone.
+    async fn remove_pod(&self, namespace: String, name: String, uid: String) {
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &namespace);
+        let params = DeleteParams {
+            grace_period_seconds: Some(0),
+            preconditions: Some(Preconditions {
+                uid: Some(uid),
+                resource_version: None,
+            }),
+            ..DeleteParams::default()
+        };
+        match pods.delete(&name, &params).await {
+            Ok(_) => {}
+            // Gone already, or a new pod of the same name (uid precondition).
+            Err(kube::Error::Api(status)) if status.code == 404 || status.code == 409 => {}
+            Err(error) => tracing::warn!(%error, pod = name, "removing the terminated pod failed"),
         }
     }
 
@@ -265,7 +327,9 @@ impl Runner {
         namespace: String,
         pod: String,
         service_account: String,
+        uid: String,
         launch: Launch,
+        mut terminated: watch::Receiver<Option<Termination>>,
     ) {
         let http = match reqwest::Client::builder()
             .timeout(Duration::from_secs(2))
@@ -326,7 +390,8 @@ impl Runner {
             let mut ticker = tokio::time::interval(self.config.probe_period);
             let exit = loop {
                 tokio::select! {
-                    status = child.wait() => break status,
+                    status = child.wait() => break Some(status),
+                    _ = terminated.changed() => break None,
                     _ = ticker.tick() => {
                         let ok = match &launch.readiness {
                             Some((addr, path)) => {
@@ -344,18 +409,55 @@ impl Runner {
                     }
                 }
             };
+            let Some(exit) = exit else {
+                let termination = (*terminated.borrow()).unwrap_or_default();
+                self.stop_gracefully(&pod, &mut child, termination).await;
+                self.remove_pod(namespace, pod, uid).await;
+                return;
+            };
             let code = exit.ok().and_then(|s| s.code()).unwrap_or(-1);
             restarts += 1;
             tracing::warn!(
                 pod,
                 code,
                 restarts,
-                "engine exited; restarting with back-off"
+                "process exited; restarting with back-off"
             );
             let crashed = ProbeState::Crashed { exit_code: code };
             let patch = plan::status_patch(&launch.containers, crashed, restarts);
             self.patch_status(&namespace, &pod, patch).await;
-            tokio::time::sleep(plan::crash_backoff(restarts)).await;
+            tokio::select! {
+                _ = tokio::time::sleep(plan::crash_backoff(restarts)) => {}
+                _ = terminated.changed() => {
+                    self.remove_pod(namespace, pod, uid).await;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// preStop, SIGTERM, wait for the process up to the grace period, SIGKILL.
+    async fn stop_gracefully(&self, pod: &str, child: &mut tokio::process::Child, t: Termination) {
+        let started = tokio::time::Instant::now();
+        let deadline = started + t.grace_period;
+        tracing::info!(pod, pre_stop = ?t.pre_stop, grace = ?t.grace_period, "terminating");
+        tokio::select! {
+            _ = tokio::time::sleep_until((started + t.pre_stop).min(deadline)) => {}
+            _ = child.wait() => return,
+        }
+        if let Some(pid) = child.id() {
+            // SIGTERM through kill(1): the workspace forbids unsafe code.
+            let _ = tokio::process::Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status()
+                .await;
+        }
+        if tokio::time::timeout_at(deadline, child.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(pod, "grace period over; killing");
+            let _ = child.kill().await;
         }
     }
 }

@@ -317,6 +317,58 @@ pub fn launch_plan(pod: &Pod, ip: IpAddr, images: &[(String, PathBuf)]) -> Optio
     })
 }
 
+/// How a kubelet stops a deleted pod's containers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Termination {
+    /// The first container's preStop hook, when it is a sleep (`sleep` action
+    /// or `exec: [sleep, N]`): the time endpoints get to drop the pod.
+    pub pre_stop: Duration,
+    /// `metadata.deletionGracePeriodSeconds` (else the pod's
+    /// `terminationGracePeriodSeconds`, else 30 s): preStop and SIGTERM
+    /// together get this long before SIGKILL.
+    pub grace_period: Duration,
+}
+
+impl Default for Termination {
+    fn default() -> Self {
+        Self {
+            pre_stop: Duration::ZERO,
+            grace_period: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The termination a kubelet would carry out for `pod`.
+pub fn termination(pod: &Pod) -> Termination {
+    let spec = pod.spec.as_ref();
+    let grace = pod
+        .metadata
+        .deletion_grace_period_seconds
+        .or_else(|| spec.and_then(|s| s.termination_grace_period_seconds))
+        .unwrap_or(30)
+        .max(0);
+    let pre_stop = spec
+        .and_then(|s| s.containers.first())
+        .and_then(|c| c.lifecycle.as_ref())
+        .and_then(|l| l.pre_stop.as_ref())
+        .and_then(|h| {
+            if let Some(sleep) = &h.sleep {
+                return Some(sleep.seconds);
+            }
+            let command = h.exec.as_ref()?.command.as_ref()?;
+            match command.as_slice() {
+                [sleep, n] if sleep.rsplit('/').next() == Some("sleep") => n.parse().ok(),
+                _ => None,
+            }
+        })
+        .unwrap_or(0)
+        .max(0);
+    Termination {
+        pre_stop: Duration::from_secs(pre_stop.unsigned_abs()),
+        grace_period: Duration::from_secs(grace.unsigned_abs()),
+    }
+}
+
 /// Whether the pod's `Ready` condition is already true.
 pub fn is_ready(pod: &Pod) -> bool {
     pod.status
@@ -581,6 +633,38 @@ spec:
         assert!(status["state"]["running"].is_null());
         assert_eq!(status["lastState"]["terminated"]["exitCode"], 3);
         assert_eq!(status["restartCount"], 2);
+    }
+
+    #[test]
+    fn termination_follows_prestop_and_grace_period() {
+        let p = pod(r#"
+metadata: {deletionGracePeriodSeconds: 45}
+spec:
+  terminationGracePeriodSeconds: 180
+  containers: [{name: e, lifecycle: {preStop: {sleep: {seconds: 10}}}}]
+"#);
+        let t = termination(&p);
+        assert_eq!(
+            (t.pre_stop, t.grace_period),
+            (Duration::from_secs(10), Duration::from_secs(45))
+        );
+        let p = pod(r#"
+spec:
+  containers: [{name: e, lifecycle: {preStop: {exec: {command: [/bin/sleep, "5"]}}}}]
+"#);
+        let t = termination(&p);
+        assert_eq!(
+            (t.pre_stop, t.grace_period),
+            (Duration::from_secs(5), Duration::from_secs(30))
+        );
+        let p = pod("spec: {terminationGracePeriodSeconds: 0, containers: [{name: e}]}");
+        assert_eq!(
+            termination(&p),
+            Termination {
+                pre_stop: Duration::ZERO,
+                grace_period: Duration::ZERO
+            }
+        );
     }
 
     #[test]

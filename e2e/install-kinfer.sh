@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Installs (or upgrades) kinfer with its Helm chart into the cluster KUBECONFIG
+# points at, and waits until the operator and the gateway are ready.
+#
+#   e2e/install-kinfer.sh [extra helm args...]
+#   KINFER_NAMESPACE   release namespace (default kinfer-system)
+#   KINFER_VALUES      values file (default e2e/values-local.yaml, for the local test bed)
+set -euo pipefail
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+CACHE="${KINFER_CACHE:-$HOME/.cache/kinfer}"
+export PATH="$CACHE/bin:$PATH"
+ns="${KINFER_NAMESPACE:-kinfer-system}"
+values="${KINFER_VALUES:-$repo/e2e/values-local.yaml}"
+helm upgrade --install kinfer "$repo/charts/kinfer" --namespace "$ns" --create-namespace \
+  -f "$values" --wait --timeout 120s "$@"
+kubectl -n "$ns" rollout status deployment/kinfer-operator --timeout=60s
+kubectl -n "$ns" rollout status deployment/kinfer-gateway --timeout=60s

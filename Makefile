@@ -1,5 +1,5 @@
 # kinfer: the commands README gives. Each is a thin wrapper around a script.
-.PHONY: test unit tools cluster-up cluster-down crds fmt
+.PHONY: test unit tools cluster-up cluster-down fmt demo demo-down
 
 ## The whole suite: tools, lint, unit tests, local cluster, e2e (what CI runs).
 test:
@@ -20,3 +20,10 @@ cluster-down:
 
 fmt:
 	cargo fmt --all
+
+## Local simulated GPU cluster + kinfer + examples; OpenAI endpoint on http://127.0.0.1:8080/v1.
+demo:
+	bash e2e/demo.sh up
+
+demo-down:
+	bash e2e/demo.sh down

@@ -3,8 +3,9 @@
 #   1. tools into the cache (kubectl, helm, etcd, kube-*, kwok), skipped when fresh
 #   2. cargo fmt --check and clippy -D warnings
 #   3. unit and in-process tests of every crate
-#   4. the local cluster (e2e/cluster.sh up), the e2e suite against it, and
-#      the cluster torn down again, also on failure
+#   4. the local cluster (e2e/cluster.sh up); the operator's integration tests
+#      (in-process controller); kinfer installed with its Helm chart; the e2e
+#      suite through it; the cluster torn down again, also on failure
 #
 #   KINFER_CACHE          tool and build cache (default ~/.cache/kinfer)
 #   KINFER_SKIP_E2E=1     stop after step 3
@@ -31,7 +32,8 @@ step "cargo clippy --all-targets -D warnings"
 cargo clippy --locked --workspace --all-targets --quiet -- -D warnings
 
 step "unit and in-process tests"
-cargo test --locked --workspace --exclude kinfer-e2e
+# No cluster here: tests that need one skip themselves without a kubeconfig.
+env -u KUBECONFIG -u KINFER_IT_KUBECONFIG cargo test --locked --workspace --exclude kinfer-e2e
 
 if [ "${KINFER_SKIP_E2E:-0}" = "1" ]; then
   step "KINFER_SKIP_E2E=1: skipping the cluster tests"
@@ -49,6 +51,12 @@ cleanup() {
 trap cleanup EXIT
 bash e2e/cluster.sh up
 export KUBECONFIG="$(bash e2e/cluster.sh kubeconfig)"
+
+step "operator integration tests (in-process controller) against the cluster"
+KINFER_IT_KUBECONFIG="$KUBECONFIG" cargo test --locked -p kinfer-operator --test cluster
+
+step "install kinfer with its Helm chart"
+bash e2e/install-kinfer.sh
 
 step "e2e suite against $KUBECONFIG"
 cargo test --locked -p kinfer-e2e -- --test-threads 4

@@ -1,0 +1,121 @@
+#!/usr/bin/env bash
+# `make demo`: kinfer on a local simulated GPU cluster, serving an OpenAI
+# endpoint on http://127.0.0.1:8080/v1. `make demo-down` undoes all of it.
+#
+#   e2e/demo.sh up|down
+#   KINFER_DEMO_PORT   local port of the OpenAI endpoint (default 8080)
+#
+# The demo cluster is separate from the test suite's (its own folder and pod
+# network), so `make test` can run while the demo is up.
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+repo="$(cd "$here/.." && pwd)"
+export KINFER_CACHE="${KINFER_CACHE:-$HOME/.cache/kinfer}"
+export KINFER_CLUSTER_DIR="${KINFER_DEMO_DIR:-$KINFER_CACHE/demo}"
+export KINFER_POD_NET="${KINFER_DEMO_POD_NET:-127.8}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$KINFER_CACHE/target}"
+export KUBECONFIG="$KINFER_CLUSTER_DIR/kubeconfig"
+export PATH="$KINFER_CACHE/bin:$PATH"
+PORT="${KINFER_DEMO_PORT:-8080}"
+NAMESPACE=demo
+EXAMPLES=(chat-7b.yaml embedding.yaml lora-adapters.yaml)
+LOG_DIR="$KINFER_CACHE/demo-logs"
+mkdir -p "$LOG_DIR"
+
+t0=$SECONDS
+steps=0
+current=""
+step() {
+  current="$1"
+  printf '[%4ss] %s\n' "$((SECONDS - t0))" "$1"
+}
+# run NAME CMD...: runs a step with its output in a log; on failure names the
+# step and shows the log's end.
+run() {
+  local name="$1"; shift
+  steps=$((steps + 1))
+  local log="$LOG_DIR/$steps-$(printf '%s' "$name" | tr -c 'a-zA-Z0-9' '-' | cut -c1-40).log"
+  step "$name"
+  if ! "$@" >"$log" 2>&1; then
+    echo >&2
+    echo "demo: step '$name' failed; its log: $log" >&2
+    tail -n 25 "$log" | sed 's/^/    /' >&2
+    exit 1
+  fi
+}
+
+wait_ready() {
+  local f name
+  for f in "${EXAMPLES[@]}"; do
+    name="$(sed -n 's/^  name: //p' "$repo/examples/$f" | head -n 1)"
+    kubectl -n "$NAMESPACE" wait --for=condition=Ready "inferencemodel/$name" --timeout=120s
+  done
+}
+
+start_forward() {
+  local bin="$CARGO_TARGET_DIR/debug/kinfer-forward"
+  setsid "$bin" --kubeconfig "$KUBECONFIG" "127.0.0.1:$PORT=kinfer-system/kinfer-gateway:80" \
+    >"$LOG_DIR/forward.log" 2>&1 < /dev/null &
+  echo $! >"$KINFER_CLUSTER_DIR/forward.pid"
+  # Answered through the forward, the gateway and an engine: the demo works.
+  local i
+  for i in $(seq 1 60); do
+    if curl -sf "http://127.0.0.1:$PORT/v1/models" >/dev/null; then return 0; fi
+    sleep 0.5
+  done
+  echo "no answer on 127.0.0.1:$PORT/v1/models" >&2
+  return 1
+}
+
+up() {
+  run "install tools (cached in $KINFER_CACHE)" bash "$here/tools/install.sh"
+  run "build kinfer and start the local GPU cluster (4 fake nodes x 8 GPUs)" bash "$here/cluster.sh" up
+  run "install kinfer with its Helm chart" bash "$here/install-kinfer.sh"
+  run "apply examples: ${EXAMPLES[*]}" bash -c "kubectl create namespace $NAMESPACE --dry-run=client -o yaml | kubectl apply -f - \
+    && for f in ${EXAMPLES[*]}; do kubectl -n $NAMESPACE apply -f '$repo/examples/'\$f; done"
+  run "wait until the models are Ready" wait_ready
+  run "serve the gateway on 127.0.0.1:$PORT" start_forward
+  step "ready in $((SECONDS - t0))s"
+  cat <<EOF
+
+kinfer is serving an OpenAI API on http://127.0.0.1:$PORT/v1
+
+  kubectl (KUBECONFIG=$KUBECONFIG; tools in $KINFER_CACHE/bin):
+    kubectl get inferencemodels -n $NAMESPACE
+
+  models:
+$(curl -s "http://127.0.0.1:$PORT/v1/models" | python3 -c 'import json,sys; [print("    " + m["id"]) for m in json.load(sys.stdin)["data"]]')
+
+  curl:
+    curl http://127.0.0.1:$PORT/v1/chat/completions -H 'Content-Type: application/json' \\
+      -H 'Authorization: Bearer demo' \\
+      -d '{"model": "Qwen/Qwen2.5-7B-Instruct", "messages": [{"role": "user", "content": "Hello!"}]}'
+
+  Python (pip install openai):
+    from openai import OpenAI
+    client = OpenAI(base_url="http://127.0.0.1:$PORT/v1", api_key="demo")
+    reply = client.chat.completions.create(
+        model="Qwen/Qwen2.5-7B-Instruct",
+        messages=[{"role": "user", "content": "Hello!"}],
+    )
+    print(reply.choices[0].message.content)
+
+  API key: the demo runs with authentication off, so any key works ("demo" above).
+  Engines are the vLLM stand-in (e2e/vllm-sim): no GPU, deterministic filler text.
+  Stop everything: make demo-down
+EOF
+}
+
+down() {
+  if [ -f "$KINFER_CLUSTER_DIR/forward.pid" ]; then
+    kill "$(cat "$KINFER_CLUSTER_DIR/forward.pid")" 2>/dev/null || true
+  fi
+  bash "$here/cluster.sh" down
+}
+
+case "${1:-up}" in
+  up) up ;;
+  down) down ;;
+  *) echo "usage: $0 up|down" >&2; exit 2 ;;
+esac

@@ -29,6 +29,12 @@ pub mod annotations {
     pub const PORT: &str = "kinfer.dev/port";
     /// API families served, comma-separated: `TextGeneration`, `TextEmbedding`.
     pub const FEATURES: &str = "kinfer.dev/features";
+    /// On gateway pods: port of the admin server whose `/metrics` the operator's autoscaler
+    /// scrapes (in-flight and queued requests per model).
+    pub const METRICS_PORT: &str = "kinfer.dev/metrics-port";
+    /// Kubernetes' ReplicaSet hint: of the pods to remove, those with the lowest cost go first.
+    /// The autoscaler lowers it on the least loaded engine pod before a scale-down.
+    pub const POD_DELETION_COST: &str = "controller.kubernetes.io/pod-deletion-cost";
 }
 
 /// Labels selecting the engine pods of the InferenceModel `model_name`. Used as the Deployment

@@ -14,6 +14,9 @@ pub mod condition_types {
     /// Something stops replicas from serving and needs attention: unschedulable, image pull
     /// failures, crash loops, an invalid spec.
     pub const DEGRADED: &str = "Degraded";
+    /// Set on models with `autoscaling.mode: Builtin`: the built-in autoscaler's last decision
+    /// and why (True while it decides from fresh load signals, False with `NoMetrics`).
+    pub const AUTOSCALING: &str = "Autoscaling";
 }
 
 /// Condition reasons. Each one tells a person what to look at.

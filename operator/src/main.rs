@@ -3,10 +3,12 @@
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 use kinfer_operator::admin::{self, AdminState};
+use kinfer_operator::autoscaler::AutoscalerConfig;
 use kinfer_operator::controller::build::{
     BuildConfig, DEFAULT_ENGINE_IMAGE, DEFAULT_S3_SYNC_IMAGE,
 };
@@ -29,7 +31,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the operator against the cluster of the current kubeconfig (or in-cluster config).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Print the InferenceModel CustomResourceDefinition as YAML.
     Crd,
 }
@@ -38,6 +40,8 @@ enum Command {
 struct RunArgs {
     #[command(flatten)]
     controller: ControllerArgs,
+    #[command(flatten)]
+    autoscaler: AutoscalerArgs,
     #[command(flatten)]
     leader: LeaderArgs,
     #[command(flatten)]
@@ -60,6 +64,98 @@ struct ControllerArgs {
     /// Image of the init containers that copy s3:// sources into the weight cache (runs `aws s3 sync`).
     #[arg(long, env = "KINFER_S3_SYNC_IMAGE", default_value = DEFAULT_S3_SYNC_IMAGE)]
     s3_sync_image: String,
+}
+
+#[derive(Args, Debug)]
+#[command(next_help_heading = "Built-in autoscaler")]
+struct AutoscalerArgs {
+    /// Run the built-in autoscaler (models with autoscaling.mode Builtin); on the leader only.
+    #[arg(long = "autoscaler", env = "KINFER_AUTOSCALER", default_value_t = true, action = ArgAction::Set)]
+    enabled: bool,
+
+    /// Period of the scrape-and-decide loop (e.g. 1s, 500ms).
+    #[arg(long = "autoscaler-interval", env = "KINFER_AUTOSCALER_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    interval: Duration,
+
+    /// A gateway or engine whose last successful scrape is older than this is ignored.
+    #[arg(long = "autoscaler-stale-after", env = "KINFER_AUTOSCALER_STALE_AFTER", default_value = "5s", value_parser = parse_duration)]
+    stale_after: Duration,
+
+    /// Limit of one /metrics scrape, connect included.
+    #[arg(long = "autoscaler-scrape-timeout", env = "KINFER_AUTOSCALER_SCRAPE_TIMEOUT", default_value = "800ms", value_parser = parse_duration)]
+    scrape_timeout: Duration,
+
+    /// Scrapes running at once.
+    #[arg(long = "autoscaler-scrape-concurrency", env = "KINFER_AUTOSCALER_SCRAPE_CONCURRENCY", default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..))]
+    scrape_concurrency: u16,
+
+    /// Label selector of the kinfer gateway pods whose /metrics (in-flight and queued requests
+    /// per model) the autoscaler reads. Empty: no gateway pod is scraped.
+    #[arg(
+        long,
+        env = "KINFER_GATEWAY_SELECTOR",
+        default_value = "app.kubernetes.io/name=kinfer,app.kubernetes.io/component=gateway"
+    )]
+    gateway_selector: String,
+
+    /// Namespace of the gateway pods. Empty: all namespaces.
+    #[arg(long, env = "KINFER_GATEWAY_NAMESPACE", default_value = "")]
+    gateway_namespace: String,
+
+    /// Admin port of gateway pods without the kinfer.dev/metrics-port annotation.
+    #[arg(long, env = "KINFER_GATEWAY_METRICS_PORT", default_value_t = 9090)]
+    gateway_metrics_port: u16,
+
+    /// More gateway /metrics URLs, scraped as given (gateways outside the cluster); repeat or
+    /// separate with commas.
+    #[arg(
+        long = "gateway-metrics-url",
+        env = "KINFER_GATEWAY_METRICS_URLS",
+        value_delimiter = ','
+    )]
+    gateway_metrics_urls: Vec<String>,
+}
+
+impl AutoscalerArgs {
+    fn config(self) -> Option<AutoscalerConfig> {
+        let non_empty = |value: String| Some(value).filter(|value| !value.trim().is_empty());
+        self.enabled.then(|| AutoscalerConfig {
+            interval: self.interval,
+            stale_after: self.stale_after,
+            scrape_timeout: self.scrape_timeout,
+            scrape_concurrency: usize::from(self.scrape_concurrency),
+            gateway_selector: non_empty(self.gateway_selector),
+            gateway_namespace: non_empty(self.gateway_namespace),
+            gateway_metrics_port: self.gateway_metrics_port,
+            gateway_metrics_urls: self
+                .gateway_metrics_urls
+                .into_iter()
+                .filter(|url| !url.trim().is_empty())
+                .collect(),
+        })
+    }
+}
+
+/// `500ms`, `1s`, `2m` or a number of seconds.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration such as 500ms, 1s or 2m"))?;
+    let seconds = match unit {
+        "ms" => number / 1000.0,
+        "" | "s" => number,
+        "m" => number * 60.0,
+        _ => return Err(format!("unknown unit {unit:?} in {text:?}: use ms, s or m")),
+    };
+    if seconds <= 0.0 || !seconds.is_finite() {
+        return Err(format!("{text:?} must be positive"));
+    }
+    Ok(Duration::from_secs_f64(seconds))
 }
 
 #[derive(Args, Debug)]
@@ -179,6 +275,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     controller::check_crd_installed(&client, namespace.as_deref()).await?;
     admin_state.ready.store(true, Ordering::Relaxed);
 
+    let autoscaler = args.autoscaler.config();
     let identity = args
         .leader
         .leader_identity
@@ -217,17 +314,13 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                 gauge.set(i64::from(leading));
             },
             |leading: CancellationToken| {
-                let context = context.clone();
-                async move {
-                    controller::run(context, async move { leading.cancelled().await }).await
-                }
+                kinfer_operator::run_leader(context.clone(), autoscaler.clone(), leading)
             },
         )
         .await;
     } else {
         metrics.leader.set(1);
-        let token = shutdown.clone();
-        controller::run(context, async move { token.cancelled().await }).await;
+        kinfer_operator::run_leader(context, autoscaler, shutdown.clone()).await;
     }
 
     shutdown.cancel();
@@ -248,7 +341,7 @@ async fn main() -> anyhow::Result<()> {
             print!("{}", kinfer_crds::crd_yaml());
             Ok(())
         }
-        Command::Run(args) => run(args).await,
+        Command::Run(args) => run(*args).await,
     }
 }
 
@@ -276,5 +369,48 @@ mod tests {
         );
         assert_eq!(args.admin.admin_addr, "0.0.0.0:9090".parse().unwrap());
         assert_eq!(args.log.log_format, LogFormat::Text);
+        let autoscaler = args.autoscaler.config().unwrap();
+        assert_eq!(autoscaler.interval, Duration::from_secs(1));
+        assert_eq!(
+            autoscaler.gateway_selector.as_deref(),
+            Some("app.kubernetes.io/name=kinfer,app.kubernetes.io/component=gateway")
+        );
+        assert_eq!(autoscaler.gateway_namespace, None);
+        assert!(autoscaler.gateway_metrics_urls.is_empty());
+    }
+
+    #[test]
+    fn autoscaler_flags() {
+        let cli = Cli::try_parse_from([
+            "kinfer-operator",
+            "run",
+            "--autoscaler-interval=500ms",
+            "--gateway-selector=",
+            "--gateway-metrics-url=http://127.0.0.1:9091/metrics,http://127.0.0.1:9092/metrics",
+            "--gateway-metrics-url=http://127.0.0.1:9093/metrics",
+        ])
+        .unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!("run expected")
+        };
+        let autoscaler = args.autoscaler.config().unwrap();
+        assert_eq!(autoscaler.interval, Duration::from_millis(500));
+        assert_eq!(autoscaler.gateway_selector, None);
+        assert_eq!(autoscaler.gateway_metrics_urls.len(), 3);
+        let off = Cli::try_parse_from(["kinfer-operator", "run", "--autoscaler=false"]).unwrap();
+        let Command::Run(args) = off.command else {
+            panic!("run expected")
+        };
+        assert!(args.autoscaler.config().is_none());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+        assert_eq!(parse_duration("0.5s"), Ok(Duration::from_millis(500)));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("1h").is_err());
+        assert!(parse_duration("fast").is_err());
     }
 }

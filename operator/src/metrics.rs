@@ -20,6 +20,30 @@ pub struct ErrorLabels {
     pub error: &'static str,
 }
 
+/// Labels of [`Metrics::autoscaler_decisions`].
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DirectionLabels {
+    /// `up`, `down` or `to_zero`.
+    pub direction: &'static str,
+}
+
+/// Labels of the per-model autoscaler gauges: one series per Builtin-autoscaled model.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModelLabels {
+    pub namespace: String,
+    /// The InferenceModel's name.
+    pub model: String,
+}
+
+/// Labels of [`Metrics::autoscaler_scrape_errors`].
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ScrapeErrorLabels {
+    /// `gateway` or `engine`.
+    pub source: &'static str,
+    /// `timeout`, `connect`, `status`, `malformed`, ...
+    pub error: &'static str,
+}
+
 /// Every metric the operator exports.
 pub struct Metrics {
     registry: Registry,
@@ -33,6 +57,17 @@ pub struct Metrics {
     pub reconcile_duration: Histogram,
     /// 1 while this instance holds the leader lease (or runs without leader election).
     pub leader: Gauge,
+    /// Replica count changes of the built-in autoscaler, by direction.
+    pub autoscaler_decisions: Family<DirectionLabels, Counter>,
+    /// Load (in-flight plus queued requests, the larger of the gateway and engine views) the
+    /// autoscaler last saw, per model.
+    pub autoscaler_load: Family<ModelLabels, Gauge>,
+    /// Replicas the autoscaler last chose, per model.
+    pub autoscaler_desired_replicas: Family<ModelLabels, Gauge>,
+    /// Failed scrapes of gateway or engine `/metrics`.
+    pub autoscaler_scrape_errors: Family<ScrapeErrorLabels, Counter>,
+    /// Time of one autoscaler round: scrape every source, decide every model.
+    pub autoscaler_round_duration: Histogram,
 }
 
 impl Default for Metrics {
@@ -74,6 +109,36 @@ impl Metrics {
             "1 while this instance runs the controller (holds the leader lease)",
             leader.clone(),
         );
+        let autoscaler_decisions = Family::<DirectionLabels, Counter>::default();
+        registry.register(
+            "autoscaler_decisions",
+            "Replica count changes made by the built-in autoscaler, by direction (up, down, to_zero)",
+            autoscaler_decisions.clone(),
+        );
+        let autoscaler_load = Family::<ModelLabels, Gauge>::default();
+        registry.register(
+            "autoscaler_load",
+            "In-flight plus queued requests of a model as the built-in autoscaler last saw them",
+            autoscaler_load.clone(),
+        );
+        let autoscaler_desired_replicas = Family::<ModelLabels, Gauge>::default();
+        registry.register(
+            "autoscaler_desired_replicas",
+            "Replicas the built-in autoscaler last chose for a model",
+            autoscaler_desired_replicas.clone(),
+        );
+        let autoscaler_scrape_errors = Family::<ScrapeErrorLabels, Counter>::default();
+        registry.register(
+            "autoscaler_scrape_errors",
+            "Failed scrapes of gateway or engine /metrics, by source and error",
+            autoscaler_scrape_errors.clone(),
+        );
+        let autoscaler_round_duration = Histogram::new(DURATION_BUCKETS);
+        registry.register(
+            "autoscaler_round_duration_seconds",
+            "Time of one autoscaler round: scrape every source, decide every model",
+            autoscaler_round_duration.clone(),
+        );
         Self {
             registry,
             reconciliations,
@@ -81,6 +146,11 @@ impl Metrics {
             invalid_specs,
             reconcile_duration,
             leader,
+            autoscaler_decisions,
+            autoscaler_load,
+            autoscaler_desired_replicas,
+            autoscaler_scrape_errors,
+            autoscaler_round_duration,
         }
     }
 
@@ -111,12 +181,26 @@ mod tests {
         metrics.reconcile_failed("apply");
         metrics.reconcile_duration.observe(0.02);
         metrics.leader.set(1);
+        metrics
+            .autoscaler_decisions
+            .get_or_create(&DirectionLabels { direction: "up" })
+            .inc();
+        metrics
+            .autoscaler_load
+            .get_or_create(&ModelLabels {
+                namespace: "ml".into(),
+                model: "qwen".into(),
+            })
+            .set(37);
         let text = metrics.encode();
         for expected in [
             "kinfer_operator_reconciliations_total 1",
             "kinfer_operator_reconcile_errors_total{error=\"apply\"} 1",
             "kinfer_operator_reconcile_duration_seconds_count 1",
             "kinfer_operator_leader 1",
+            "kinfer_operator_autoscaler_decisions_total{direction=\"up\"} 1",
+            "kinfer_operator_autoscaler_load{namespace=\"ml\",model=\"qwen\"} 37",
+            "kinfer_operator_autoscaler_round_duration_seconds_count 0",
         ] {
             assert!(text.contains(expected), "{expected} missing from\n{text}");
         }

@@ -44,7 +44,7 @@ fn render(path: &Path) -> String {
         .get_or_insert_with(|| "default".into());
     model.metadata.uid = Some("6f1c2a4e-0000-4000-8000-000000000001".into());
     model.metadata.generation = Some(1);
-    let replicas = desired_replicas(&model.spec, None);
+    let replicas = desired_replicas(&model.spec, None, None);
     let children = build(&model, replicas, &BuildConfig::default())
         .unwrap_or_else(|error| panic!("cannot build {}: {error}", path.display()));
     let mut documents = vec![

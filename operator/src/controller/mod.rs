@@ -29,7 +29,7 @@ use kube::runtime::{watcher, Controller};
 use kube::{Api, Client, Resource, ResourceExt};
 use tracing::{debug, info, instrument, warn};
 
-use crate::autoscaler::desired_replicas;
+use crate::autoscaler::{desired_replicas, Decisions};
 use crate::metrics::Metrics;
 use build::BuildConfig;
 use status::Observed;
@@ -122,6 +122,10 @@ pub struct Context {
     pub config: ControllerConfig,
     pub metrics: Arc<Metrics>,
     pub recorder: Recorder,
+    /// Who writes the events (the Recorder's reporter), for events written without it.
+    reporter: Reporter,
+    /// The built-in autoscaler's latest choice per model (empty when it does not run).
+    pub decisions: Decisions,
     /// Consecutive failures per object, for the backoff.
     failures: Mutex<HashMap<ObjectRef<InferenceModel>, u32>>,
 }
@@ -134,24 +138,82 @@ impl Context {
         reporter: Reporter,
     ) -> Self {
         Self {
-            recorder: Recorder::new(client.clone(), reporter),
+            recorder: Recorder::new(client.clone(), reporter.clone()),
+            reporter,
             client,
             config,
             metrics,
+            decisions: Decisions::default(),
             failures: Mutex::new(HashMap::new()),
         }
     }
 
     async fn publish(&self, model: &InferenceModel, type_: EventType, reason: &str, note: String) {
+        self.publish_event(model, type_, reason, note, "Reconcile")
+            .await
+    }
+
+    /// Publishes a Kubernetes Event about `model`; a failure is logged, never returned.
+    pub async fn publish_event(
+        &self,
+        model: &InferenceModel,
+        type_: EventType,
+        reason: &str,
+        note: String,
+        action: &str,
+    ) {
         let event = Event {
             type_,
             reason: reason.to_string(),
             note: Some(note),
-            action: "Reconcile".to_string(),
+            action: action.to_string(),
             secondary: None,
         };
         if let Err(error) = self.recorder.publish(&event, &model.object_ref(&())).await {
             // Events are a courtesy; failing to write one must not fail the reconciliation.
+            warn!(%error, "cannot publish event");
+        }
+    }
+
+    /// Publishes a Kubernetes Event about `model` that is never merged into an earlier one.
+    /// The Recorder folds events of the same reason into a series that keeps the first note,
+    /// which would hide every autoscaling decision but the first; each decision gets its own
+    /// event, as the HorizontalPodAutoscaler does. A failure is logged, never returned.
+    pub async fn publish_distinct_event(
+        &self,
+        model: &InferenceModel,
+        reason: &str,
+        note: String,
+        action: &str,
+    ) {
+        let now = Timestamp::now();
+        let namespace = model.namespace().unwrap_or_default();
+        let event = k8s_openapi::api::events::v1::Event {
+            metadata: kube::api::ObjectMeta {
+                name: Some(format!("{}.{:x}", model.name_any(), now.as_nanosecond())),
+                namespace: Some(namespace.clone()),
+                ..Default::default()
+            },
+            action: Some(action.to_string()),
+            reason: Some(reason.to_string()),
+            note: Some(note),
+            type_: Some("Normal".to_string()),
+            event_time: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(
+                now,
+            )),
+            regarding: Some(model.object_ref(&())),
+            reporting_controller: Some(self.reporter.controller.clone()),
+            reporting_instance: Some(
+                self.reporter
+                    .instance
+                    .clone()
+                    .unwrap_or_else(|| self.reporter.controller.clone()),
+            ),
+            ..Default::default()
+        };
+        let events: Api<k8s_openapi::api::events::v1::Event> =
+            Api::namespaced(self.client.clone(), &namespace);
+        if let Err(error) = events.create(&Default::default(), &event).await {
             warn!(%error, "cannot publish event");
         }
     }
@@ -183,7 +245,8 @@ fn now() -> Time {
     Time(Timestamp::now())
 }
 
-fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+/// An API of namespaced `K` in `namespace`, or in all namespaces.
+pub fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
 where
     K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
     K::DynamicType: Default,
@@ -210,6 +273,15 @@ pub async fn check_crd_installed(
 /// Runs the controller until `shutdown` completes; in-flight reconciliations finish first.
 pub async fn run(
     context: Arc<Context>,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
+    run_with_triggers(context, futures::stream::pending(), shutdown).await
+}
+
+/// [`run`], also reconciling every model `triggers` yields (the autoscaler's decisions).
+pub async fn run_with_triggers(
+    context: Arc<Context>,
+    triggers: impl futures::Stream<Item = ObjectRef<InferenceModel>> + Send + 'static,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
     let client = context.client.clone();
@@ -242,6 +314,7 @@ pub async fn run(
             Some(ObjectRef::<InferenceModel>::new(&model).within(&namespace))
         },
     )
+    .reconcile_on(triggers)
     .graceful_shutdown_on(shutdown)
     .run(reconcile, error_policy, context)
     .for_each(|result| async move {
@@ -315,7 +388,8 @@ async fn reconcile_model(model: &InferenceModel, context: &Context) -> Result<Ac
     }
 
     // build
-    let desired = desired_replicas(&model.spec, model.status.as_ref());
+    let decision = context.decisions.get(&ObjectRef::from_obj(model));
+    let desired = desired_replicas(&model.spec, model.status.as_ref(), decision.as_ref());
     let children = build::build(model, desired, &context.config.build)?;
 
     // apply
@@ -335,7 +409,7 @@ async fn reconcile_model(model: &InferenceModel, context: &Context) -> Result<Ac
 
     // status
     let pods = apply::list_pods(client, model).await?;
-    let status = status::compute_status(
+    let mut status = status::compute_status(
         model,
         desired,
         Observed {
@@ -344,6 +418,7 @@ async fn reconcile_model(model: &InferenceModel, context: &Context) -> Result<Ac
         },
         now(),
     );
+    status::set_autoscaling_condition(&mut status, model, decision.as_ref(), now());
     if model.status.as_ref() != Some(&status) {
         apply::write_status(client, model, &status).await?;
         let before = ready_reason(model.status.as_ref());

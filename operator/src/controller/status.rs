@@ -20,8 +20,13 @@ use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kinfer_crds::labels::selector_string;
 use kinfer_crds::status::new_condition;
-use kinfer_crds::{condition_types, reasons, InferenceModel, InferenceModelStatus};
+use kinfer_crds::{
+    condition_types, reasons, AutoscalingMode, InferenceModel, InferenceModelStatus,
+};
 use kube::ResourceExt;
+
+use crate::autoscaler::decision::Reason;
+use crate::autoscaler::Published;
 
 /// Container waiting reasons meaning the image cannot be pulled.
 const IMAGE_PULL_REASONS: &[&str] = &[
@@ -380,6 +385,39 @@ pub fn compute_status(
         ));
     }
     status
+}
+
+/// Sets the `Autoscaling` condition from the built-in autoscaler's `decision` on a model with
+/// `autoscaling.mode: Builtin`: True with the decision's reason while it decides from fresh
+/// signals, False with `NoMetrics` otherwise. Without a decision yet (the autoscaler has just
+/// started) the condition keeps its last value; on other models it is removed.
+pub fn set_autoscaling_condition(
+    status: &mut InferenceModelStatus,
+    model: &InferenceModel,
+    decision: Option<&Published>,
+    now: Time,
+) {
+    let builtin = model
+        .spec
+        .autoscaling
+        .as_ref()
+        .is_some_and(|autoscaling| autoscaling.mode == AutoscalingMode::Builtin);
+    if !builtin {
+        status
+            .conditions
+            .retain(|condition| condition.type_ != condition_types::AUTOSCALING);
+        return;
+    }
+    if let Some(decision) = decision {
+        status.set_condition(new_condition(
+            condition_types::AUTOSCALING,
+            decision.reason != Reason::NoMetrics,
+            decision.reason.as_str(),
+            decision.message.clone(),
+            model.metadata.generation,
+            now,
+        ));
+    }
 }
 
 /// The status of a model whose spec the operator refuses. Its children are left as they are
@@ -787,5 +825,46 @@ status:
             status.condition("Degraded").unwrap().status,
             condition_status::TRUE
         );
+    }
+
+    #[test]
+    fn autoscaling_condition_follows_the_decision_on_builtin_models_only() {
+        let builtin = model("  autoscaling: {minReplicas: 0, maxReplicas: 4}");
+        let mut status = InferenceModelStatus::default();
+        set_autoscaling_condition(&mut status, &builtin, None, at(10));
+        assert!(status.condition(condition_types::AUTOSCALING).is_none());
+        let decision = Published {
+            replicas: 5,
+            reason: Reason::ScaledUp,
+            message: "2→5: load 37 / target 8 per replica".to_string(),
+        };
+        set_autoscaling_condition(&mut status, &builtin, Some(&decision), at(20));
+        let condition = status.condition(condition_types::AUTOSCALING).unwrap();
+        assert_eq!(
+            (condition.status.as_str(), condition.reason.as_str()),
+            (condition_status::TRUE, "ScaledUp")
+        );
+        assert_eq!(condition.message, "2→5: load 37 / target 8 per replica");
+
+        let blind = Published {
+            reason: Reason::NoMetrics,
+            ..decision
+        };
+        set_autoscaling_condition(&mut status, &builtin, Some(&blind), at(30));
+        let condition = status.condition(condition_types::AUTOSCALING).unwrap();
+        assert_eq!(condition.status, condition_status::FALSE);
+        set_autoscaling_condition(&mut status, &builtin, None, at(40));
+        assert_eq!(
+            status
+                .condition(condition_types::AUTOSCALING)
+                .unwrap()
+                .reason,
+            "NoMetrics",
+            "kept until the autoscaler decides again"
+        );
+
+        let external = model("  autoscaling: {mode: External, maxReplicas: 4}");
+        set_autoscaling_condition(&mut status, &external, Some(&blind), at(50));
+        assert!(status.condition(condition_types::AUTOSCALING).is_none());
     }
 }

@@ -127,17 +127,21 @@ async fn a_model_at_zero_wakes_on_a_request_and_returns_to_zero_when_idle() {
 
     // Idle again: back to zero.
     wait_replicas(&deployments, &name, 0, Duration::from_secs(60)).await;
-    let im = wait_model_ready(&api, &name, Duration::from_secs(30))
-        .await
-        .unwrap();
-    let ready = im
-        .status
-        .unwrap()
-        .conditions
-        .into_iter()
-        .find(|c| c.type_ == "Ready")
-        .unwrap();
-    assert_eq!(ready.reason, "ScaledToZero");
+    // The status says so in words (written by the reconcile after the scale-down).
+    wait_for(
+        "Ready=True with reason ScaledToZero",
+        Duration::from_secs(30),
+        || async {
+            let status = api.get(&name).await.ok()?.status?;
+            status
+                .conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True" && c.reason == "ScaledToZero")
+                .then_some(())
+        },
+    )
+    .await
+    .unwrap();
 }
 
 #[tokio::test]

@@ -143,8 +143,14 @@ async fn openai_requests_reach_the_engine_through_the_gateway() {
         .send()
         .await
         .unwrap();
-    let content_type = stream.headers()["content-type"].to_str().unwrap().to_string();
-    assert!(content_type.starts_with("text/event-stream"), "{content_type}");
+    let content_type = stream.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        content_type.starts_with("text/event-stream"),
+        "{content_type}"
+    );
     let text = stream.text().await.unwrap();
     let frames: Vec<&str> = text.split("\n\n").filter(|f| !f.is_empty()).collect();
     assert_eq!(frames.last(), Some(&"data: [DONE]"));

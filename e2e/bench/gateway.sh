@@ -77,6 +77,7 @@ models:
 YAML
 "$bin/kinfer-gateway" --discovery static --static-file "$work/models.yaml" \
     --listen "127.0.0.1:$gateway" --admin-listen "127.0.0.1:$admin" --log-filter warn \
+    ${KINFER_GATEWAY_BENCH_ARGS:-} \
     >"$work/gateway.log" 2>&1 &
 gateway_pid=$!
 pids+=($gateway_pid)

@@ -49,6 +49,10 @@ pub struct ServerArgs {
     /// On SIGTERM, how long in-flight requests (streams included) may take to finish.
     #[arg(long, env = "KINFER_GATEWAY_SHUTDOWN_GRACE", default_value = "30s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
+    /// Serving threads, each with its own runtime, socket (SO_REUSEPORT) and upstream
+    /// connection pool; default: one per CPU core.
+    #[arg(long, env = "KINFER_GATEWAY_WORKER_THREADS")]
+    pub worker_threads: Option<usize>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

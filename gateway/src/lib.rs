@@ -46,11 +46,22 @@ impl Gateway {
             config.policy,
             metrics.clone(),
         ));
+        Self::sharing(&index, &metrics, config.proxy, config.limits)
+    }
+
+    /// Another gateway over the same index and metrics, with its own upstream connection pool:
+    /// one per serving thread (see main), so a request never leaves the thread it arrived on.
+    pub fn sharing(
+        index: &Arc<Index>,
+        metrics: &Arc<Metrics>,
+        proxy: ProxyConfig,
+        limits: Limits,
+    ) -> AppState {
         Arc::new(Gateway {
-            index,
-            proxy: Proxy::new(config.proxy, metrics.clone()),
-            metrics,
-            limits: config.limits,
+            index: index.clone(),
+            proxy: Proxy::new(proxy, metrics.clone()),
+            metrics: metrics.clone(),
+            limits,
         })
     }
 }

@@ -67,6 +67,25 @@ pub fn build_router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// Serve `router` on `listener` until `shutdown` completes, then wait for open connections
+/// (streams included) to finish. Used by main and by tests.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use axum::serve::ListenerExt;
+    // Without TCP_NODELAY, small SSE frames wait for the client's delayed ACK (about 40 ms).
+    let listener = listener.tap_io(|stream| {
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::debug!(%error, "cannot set TCP_NODELAY");
+        }
+    });
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
 /// Prometheus metrics and the gateway's own probes.
 pub fn build_admin_router(state: AppState) -> Router {
     Router::new()

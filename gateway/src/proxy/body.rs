@@ -159,12 +159,15 @@ pub struct ProxyBody {
     inner: Incoming,
     idle_timeout: Duration,
     /// Fires at most once per `idle_timeout`; frames only move `last_frame`, so a stream of
-    /// many small chunks does not touch the timer wheel per chunk.
-    idle: Pin<Box<Sleep>>,
+    /// many small chunks does not touch the timer wheel per chunk. Armed the first time the
+    /// engine makes the body wait: a body that is already there needs no timer.
+    idle: Option<Pin<Box<Sleep>>>,
     last_frame: Instant,
     first_frame_seen: bool,
     _inflight: InflightGuard,
     log: RequestLog,
+    /// A frame read before the response head was handed to the server; see [`Self::prefetch`].
+    prefetched: Option<Result<Frame<Bytes>, hyper::Error>>,
 }
 
 impl ProxyBody {
@@ -178,11 +181,32 @@ impl ProxyBody {
         Self {
             inner,
             idle_timeout,
-            idle: Box::pin(tokio::time::sleep_until(now + idle_timeout)),
+            idle: None,
             last_frame: now,
             first_frame_seen: false,
             _inflight: inflight,
             log,
+            prefetched: None,
+        }
+    }
+
+    /// Read the first frame now (waiting at most the idle timeout). Used for bodies with a
+    /// content-length: the server then writes the head and the body in one write, instead of
+    /// flushing the head alone because the body was not there yet when it first looked, which
+    /// costs the client a second wake-up per response.
+    pub async fn prefetch(&mut self) {
+        use futures::FutureExt;
+        use http_body_util::BodyExt;
+        // Usually the frame is already there: no timer for that case.
+        let polled = match self.inner.frame().now_or_never() {
+            Some(polled) => polled,
+            None => tokio::time::timeout(self.idle_timeout, self.inner.frame())
+                .await
+                .ok()
+                .flatten(),
+        };
+        if let Some(result) = polled {
+            self.prefetched = Some(result);
         }
     }
 
@@ -205,7 +229,11 @@ impl Body for ProxyBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = self.get_mut();
-        match Pin::new(&mut this.inner).poll_frame(cx) {
+        let polled = match this.prefetched.take() {
+            Some(result) => Poll::Ready(Some(result)),
+            None => Pin::new(&mut this.inner).poll_frame(cx),
+        };
+        match polled {
             Poll::Ready(Some(Ok(frame))) => {
                 this.last_frame = Instant::now();
                 if !this.first_frame_seen {
@@ -235,7 +263,11 @@ impl Body for ProxyBody {
                 Poll::Ready(None)
             }
             Poll::Pending => loop {
-                match this.idle.as_mut().poll(cx) {
+                let deadline = this.last_frame + this.idle_timeout;
+                let idle = this
+                    .idle
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                match idle.as_mut().poll(cx) {
                     Poll::Pending => return Poll::Pending,
                     Poll::Ready(()) => {
                         let deadline = this.last_frame + this.idle_timeout;
@@ -245,7 +277,7 @@ impl Body for ProxyBody {
                             this.count_error("idle_timeout");
                             return Poll::Ready(Some(Err(BodyError::Idle(this.idle_timeout))));
                         }
-                        this.idle.as_mut().reset(deadline);
+                        idle.as_mut().reset(deadline);
                     }
                 }
             },
@@ -253,10 +285,20 @@ impl Body for ProxyBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.prefetched.is_none() && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        let pending = match &self.prefetched {
+            Some(Ok(frame)) => frame.data_ref().map_or(0, |data| data.len() as u64),
+            _ => 0,
+        };
+        let inner = self.inner.size_hint();
+        let mut hint = SizeHint::new();
+        hint.set_lower(inner.lower() + pending);
+        if let Some(upper) = inner.upper() {
+            hint.set_upper(upper + pending);
+        }
+        hint
     }
 }

@@ -244,7 +244,7 @@ impl Proxy {
                 }
                 Ok(Ok(response)) => {
                     endpoint.record_success();
-                    return Ok(self.respond(response, guard, log));
+                    return Ok(self.respond(response, guard, log).await);
                 }
             };
             let next = if tried.len() < attempts {
@@ -267,7 +267,7 @@ impl Proxy {
                 _ => {
                     return match failure {
                         Retryable::Status(response, guard) => {
-                            Ok(self.respond(response, guard, log))
+                            Ok(self.respond(response, guard, log).await)
                         }
                         Retryable::Unreachable(reason) => {
                             log.replica = Some(endpoint);
@@ -283,7 +283,7 @@ impl Proxy {
         }
     }
 
-    fn respond(
+    async fn respond(
         &self,
         response: Response<Incoming>,
         guard: InflightGuard,
@@ -297,7 +297,11 @@ impl Proxy {
             .insert(REPLICA_HEADER, endpoint.replica_header().clone());
         log.status = Some(parts.status.as_u16());
         log.replica = Some(endpoint);
-        let body = ProxyBody::new(incoming, self.config.idle_timeout, guard, log);
+        let mut body = ProxyBody::new(incoming, self.config.idle_timeout, guard, log);
+        // Streams (chunked, SSE) go out at once; a sized body is complete or nearly so.
+        if parts.headers.contains_key(header::CONTENT_LENGTH) {
+            body.prefetch().await;
+        }
         Response::from_parts(parts, AxumBody::new(body))
     }
 }

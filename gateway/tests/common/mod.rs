@@ -24,7 +24,11 @@ impl TestGateway {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let router = build_router(state.clone());
-        tokio::spawn(async move { axum::serve(listener, router).await });
+        tokio::spawn(kinfer_gateway::server::serve(
+            listener,
+            router,
+            std::future::pending(),
+        ));
         let client = reqwest::Client::builder()
             .no_proxy()
             .timeout(Duration::from_secs(20))

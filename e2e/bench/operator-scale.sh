@@ -36,6 +36,11 @@ kubectl create namespace "$ns" >/dev/null
   --admin-addr 127.0.0.1:0 --log-format json >"$KINFER_CLUSTER_DIR/operator.log" 2>&1 &
 op_pid=$!
 sleep 1
+if ! kill -0 "$op_pid" 2>/dev/null; then
+  echo "the operator exited at start; its log:" >&2
+  cat "$KINFER_CLUSTER_DIR/operator.log" >&2
+  exit 1
+fi
 rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$op_pid/status"; }
 hwm_kib() { awk '/^VmHWM/ {print $2}' "/proc/$op_pid/status"; }
 idle_rss=$(rss_kib)

@@ -9,8 +9,11 @@
 //! - [`labels`]: label and annotation keys shared by the operator and the gateway.
 //!
 //! [`crd_yaml`] renders the CRD; `cargo run -p kinfer-crds --bin crdgen` prints it.
+//! [`reference::reference_markdown`] renders `docs/inferencemodel.md` from it
+//! (`cargo run -p kinfer-crds --bin crddoc`).
 
 pub mod labels;
+pub mod reference;
 pub mod source;
 pub mod spec;
 pub mod status;

@@ -60,6 +60,28 @@ fn committed_crd_matches_the_types() {
 }
 
 #[test]
+fn committed_reference_matches_the_crd() {
+    use kinfer_crds::reference::{
+        reference_markdown, REFERENCE_PATH, REGENERATE_REFERENCE_COMMAND,
+    };
+    let path = crate_dir().join("..").join(REFERENCE_PATH);
+    let committed = std::fs::read_to_string(&path).unwrap_or_default();
+    let generated = reference_markdown();
+    if committed != generated {
+        let first_difference = committed
+            .lines()
+            .zip(generated.lines())
+            .position(|(committed, generated)| committed != generated)
+            .unwrap_or_else(|| committed.lines().count().min(generated.lines().count()));
+        panic!(
+            "{REFERENCE_PATH} is out of date with the CRD (first difference at line {}).\n\
+             Regenerate it from the workspace root with:\n\n    {REGENERATE_REFERENCE_COMMAND}\n",
+            first_difference + 1,
+        );
+    }
+}
+
+#[test]
 fn names_scope_and_subresources() {
     let crd = InferenceModel::crd();
     assert_eq!(

@@ -19,6 +19,9 @@ export KUBECONFIG="$KINFER_CLUSTER_DIR/kubeconfig"
 export PATH="$KINFER_CACHE/bin:$PATH"
 PORT="${KINFER_DEMO_PORT:-8080}"
 NAMESPACE=demo
+# The API key e2e/install-kinfer.sh creates (a Secret labelled kinfer.dev/api-key).
+API_KEY="${KINFER_API_KEY:-sk-kinfer-local}"
+export KINFER_API_KEY="$API_KEY"
 EXAMPLES=(chat-7b.yaml embedding.yaml lora-adapters.yaml)
 LOG_DIR="$KINFER_CACHE/demo-logs"
 mkdir -p "$LOG_DIR"
@@ -61,7 +64,7 @@ start_forward() {
   # Answered through the forward, the gateway and an engine: the demo works.
   local i
   for i in $(seq 1 60); do
-    if curl -sf "http://127.0.0.1:$PORT/v1/models" >/dev/null; then return 0; fi
+    if curl -sf -H "Authorization: Bearer $API_KEY" "http://127.0.0.1:$PORT/v1/models" >/dev/null; then return 0; fi
     sleep 0.5
   done
   echo "no answer on 127.0.0.1:$PORT/v1/models" >&2
@@ -85,23 +88,25 @@ kinfer is serving an OpenAI API on http://127.0.0.1:$PORT/v1
     kubectl get inferencemodels -n $NAMESPACE
 
   models:
-$(curl -s "http://127.0.0.1:$PORT/v1/models" | python3 -c 'import json,sys; [print("    " + m["id"]) for m in json.load(sys.stdin)["data"]]')
+$(curl -s -H "Authorization: Bearer $API_KEY" "http://127.0.0.1:$PORT/v1/models" | python3 -c 'import json,sys; [print("    " + m["id"]) for m in json.load(sys.stdin)["data"]]')
 
   curl:
     curl http://127.0.0.1:$PORT/v1/chat/completions -H 'Content-Type: application/json' \\
-      -H 'Authorization: Bearer demo' \\
+      -H 'Authorization: Bearer $API_KEY' \\
       -d '{"model": "Qwen/Qwen2.5-7B-Instruct", "messages": [{"role": "user", "content": "Hello!"}]}'
 
   Python (pip install openai):
     from openai import OpenAI
-    client = OpenAI(base_url="http://127.0.0.1:$PORT/v1", api_key="demo")
+    client = OpenAI(base_url="http://127.0.0.1:$PORT/v1", api_key="$API_KEY")
     reply = client.chat.completions.create(
         model="Qwen/Qwen2.5-7B-Instruct",
         messages=[{"role": "user", "content": "Hello!"}],
     )
     print(reply.choices[0].message.content)
 
-  API key: the demo runs with authentication off, so any key works ("demo" above).
+  API key: $API_KEY (the Secret kinfer-system/local-api-key, labelled kinfer.dev/api-key;
+    add keys the same way: kubectl -n kinfer-system create secret generic team-a
+    --from-literal=key=sk-... --from-literal=models='Qwen/*', then label it kinfer.dev/api-key=true).
   Engines are the vLLM stand-in (e2e/vllm-sim): no GPU, deterministic filler text.
   Stop everything: make demo-down
 EOF

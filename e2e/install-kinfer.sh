@@ -15,3 +15,9 @@ helm upgrade --install kinfer "$repo/charts/kinfer" --namespace "$ns" --create-n
   -f "$values" --wait --timeout 120s "$@"
 kubectl -n "$ns" rollout status deployment/kinfer-operator --timeout=60s
 kubectl -n "$ns" rollout status deployment/kinfer-gateway --timeout=60s
+# The chart turns gateway authentication on: an API key for the e2e suite and the demo, as a
+# Secret labelled kinfer.dev/api-key (KINFER_API_KEY, default sk-kinfer-local).
+kubectl -n "$ns" create secret generic local-api-key \
+  --from-literal=key="${KINFER_API_KEY:-sk-kinfer-local}" --dry-run=client -o yaml \
+  | kubectl label --local -f - kinfer.dev/api-key=true -o yaml \
+  | kubectl apply -f - >/dev/null

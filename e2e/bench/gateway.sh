@@ -1,12 +1,24 @@
 #!/usr/bin/env bash
-# Proxy overhead benchmark: the same two vllm-sim backends reached directly, through
-# kinfer-gateway and through nginx (the keep-alive reverse-proxy floor), with oha.
-# Everything on 127.0.0.1; every run bounded in time.
+# Proxy overhead benchmark: the same two vllm-sim backends (release build, zero latencies)
+# reached directly, through kinfer-gateway, nginx (the keep-alive reverse-proxy floor),
+# vllm-router and sglang-router, with the same load generator (oha). Everything on 127.0.0.1;
+# every run is bounded in time.
 #
-#   e2e/bench/gateway.sh [-d SECONDS] [-c "1 16 64"] [-r REPEATS] [-s "direct kinfer nginx"]
+#   e2e/bench/gateway.sh [-d SECONDS] [-c "1 16 64"] [-r REPEATS] [-s SETUPS] [-t REQUESTS]
+#                        [-b BASELINE_BINARY] [-o OUTPUT.md]
 #
-# Needs: oha (`cargo install oha --locked`), nginx (Debian `nginx`: `apt-get install nginx`),
-# python3. Builds the release binaries of kinfer-gateway and vllm-sim.
+#   -d  seconds per oha run (default 5)            -r  repetitions, setups alternated (3)
+#   -c  concurrency levels (default "1 16 64")     -t  sequential streams for the TTFB probe (200)
+#   -s  setups (default "direct kinfer nginx vllm-router sglang-router")
+#   -b  an older kinfer-gateway binary, measured as setup `kinfer-base` (before/after)
+#   -o  where the markdown table goes too (default $KINFER_CACHE/bench/gateway-<date>.md)
+#
+# Defaults: 5 setups x 2 modes x 3 levels x 3 repetitions x 5 s, about 10 minutes with the
+# installs cached. `-d 2 -r 1` is a two-minute smoke run.
+#
+# Tools: oha is installed into $KINFER_CACHE/bin (`cargo install --locked --root`), nginx with
+# apt-get when root (skipped otherwise), vllm-router==0.1.17 and sglang-router==0.3.2 into
+# venvs under $KINFER_CACHE (skipped when pip fails). KINFER_CACHE defaults to ~/.cache/kinfer.
 #
 # On a small machine the generator, the proxy and the backends share the CPUs: setups are
 # alternated within each repetition and compared as medians and ratios of the same run, never
@@ -16,31 +28,80 @@ set -euo pipefail
 duration=5
 concurrency="1 16 64"
 repeats=3
-setups="direct kinfer nginx"
-while getopts "d:c:r:s:" option; do
+setups="direct kinfer nginx vllm-router sglang-router"
+ttfb_requests=200
+baseline=
+output=
+while getopts "d:c:r:s:t:b:o:" option; do
     case $option in
         d) duration=$OPTARG ;;
         c) concurrency=$OPTARG ;;
         r) repeats=$OPTARG ;;
         s) setups=$OPTARG ;;
-        *) sed -n '2,12p' "$0"; exit 2 ;;
+        t) ttfb_requests=$OPTARG ;;
+        b) baseline=$OPTARG ;;
+        o) output=$OPTARG ;;
+        *) sed -n '2,25p' "$0"; exit 2 ;;
     esac
 done
+if [[ -n $baseline ]]; then
+    [[ -x $baseline ]] || { echo "-b $baseline: not an executable" >&2; exit 2; }
+    [[ " $setups " == *" kinfer-base "* ]] || setups="$setups kinfer-base"
+fi
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/../.." && pwd)
 target=${CARGO_TARGET_DIR:-$root/target}
-export PATH="$HOME/.cargo/bin:$PATH"
-command -v oha >/dev/null || { echo "oha not found: cargo install oha --locked" >&2; exit 1; }
+cache=${KINFER_CACHE:-$HOME/.cache/kinfer}
+mkdir -p "$cache/bin" "$cache/bench"
+export PATH="$cache/bin:$HOME/.cargo/bin:$PATH"
+output=${output:-$cache/bench/gateway-$(date +%Y%m%d-%H%M%S).md}
+note() { echo "== $*" >&2; }
+has_setup() { [[ " $setups " == *" $1 "* ]]; }
+drop_setup() {
+    note "skipping $1: $2"
+    setups=$(echo " $setups " | sed "s/ $1 / /" | xargs)
+    skipped+=("$1 ($2)")
+}
+skipped=()
+
+# --- tools ---------------------------------------------------------------------------------
+if ! command -v oha >/dev/null; then
+    note "installing oha 1.16.0 into $cache/bin"
+    cargo install --locked --root "$cache" oha --version 1.16.0 >&2
+fi
 nginx_bin=$(command -v nginx || echo /usr/sbin/nginx)
-if [[ " $setups " == *" nginx "* && ! -x $nginx_bin ]]; then
-    echo "nginx not found: apt-get install nginx (or -s 'direct kinfer')" >&2
-    exit 1
+if has_setup nginx && [[ ! -x $nginx_bin ]]; then
+    if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
+        note "installing nginx (apt-get)"
+        { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx; } >&2 || true
+    fi
+    [[ -x $nginx_bin ]] || drop_setup nginx "not installed and cannot apt-get install nginx"
+fi
+# A venv per router, reused across runs.
+venv_tool() {  # setup, pip requirement, binary name
+    local venv=$cache/venv-$1
+    if [[ ! -x $venv/bin/$3 ]]; then
+        note "installing $2 into $venv"
+        { python3 -m venv "$venv" && "$venv/bin/pip" install -q "$2"; } >&2 || true
+    fi
+    if [[ -x $venv/bin/$3 ]]; then echo "$venv/bin/$3"; fi
+}
+vllm_router_bin=
+sglang_router_bin=
+if has_setup vllm-router; then
+    vllm_router_bin=$(venv_tool vllm-router vllm-router==0.1.17 vllm-router)
+    [[ -n $vllm_router_bin ]] || drop_setup vllm-router "pip install vllm-router==0.1.17 failed"
+fi
+if has_setup sglang-router; then
+    sglang_router_bin=$(venv_tool sglang-router sglang-router==0.3.2 smg)
+    [[ -n $sglang_router_bin ]] || drop_setup sglang-router "pip install sglang-router==0.3.2 failed"
 fi
 
-(cd "$root" && cargo build --release -p kinfer-gateway -p kinfer-vllm-sim --bins)
+(cd "$root" && cargo build --release -p kinfer-gateway -p kinfer-vllm-sim --bins) >&2
 bin=$target/release
 
+# --- processes -----------------------------------------------------------------------------
 work=$(mktemp -d)
 pids=()
 cleanup() {
@@ -50,9 +111,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
-read -r sim_a sim_b gateway admin nginx_port < <(python3 - <<'PY'
+read -r sim_a sim_b < <(python3 - <<'PY'
 import socket
-sockets = [socket.socket() for _ in range(5)]
+sockets = [socket.socket() for _ in range(2)]
 for s in sockets:
     s.bind(("127.0.0.1", 0))
 print(" ".join(str(s.getsockname()[1]) for s in sockets))
@@ -60,6 +121,9 @@ for s in sockets:
     s.close()
 PY
 )
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
 
 model=bench-model
 for port in "$sim_a" "$sim_b"; do
@@ -69,21 +133,31 @@ for port in "$sim_a" "$sim_b"; do
     pids+=($!)
 done
 
+declare -A url pid_of
+url[direct]="http://127.0.0.1:$sim_a"
+
+start_kinfer() {  # setup, binary
+    local port admin
+    port=$(free_port)
+    admin=$(free_port)
+    "$2" --discovery static --static-file "$work/models.yaml" \
+        --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$admin" --log-filter warn \
+        ${KINFER_GATEWAY_BENCH_ARGS:-} >"$work/$1.log" 2>&1 &
+    pids+=($!)
+    pid_of[$1]=$!
+    url[$1]="http://127.0.0.1:$port"
+}
 cat >"$work/models.yaml" <<YAML
 models:
   - id: $model
     strategy: RoundRobin
     endpoints: [127.0.0.1:$sim_a, 127.0.0.1:$sim_b]
 YAML
-"$bin/kinfer-gateway" --discovery static --static-file "$work/models.yaml" \
-    --listen "127.0.0.1:$gateway" --admin-listen "127.0.0.1:$admin" --log-filter warn \
-    ${KINFER_GATEWAY_BENCH_ARGS:-} \
-    >"$work/gateway.log" 2>&1 &
-gateway_pid=$!
-pids+=($gateway_pid)
+if has_setup kinfer; then start_kinfer kinfer "$bin/kinfer-gateway"; fi
+if has_setup kinfer-base; then start_kinfer kinfer-base "$baseline"; fi
 
-nginx_pid=
-if [[ " $setups " == *" nginx "* ]]; then
+if has_setup nginx; then
+    port=$(free_port)
     mkdir -p "$work/nginx/logs"
     cat >"$work/nginx/nginx.conf" <<CONF
 worker_processes auto;
@@ -104,7 +178,7 @@ http {
         keepalive 128;
     }
     server {
-        listen 127.0.0.1:$nginx_port;
+        listen 127.0.0.1:$port;
         location / {
             proxy_pass http://engines;
             proxy_http_version 1.1;
@@ -114,43 +188,75 @@ http {
     }
 }
 CONF
-    "$nginx_bin" -p "$work/nginx" -c "$work/nginx/nginx.conf" &
-    nginx_pid=$!
-    pids+=($nginx_pid)
+    "$nginx_bin" -p "$work/nginx" -c "$work/nginx/nginx.conf" 2>"$work/nginx.log" &
+    pids+=($!)
+    pid_of[nginx]=$!
+    url[nginx]="http://127.0.0.1:$port"
 fi
-
-wait_for() {
-    for _ in $(seq 1 100); do
-        curl -fsS -o /dev/null --max-time 1 "$1" 2>/dev/null && return 0
-        sleep 0.1
-    done
-    echo "timed out waiting for $1" >&2
-    cat "$work"/*.log >&2
-    exit 1
-}
-wait_for "http://127.0.0.1:$sim_a/health"
-wait_for "http://127.0.0.1:$sim_b/health"
-wait_for "http://127.0.0.1:$admin/readyz"
-
-url_of() {
-    case $1 in
-        direct) echo "http://127.0.0.1:$sim_a/v1/chat/completions" ;;
-        kinfer) echo "http://127.0.0.1:$gateway/v1/chat/completions" ;;
-        nginx) echo "http://127.0.0.1:$nginx_port/v1/chat/completions" ;;
-    esac
-}
-if [[ -n $nginx_pid ]]; then wait_for "http://127.0.0.1:$nginx_port/health"; fi
+if has_setup vllm-router; then
+    port=$(free_port)
+    "$vllm_router_bin" --host 127.0.0.1 --port "$port" \
+        --worker-urls "http://127.0.0.1:$sim_a" "http://127.0.0.1:$sim_b" \
+        --policy round_robin --prometheus-host 127.0.0.1 --prometheus-port "$(free_port)" \
+        --log-level warning >"$work/vllm-router.log" 2>&1 &
+    pids+=($!)
+    pid_of[vllm-router]=$!
+    url[vllm-router]="http://127.0.0.1:$port"
+fi
+if has_setup sglang-router; then
+    port=$(free_port)
+    "$sglang_router_bin" launch --host 127.0.0.1 --port "$port" \
+        --worker-urls "http://127.0.0.1:$sim_a" "http://127.0.0.1:$sim_b" \
+        --policy round_robin --prometheus-host 127.0.0.1 --prometheus-port "$(free_port)" \
+        --log-level warn >"$work/sglang-router.log" 2>&1 &
+    pids+=($!)
+    pid_of[sglang-router]=$!
+    url[sglang-router]="http://127.0.0.1:$port"
+fi
 
 printf '{"model":"%s","messages":[{"role":"user","content":"Hello there, how are you?"}],"max_tokens":16}' "$model" >"$work/plain.json"
 printf '{"model":"%s","messages":[{"role":"user","content":"Hello there, how are you?"}],"max_tokens":32,"stream":true}' "$model" >"$work/stream.json"
 
-# Sanity: every setup answers, and streams arrive as SSE.
+# Ready: a non-streaming and a streaming completion answer (routers start after their workers'
+# health checks, which can take a few seconds).
+answers() {
+    curl -fsS -o /dev/null --max-time 2 -H 'content-type: application/json' -d @"$work/plain.json" \
+        "$1/v1/chat/completions" 2>/dev/null &&
+        curl -fsS --max-time 2 -H 'content-type: application/json' -d @"$work/stream.json" \
+            "$1/v1/chat/completions" 2>/dev/null | grep -q 'data: \[DONE\]'
+}
 for setup in $setups; do
-    curl -fsS -o /dev/null -H 'content-type: application/json' -d @"$work/plain.json" "$(url_of "$setup")"
-    curl -fsS -H 'content-type: application/json' -d @"$work/stream.json" "$(url_of "$setup")" | grep -q 'data: \[DONE\]'
+    ready=
+    for _ in $(seq 1 300); do
+        if answers "${url[$setup]}"; then ready=1; break; fi
+        sleep 0.2
+    done
+    if [[ -z $ready ]]; then
+        tail -5 "$work/$setup.log" >&2 2>/dev/null || true
+        drop_setup "$setup" "did not answer within 60 s"
+    fi
 done
+note "setups: $setups"
 
+# Resident memory of a process and its descendants (nginx workers, a router's children), KiB.
+tree_pids() {
+    local pid=$1
+    echo "$pid"
+    for child in $(cat /proc/"$pid"/task/*/children 2>/dev/null); do tree_pids "$child"; done
+}
+rss_kib() {  # field (VmRSS or VmHWM), root pid
+    local total=0 value
+    for pid in $(tree_pids "$2"); do
+        value=$(awk -v field="$1:" '$1 == field {print $2}' /proc/"$pid"/status 2>/dev/null || true)
+        total=$((total + ${value:-0}))
+    done
+    echo "$total"
+}
+
+# --- load ----------------------------------------------------------------------------------
 results=$work/results.jsonl
+runs=$((repeats * 2 * $(wc -w <<<"$concurrency") * $(wc -w <<<"$setups")))
+note "$runs runs of ${duration}s"
 for repeat in $(seq 1 "$repeats"); do
     for mode in plain stream; do
         for c in $concurrency; do
@@ -158,20 +264,33 @@ for repeat in $(seq 1 "$repeats"); do
                 out=$work/oha.json
                 timeout $((duration + 30)) oha -z "${duration}s" -c "$c" -m POST \
                     -H 'content-type: application/json' -d "$(cat "$work/$mode.json")" \
-                    --no-tui --output-format json "$(url_of "$setup")" >"$out" 2>/dev/null || true
-                python3 - "$out" "$setup" "$mode" "$c" "$repeat" >>"$results" <<'PY'
+                    --no-tui --output-format json "${url[$setup]}/v1/chat/completions" \
+                    >"$out" 2>/dev/null &
+                oha_pid=$!
+                peak=0
+                if [[ -n ${pid_of[$setup]:-} ]]; then
+                    while kill -0 "$oha_pid" 2>/dev/null; do
+                        now=$(rss_kib VmRSS "${pid_of[$setup]}")
+                        ((now > peak)) && peak=$now
+                        sleep 0.5
+                    done
+                fi
+                wait "$oha_pid" || true
+                python3 - "$out" "$setup" "$mode" "$c" "$repeat" "$peak" >>"$results" <<'PY'
 import json, sys
-path, setup, mode, c, repeat = sys.argv[1:]
+path, setup, mode, c, repeat, rss = sys.argv[1:]
 try:
     data = json.load(open(path))
     rps = data["summary"]["requestsPerSec"]
-    p50 = data["latencyPercentiles"]["p50"]
+    p50 = data["latencyPercentiles"]["p50"] * 1000
+    p99 = data["latencyPercentiles"]["p99"] * 1000
     ok = data["summary"].get("successRate", 1.0)
     codes = data.get("statusCodeDistribution", {})
 except Exception as error:  # a failed run is recorded, not fatal
-    rps, p50, ok, codes = 0.0, None, 0.0, {"error": str(error)}
-print(json.dumps({"setup": setup, "mode": mode, "c": int(c), "repeat": int(repeat),
-                  "rps": rps, "p50_ms": None if p50 is None else p50 * 1000, "success": ok, "codes": codes}))
+    rps, p50, p99, ok, codes = 0.0, None, None, 0.0, {"error": str(error)}
+print(json.dumps({"setup": setup, "mode": mode, "c": int(c), "repeat": int(repeat), "rps": rps,
+                  "p50_ms": p50, "p99_ms": p99, "success": ok, "codes": codes,
+                  "rss_kib": int(rss)}))
 PY
                 printf '.' >&2
             done
@@ -180,32 +299,104 @@ PY
 done
 echo >&2
 
-rss_kib() { [[ -n $1 ]] && ps -o rss= -p "$1" 2>/dev/null | tr -d ' ' || echo 0; }
-nginx_rss=0
-if [[ -n $nginx_pid ]]; then
-    # nginx: master plus workers.
-    nginx_rss=$(ps -o rss= --ppid "$nginx_pid" 2>/dev/null | awk '{s+=$1} END {print s+0}')
-    nginx_rss=$((nginx_rss + $(rss_kib "$nginx_pid")))
-fi
-python3 - "$results" "$(rss_kib "$gateway_pid")" "$nginx_rss" "$setups" "$concurrency" <<'PY'
-import json, statistics, sys
-path, gateway_rss, nginx_rss, setups, concurrency = sys.argv[1:]
-rows = [json.loads(line) for line in open(path)]
-setups, levels = setups.split(), [int(c) for c in concurrency.split()]
+# Time to first byte of a stream at concurrency 1: sequential streams on one keep-alive
+# connection, time from sending the request to the first body byte. The client's own cost is
+# the same for every setup.
+ttfb=$work/ttfb.jsonl
+for repeat in $(seq 1 "$repeats"); do
+    for setup in $setups; do
+        timeout 120 python3 - "${url[$setup]}" "$work/stream.json" "$ttfb_requests" "$setup" >>"$ttfb" <<'PY' || true
+import http.client, json, statistics, sys, time, urllib.parse
+base, body_path, count, setup = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+body = open(body_path, "rb").read()
+parsed = urllib.parse.urlparse(base)
+connection = http.client.HTTPConnection(parsed.hostname, parsed.port, timeout=10)
+samples = []
+deadline = time.monotonic() + 60
+for _ in range(count):
+    if time.monotonic() > deadline:
+        break
+    started = time.perf_counter()
+    connection.request("POST", "/v1/chat/completions", body, {"content-type": "application/json"})
+    response = connection.getresponse()
+    response.read1(1)
+    samples.append((time.perf_counter() - started) * 1000)
+    response.read()
+samples.sort()
+print(json.dumps({"setup": setup, "p50_ms": statistics.median(samples),
+                  "p99_ms": samples[min(len(samples) - 1, int(len(samples) * 0.99))]}))
+PY
+    done
+done
+
+declare -A hwm
+for setup in $setups; do
+    if [[ -n ${pid_of[$setup]:-} ]]; then hwm[$setup]=$(rss_kib VmHWM "${pid_of[$setup]}"); fi
+done
+hwm_args=()
+for setup in "${!hwm[@]}"; do hwm_args+=("$setup=${hwm[$setup]}"); done
+
+# --- report --------------------------------------------------------------------------------
+python3 - "$results" "$ttfb" "$setups" "$concurrency" "$duration" "$repeats" \
+    "$(IFS=';'; echo "${skipped[*]:-}")" "${hwm_args[@]}" <<'PY' | tee "$output"
+import json, os, statistics, sys
+results, ttfb_path, setups, levels, duration, repeats, skipped, *hwm_args = sys.argv[1:]
+rows = [json.loads(line) for line in open(results)]
+ttfb = [json.loads(line) for line in open(ttfb_path)] if os.path.exists(ttfb_path) else []
+setups, levels = setups.split(), [int(c) for c in levels.split()]
+hwm = dict(arg.split("=") for arg in hwm_args)
 def median(mode, setup, c, key):
     values = [r[key] for r in rows if (r["mode"], r["setup"], r["c"]) == (mode, setup, c) and r[key] is not None]
     return statistics.median(values) if values else float("nan")
-for mode, unit in (("plain", "req/s"), ("stream", "streams/s (32 chunks)")):
-    print(f"\n{mode}: median {unit} | p50 ms, by concurrency")
-    print(f"{'setup':8}" + "".join(f"{'c=' + str(c):>22}" for c in levels))
+def ratio(a, b):
+    return a / b if b and b == b and b > 0 else float("nan")
+print(f"## kinfer-gateway proxy benchmark\n")
+print(f"Two vllm-sim backends (zero latencies), oha, {duration} s runs, medians of {repeats} "
+      f"alternated repetitions, everything on {os.cpu_count()} shared cores. Compare ratios "
+      f"within this run only.\n")
+for mode, unit in (("plain", "non-streaming, req/s"), ("stream", "streaming (32 chunks), streams/s")):
+    print(f"### {unit}\n")
+    header = "| setup |" + "".join(f" c={c} rps | p50 ms | p99 ms | ×nginx | ×direct |" for c in levels)
+    print(header)
+    print("|---|" + "---:|" * (5 * len(levels)))
     for setup in setups:
-        cells = "".join(f"{median(mode, setup, c, 'rps'):>12.0f} |{median(mode, setup, c, 'p50_ms'):>7.2f} ms" for c in levels)
-        print(f"{setup:8}{cells}")
-    if "kinfer" in setups and "nginx" in setups:
-        ratios = "".join(f"{median(mode, 'kinfer', c, 'rps') / max(median(mode, 'nginx', c, 'rps'), 1e-9):>22.2f}" for c in levels)
-        print(f"{'k/nginx':8}{ratios}")
+        cells = []
+        for c in levels:
+            rps = median(mode, setup, c, "rps")
+            cells += [f"{rps:,.0f}", f"{median(mode, setup, c, 'p50_ms'):.2f}",
+                      f"{median(mode, setup, c, 'p99_ms'):.2f}",
+                      f"{ratio(rps, median(mode, 'nginx', c, 'rps')):.2f}",
+                      f"{ratio(rps, median(mode, 'direct', c, 'rps')):.2f}"]
+        print(f"| {setup} | " + " | ".join(cells) + " |")
+    print()
+    if "direct" in setups:
+        print(f"Added p50 latency vs direct (ms): " + "; ".join(
+            f"{setup} " + " / ".join(f"{median(mode, setup, c, 'p50_ms') - median(mode, 'direct', c, 'p50_ms'):+.2f}" for c in levels)
+            for setup in setups if setup != "direct") + f" (c={'/'.join(map(str, levels))})\n")
+if ttfb:
+    print("### time to first byte, streaming, concurrency 1\n")
+    print("| setup | p50 ms | p99 ms | added p50 vs direct |")
+    print("|---|---:|---:|---:|")
+    direct = statistics.median([t["p50_ms"] for t in ttfb if t["setup"] == "direct"] or [float("nan")])
+    for setup in setups:
+        p50s = [t["p50_ms"] for t in ttfb if t["setup"] == setup]
+        p99s = [t["p99_ms"] for t in ttfb if t["setup"] == setup]
+        if p50s:
+            p50 = statistics.median(p50s)
+            print(f"| {setup} | {p50:.2f} | {statistics.median(p99s):.2f} | {p50 - direct:+.2f} |")
+    print()
+print("### proxy memory\n")
+print("| setup | peak RSS under load (MiB) | VmHWM (MiB) |")
+print("|---|---:|---:|")
+for setup in setups:
+    peaks = [r["rss_kib"] for r in rows if r["setup"] == setup and r["rss_kib"]]
+    if peaks or setup in hwm:
+        print(f"| {setup} | {max(peaks, default=0) / 1024:.1f} | {int(hwm.get(setup, 0)) / 1024:.1f} |")
+print()
 failed = [r for r in rows if r["success"] < 1.0]
 if failed:
-    print(f"\n{len(failed)} runs had failed requests, e.g. {failed[0]}")
-print(f"\nRSS after the runs: kinfer-gateway {int(gateway_rss) / 1024:.1f} MiB, nginx {int(nginx_rss) / 1024:.1f} MiB")
+    print(f"{len(failed)} runs had failed requests, e.g. {failed[0]}\n")
+if skipped:
+    print(f"Skipped: {skipped}\n")
 PY
+note "table written to $output"

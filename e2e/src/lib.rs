@@ -238,13 +238,76 @@ pub async fn gateway_url(client: &Client) -> Result<String, HarnessError> {
     .await
 }
 
-/// An HTTP client for test traffic: no proxy (every target is a local pod IP).
+/// The API key `e2e/install-kinfer.sh` creates as a labelled Secret (`KINFER_E2E_API_KEY`,
+/// default `sk-kinfer-local`): the chart turns gateway authentication on.
+pub fn api_key() -> String {
+    std::env::var("KINFER_E2E_API_KEY").unwrap_or_else(|_| "sk-kinfer-local".to_string())
+}
+
+/// An HTTP client for test traffic: no proxy (every target is a local pod IP), and the test
+/// API key on every request (`Authorization: Bearer`).
 pub fn http() -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Ok(value) = reqwest::header::HeaderValue::from_str(&format!("Bearer {}", api_key())) {
+        headers.insert(reqwest::header::AUTHORIZATION, value);
+    }
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(60))
+        .default_headers(headers)
+        .build()
+        .unwrap_or_default()
+}
+
+/// [`http`] without the API key.
+pub fn http_without_key() -> reqwest::Client {
     reqwest::Client::builder()
         .no_proxy()
         .timeout(Duration::from_secs(60))
         .build()
         .unwrap_or_default()
+}
+
+/// Create (or replace) an API key Secret in the release namespace: `data` holds `key` and
+/// optional limit fields (`models`, `requests-per-minute`, ...).
+pub async fn create_api_key(
+    client: &Client,
+    name: &str,
+    data: &[(&str, &str)],
+) -> Result<(), HarnessError> {
+    use k8s_openapi::api::core::v1::Secret;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &release_namespace());
+    let secret = Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name.to_string()),
+            labels: Some([("kinfer.dev/api-key".to_string(), "true".to_string())].into()),
+            ..Default::default()
+        },
+        string_data: Some(
+            data.iter()
+                .map(|(field, value)| (field.to_string(), value.to_string()))
+                .collect(),
+        ),
+        ..Default::default()
+    };
+    secrets
+        .patch(
+            name,
+            &kube::api::PatchParams::apply("kinfer-e2e").force(),
+            &kube::api::Patch::Apply(&secret),
+        )
+        .await?;
+    Ok(())
+}
+
+/// Delete an API key Secret created by [`create_api_key`].
+pub async fn delete_api_key(client: &Client, name: &str) -> Result<(), HarnessError> {
+    use k8s_openapi::api::core::v1::Secret;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &release_namespace());
+    secrets
+        .delete(name, &kube::api::DeleteParams::default())
+        .await?;
+    Ok(())
 }
 
 /// Loads an example manifest from `examples/` as a typed InferenceModel.

@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::{Args, Parser, ValueEnum};
 use kinfer_crds::RoutingStrategy;
 
+use crate::auth::AccessConfig;
 use crate::index::EjectionPolicy;
 use crate::policy::{self, PolicyConfig};
 use crate::proxy::ProxyConfig;
@@ -29,6 +30,8 @@ pub struct Cli {
     pub proxy: ProxyArgs,
     #[command(flatten)]
     pub limits: LimitArgs,
+    #[command(flatten)]
+    pub auth: AuthArgs,
     #[command(flatten)]
     pub log: LogArgs,
 }
@@ -90,6 +93,10 @@ pub struct DiscoveryArgs {
     /// Turn off where the CRD or the RBAC to read it is missing.
     #[arg(long, env = "KINFER_GATEWAY_WATCH_INFERENCE_MODELS", default_value_t = true, action = clap::ArgAction::Set)]
     pub watch_inference_models: bool,
+    /// Watch Nodes (metadata) for each replica's zone, region and GPU product (placement
+    /// pinning, x-kinfer-* response headers). Needs cluster-wide read access to nodes.
+    #[arg(long, env = "KINFER_GATEWAY_WATCH_NODES", default_value_t = true, action = clap::ArgAction::Set)]
+    pub watch_nodes: bool,
 }
 
 #[derive(Debug, Args)]
@@ -104,6 +111,22 @@ pub struct RoutingArgs {
     /// Scraped engine metrics older than this are ignored.
     #[arg(long, env = "KINFER_GATEWAY_ENGINE_METRICS_MAX_AGE", default_value = "10s", value_parser = parse_duration)]
     pub engine_metrics_max_age: Duration,
+    /// PrefixCache: no replica takes more than this factor times the mean in-flight load of
+    /// the model's replicas (consistent hashing with bounded loads).
+    #[arg(long, env = "KINFER_GATEWAY_PREFIX_LOAD_FACTOR", default_value_t = 1.5)]
+    pub prefix_load_factor: f64,
+    /// A replica whose engine queue (vllm:num_requests_waiting) is deeper than this is
+    /// saturated: PrefixCache falls back to LeastLoad, zone preference looks elsewhere.
+    #[arg(
+        long,
+        env = "KINFER_GATEWAY_SATURATED_QUEUE_DEPTH",
+        default_value_t = 8.0
+    )]
+    pub saturated_queue_depth: f64,
+    /// The gateway's own zone (e.g. its node's topology.kubernetes.io/zone, which the
+    /// downward API cannot expose): replicas there are preferred while not saturated.
+    #[arg(long, env = "KINFER_GATEWAY_ZONE")]
+    pub zone: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -165,6 +188,47 @@ pub struct LimitArgs {
     pub retry_after: Duration,
 }
 
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Authentication and limits")]
+pub struct AuthArgs {
+    /// Require an API key (`Authorization: Bearer` or `x-api-key`) on /v1/*.
+    #[arg(long, env = "KINFER_GATEWAY_AUTH", default_value_t = false, action = clap::ArgAction::Set)]
+    pub auth: bool,
+    /// Namespace of the API key Secrets (label kinfer.dev/api-key) to watch; empty: none.
+    #[arg(long, env = "KINFER_GATEWAY_API_KEY_NAMESPACE")]
+    pub api_key_namespace: Option<String>,
+    /// YAML file of API keys, re-read when it changes (see the README).
+    #[arg(long, env = "KINFER_GATEWAY_API_KEYS_FILE")]
+    pub api_keys_file: Option<PathBuf>,
+    /// One API key for every model, without limits (named `env`). Prefer the variable to the
+    /// flag: a command line is visible to every user of the machine.
+    #[arg(long, env = "KINFER_GATEWAY_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Ready gateway replicas sharing each key's limits, when not counted by --peer-selector.
+    #[arg(long, env = "KINFER_GATEWAY_REPLICAS", default_value_t = 1)]
+    pub gateway_replicas: usize,
+    /// Label selector of this gateway's own pods, watched in --peer-namespace to count the
+    /// ready replicas sharing each key's limits (the chart sets both).
+    #[arg(long, env = "KINFER_GATEWAY_PEER_SELECTOR")]
+    pub peer_selector: Option<String>,
+    #[arg(long, env = "KINFER_GATEWAY_PEER_NAMESPACE")]
+    pub peer_namespace: Option<String>,
+    /// Requests of one model sent to its engines at once by this gateway replica; more wait
+    /// in a queue fair across keys. 0: no limit.
+    #[arg(
+        long,
+        env = "KINFER_GATEWAY_MODEL_MAX_CONCURRENCY",
+        default_value_t = 0
+    )]
+    pub model_max_concurrency: usize,
+    /// Requests that may wait per model when its concurrency limit is reached.
+    #[arg(long, env = "KINFER_GATEWAY_MODEL_QUEUE_LIMIT", default_value_t = 1000)]
+    pub model_queue_limit: usize,
+    /// How long a request waits for a slot of its model before a 503.
+    #[arg(long, env = "KINFER_GATEWAY_MODEL_QUEUE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub model_queue_timeout: Duration,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     Text,
@@ -222,6 +286,20 @@ impl RoutingArgs {
     pub fn policy_config(&self) -> PolicyConfig {
         PolicyConfig {
             engine_metrics_max_age: self.engine_metrics_max_age,
+            prefix_load_factor: self.prefix_load_factor.max(1.0),
+            saturated_queue_depth: self.saturated_queue_depth,
+        }
+    }
+}
+
+impl Cli {
+    pub fn access_config(&self) -> AccessConfig {
+        AccessConfig {
+            enabled: self.auth.auth,
+            own_zone: self.routing.zone.clone().filter(|zone| !zone.is_empty()),
+            model_max_concurrency: self.auth.model_max_concurrency,
+            model_queue_limit: self.auth.model_queue_limit,
+            model_queue_timeout: self.auth.model_queue_timeout,
         }
     }
 }

@@ -8,6 +8,9 @@ use axum::response::{IntoResponse, Response};
 use http::{header, HeaderValue, StatusCode};
 use serde::Serialize;
 
+use crate::auth::keys::AuthFailure;
+use crate::limits::rate::{format_reset, LimitKind, RateStatus};
+
 /// Everything the gateway itself can answer with instead of the engine's response.
 /// Engine errors are not here: they pass through with the engine's status and body.
 #[derive(Debug, thiserror::Error)]
@@ -58,11 +61,56 @@ pub enum ApiError {
     #[error("the replica serving the model `{model}` did not answer within {}s", after.as_secs_f64())]
     BackendTimeout { model: String, after: Duration },
 
+    #[error("{}", match reason {
+        AuthFailure::Missing => "you didn't provide an API key: send it as `Authorization: Bearer <key>` (or `x-api-key: <key>`)",
+        AuthFailure::Invalid => "incorrect API key provided: check the key, or ask for a new one if it was rotated or revoked",
+    })]
+    Unauthorized { reason: AuthFailure },
+
+    #[error("the API key `{key}` may not use the model `{model}`; GET /v1/models lists the models it may use")]
+    ModelNotAllowed { model: String, key: String },
+
+    #[error("rate limit reached for the API key `{key}` on {}: limit {limit}{}; retry after {}s", kind_text(*kind), if *kind == LimitKind::Concurrency { "" } else { " per minute" }, retry_after.as_secs_f64().ceil())]
+    RateLimited {
+        key: String,
+        kind: LimitKind,
+        limit: u64,
+        retry_after: Duration,
+        status: RateStatus,
+    },
+
+    #[error("no replica of the model `{model}` is ready in {placement}; remove the placement (x-kinfer-region, x-kinfer-zone, jurisdiction) or retry after {}s", retry_after.as_secs())]
+    NoReplicaInPlacement {
+        model: String,
+        placement: String,
+        retry_after: Duration,
+    },
+
+    #[error("too many requests wait for the model `{model}` (its concurrency limit is reached and its queue is full); retry after {}s", retry_after.as_secs())]
+    ModelQueueFull {
+        model: String,
+        retry_after: Duration,
+    },
+
+    #[error("the request waited too long for a free slot of the model `{model}`; retry after {}s", retry_after.as_secs())]
+    ModelQueueTimeout {
+        model: String,
+        retry_after: Duration,
+    },
+
     #[error("unknown endpoint {method} {path}")]
     RouteNotFound { method: String, path: String },
 
     #[error("method {method} is not allowed on {path}")]
     MethodNotAllowed { method: String, path: String },
+}
+
+fn kind_text(kind: LimitKind) -> &'static str {
+    match kind {
+        LimitKind::Requests => "requests per minute",
+        LimitKind::Tokens => "tokens per minute",
+        LimitKind::Concurrency => "concurrent requests",
+    }
 }
 
 #[derive(Serialize)]
@@ -97,6 +145,12 @@ impl ApiError {
             ApiError::BackendUnreachable { .. } => StatusCode::BAD_GATEWAY,
             ApiError::BackendTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+            ApiError::ModelNotAllowed { .. } => StatusCode::FORBIDDEN,
+            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::NoReplicaInPlacement { .. }
+            | ApiError::ModelQueueFull { .. }
+            | ApiError::ModelQueueTimeout { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -116,10 +170,23 @@ impl ApiError {
             ApiError::BackendTimeout { .. } => "backend_timeout",
             ApiError::RouteNotFound { .. } => "unknown_url",
             ApiError::MethodNotAllowed { .. } => "method_not_allowed",
+            ApiError::Unauthorized { .. } => "invalid_api_key",
+            ApiError::ModelNotAllowed { .. } => "model_not_allowed",
+            ApiError::RateLimited { .. } => "rate_limit_exceeded",
+            ApiError::NoReplicaInPlacement { .. } => "no_replica_in_placement",
+            ApiError::ModelQueueFull { .. } => "model_queue_full",
+            ApiError::ModelQueueTimeout { .. } => "model_queue_timeout",
         }
     }
 
     fn kind(&self) -> &'static str {
+        // OpenAI names the exhausted limit in `type` of a 429.
+        if let ApiError::RateLimited { kind, .. } = self {
+            return match kind {
+                LimitKind::Tokens => "tokens",
+                LimitKind::Requests | LimitKind::Concurrency => "requests",
+            };
+        }
         if self.status().is_server_error() {
             "api_error"
         } else {
@@ -131,7 +198,8 @@ impl ApiError {
         match self {
             ApiError::MissingModel
             | ApiError::ModelNotFound { .. }
-            | ApiError::UnsupportedEndpoint { .. } => Some("model"),
+            | ApiError::UnsupportedEndpoint { .. }
+            | ApiError::ModelNotAllowed { .. } => Some("model"),
             _ => None,
         }
     }
@@ -139,7 +207,11 @@ impl ApiError {
     fn retry_after(&self) -> Option<Duration> {
         match self {
             ApiError::NoReadyReplica { retry_after, .. }
-            | ApiError::HoldQueueFull { retry_after, .. } => Some(*retry_after),
+            | ApiError::HoldQueueFull { retry_after, .. }
+            | ApiError::RateLimited { retry_after, .. }
+            | ApiError::NoReplicaInPlacement { retry_after, .. }
+            | ApiError::ModelQueueFull { retry_after, .. }
+            | ApiError::ModelQueueTimeout { retry_after, .. } => Some(*retry_after),
             _ => None,
         }
     }
@@ -167,12 +239,42 @@ impl IntoResponse for ApiError {
         )
             .into_response();
         if let Some(retry_after) = self.retry_after() {
-            response.headers_mut().insert(
-                header::RETRY_AFTER,
-                HeaderValue::from(retry_after.as_secs().max(1)),
-            );
+            // Whole seconds, rounded up: a client retrying at once would be refused again.
+            let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
+        }
+        if let ApiError::RateLimited { status, .. } = &self {
+            insert_rate_headers(response.headers_mut(), status);
         }
         response
+    }
+}
+
+/// `x-ratelimit-{limit,remaining,reset}-{requests,tokens}`, as OpenAI sends them.
+pub fn insert_rate_headers(headers: &mut http::HeaderMap, status: &RateStatus) {
+    for (figures, limit, remaining, reset) in [
+        (
+            &status.requests,
+            "x-ratelimit-limit-requests",
+            "x-ratelimit-remaining-requests",
+            "x-ratelimit-reset-requests",
+        ),
+        (
+            &status.tokens,
+            "x-ratelimit-limit-tokens",
+            "x-ratelimit-remaining-tokens",
+            "x-ratelimit-reset-tokens",
+        ),
+    ] {
+        if let Some(figures) = figures {
+            headers.insert(limit, HeaderValue::from(figures.limit));
+            headers.insert(remaining, HeaderValue::from(figures.remaining));
+            if let Ok(value) = HeaderValue::from_str(&format_reset(figures.reset)) {
+                headers.insert(reset, value);
+            }
+        }
     }
 }
 
@@ -215,6 +317,51 @@ mod tests {
         assert_eq!(headers[header::RETRY_AFTER], "7");
         assert_eq!(body["error"]["type"], "api_error");
         assert_eq!(body["error"]["param"], serde_json::Value::Null);
+    }
+
+    #[tokio::test]
+    async fn auth_and_rate_limit_envelopes() {
+        let (status, _, body) = render(ApiError::Unauthorized {
+            reason: AuthFailure::Invalid,
+        })
+        .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert_eq!(body["error"]["code"], "invalid_api_key");
+        assert_eq!(body["error"]["type"], "invalid_request_error");
+        let (status, _, body) = render(ApiError::ModelNotAllowed {
+            model: "m".into(),
+            key: "team-a".into(),
+        })
+        .await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        assert_eq!(body["error"]["param"], "model");
+        let (status, headers, body) = render(ApiError::RateLimited {
+            key: "team-a".into(),
+            kind: LimitKind::Requests,
+            limit: 60,
+            retry_after: Duration::from_millis(1500),
+            status: RateStatus {
+                requests: Some(crate::limits::rate::LimitStatus {
+                    limit: 60,
+                    remaining: 0,
+                    reset: Duration::from_secs(60),
+                }),
+                tokens: None,
+            },
+        })
+        .await;
+        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(headers[header::RETRY_AFTER], "2");
+        assert_eq!(headers["x-ratelimit-limit-requests"], "60");
+        assert_eq!(headers["x-ratelimit-remaining-requests"], "0");
+        assert_eq!(headers["x-ratelimit-reset-requests"], "1m0s");
+        assert!(!headers.contains_key("x-ratelimit-limit-tokens"));
+        assert_eq!(body["error"]["code"], "rate_limit_exceeded");
+        assert_eq!(body["error"]["type"], "requests");
+        assert!(body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("requests per minute: limit 60"));
     }
 
     #[tokio::test]

@@ -6,22 +6,32 @@
 //! - [`index`]: the routing index and the discovery sources feeding it.
 //! - [`policy`]: replica selection.
 //! - [`proxy`]: the upstream client, retries, ejection and streaming pass-through.
+//! - [`auth`]: API keys; [`limits`]: per-key rate limits, per-model fair queueing;
+//!   [`usage`]: token accounting from the engines' `usage`.
+//! - [`prefix`]: prompt prefix block hashes for the PrefixCache policy; [`placement`]: region
+//!   and zone pinning.
 //! - [`metrics`], [`config`], [`error`].
 
+pub mod auth;
 pub mod config;
 pub mod error;
 pub mod index;
+pub mod limits;
 pub mod metrics;
+pub mod placement;
 pub mod policy;
+pub mod prefix;
 pub mod proxy;
 pub mod request;
 pub mod server;
+pub mod usage;
 
 use std::sync::Arc;
 
 pub use error::ApiError;
 pub use server::{build_admin_router, build_router, AppState, Gateway, Limits};
 
+use auth::{Access, AccessConfig};
 use index::Index;
 use metrics::Metrics;
 use policy::PolicyConfig;
@@ -34,6 +44,8 @@ pub struct GatewayConfig {
     pub policy: PolicyConfig,
     pub proxy: ProxyConfig,
     pub limits: Limits,
+    /// Authentication, key and model limits, placement.
+    pub access: AccessConfig,
 }
 
 impl Gateway {
@@ -46,22 +58,28 @@ impl Gateway {
             config.policy,
             metrics.clone(),
         ));
-        Self::sharing(&index, &metrics, config.proxy, config.limits)
+        let access = Arc::new(Access::new(config.access, metrics.access.clone()));
+        Arc::new(Gateway {
+            index,
+            proxy: Proxy::new(config.proxy, metrics.clone()),
+            metrics,
+            limits: config.limits,
+            access,
+            policy: config.policy,
+        })
     }
 
-    /// Another gateway over the same index and metrics, with its own upstream connection pool:
-    /// one per serving thread (see main), so a request never leaves the thread it arrived on.
-    pub fn sharing(
-        index: &Arc<Index>,
-        metrics: &Arc<Metrics>,
-        proxy: ProxyConfig,
-        limits: Limits,
-    ) -> AppState {
+    /// Another gateway over the same index, metrics and access state (keys, limits), with its
+    /// own upstream connection pool: one per serving thread (see main), so a request never
+    /// leaves the thread it arrived on while limits stay per gateway process.
+    pub fn worker(control: &Gateway, proxy: ProxyConfig, limits: Limits) -> AppState {
         Arc::new(Gateway {
-            index: index.clone(),
-            proxy: Proxy::new(proxy, metrics.clone()),
-            metrics: metrics.clone(),
+            index: control.index.clone(),
+            proxy: Proxy::new(proxy, control.metrics.clone()),
+            metrics: control.metrics.clone(),
             limits,
+            access: control.access.clone(),
+            policy: control.policy,
         })
     }
 }

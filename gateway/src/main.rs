@@ -35,6 +35,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         policy: cli.routing.policy_config(),
         proxy: proxy_config.clone(),
         limits: limits.clone(),
+        access: cli.access_config(),
     });
 
     match cli.discovery.discovery {
@@ -61,10 +62,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let scope = kubernetes::WatchScope {
                 namespaces: cli.discovery.namespaces.clone(),
                 inference_models: cli.discovery.watch_inference_models,
+                nodes: cli.discovery.watch_nodes,
             };
             tokio::spawn(kubernetes::run(client, scope, control.index.clone()));
         }
     }
+
+    kinfer_gateway::auth::start(
+        &cli.auth,
+        &control.access,
+        cli.discovery.static_poll_interval,
+    )
+    .await?;
 
     if !cli.routing.engine_metrics_interval.is_zero() {
         tokio::spawn(scraper::run(
@@ -107,12 +116,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     ));
     let mut workers = Vec::with_capacity(threads);
     for (number, listener) in listeners.into_iter().enumerate() {
-        let gateway = Gateway::sharing(
-            &control.index,
-            &control.metrics,
-            proxy_config.clone(),
-            limits.clone(),
-        );
+        let gateway = Gateway::worker(&control, proxy_config.clone(), limits.clone());
         let stop = stop.clone();
         let worker = std::thread::Builder::new()
             .name(format!("kinfer-serve-{number}"))

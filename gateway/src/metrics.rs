@@ -57,6 +57,8 @@ pub struct Metrics {
     pub index_updates: Counter,
     /// Engine /metrics scrapes that failed.
     pub scrape_failures: Counter,
+    /// Authentication and limits.
+    pub access: crate::auth::AccessMetrics,
 }
 
 /// Handles of one model's metrics, looked up once per routing-table publication so the request
@@ -148,7 +150,25 @@ impl Metrics {
             "Failed scrapes of an engine's /metrics",
             scrape_failures.clone(),
         );
+        let access = crate::auth::AccessMetrics::default();
+        registry.register(
+            "auth_failures",
+            "Requests refused 401 (no API key, or an unknown one), by reason",
+            access.auth_failures.clone(),
+        );
+        registry.register(
+            "rate_limited",
+            "Requests refused 429 by a key's limit, by key name and limit",
+            access.rate_limited.clone(),
+        );
+        registry.register(
+            "key_tokens",
+            "Prompt plus completion tokens from the engines' usage, by key name (keys with a token limit)",
+            access.tokens.clone(),
+        );
+        registry.register("api_keys", "API keys loaded", access.keys.clone());
         Self {
+            access,
             registry,
             requests,
             request_duration,

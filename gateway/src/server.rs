@@ -14,12 +14,17 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use prometheus_client::metrics::gauge::Gauge;
 use serde_json::{json, Map, Value};
 
-use crate::error::ApiError;
+use crate::auth::keys::{ApiKey, API_KEY_HEADER};
+use crate::auth::{Access, LimitLabels, ReasonLabels};
+use crate::error::{insert_rate_headers, ApiError};
 use crate::index::{Index, ModelEntry};
+use crate::limits::{ConcurrencySlot, ModelSlot, QueueError, RateStatus};
 use crate::metrics::Metrics;
-use crate::policy::RequestInfo;
+use crate::placement::{self, Placed};
+use crate::policy::{PolicyConfig, RequestInfo};
 use crate::proxy::{self, Proxy, RequestLog, UpstreamRequest, REQUEST_ID_HEADER};
-use crate::request;
+use crate::usage::{AccountedBody, Accounting, Usage};
+use crate::{prefix, request, usage};
 
 /// Limits of the request path.
 #[derive(Clone, Debug)]
@@ -51,7 +56,13 @@ pub struct Gateway {
     pub proxy: Proxy,
     pub metrics: Arc<Metrics>,
     pub limits: Limits,
+    /// API keys, their limits, model queues: shared by every serving thread.
+    pub access: Arc<Access>,
+    pub policy: PolicyConfig,
 }
+
+/// Name of every request in the model queues when authentication is off.
+const ANONYMOUS: &str = "(anonymous)";
 
 pub type AppState = Arc<Gateway>;
 
@@ -74,16 +85,59 @@ pub async fn serve(
     router: Router,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    use axum::serve::ListenerExt;
-    // Without TCP_NODELAY, small SSE frames wait for the client's delayed ACK (about 40 ms).
-    let listener = listener.tap_io(|stream| {
+    // hyper's HTTP/1.1 connection directly, not `axum::serve`: no protocol sniffing, no
+    // per-connection make-service, one spawned task per connection (HTTP/1.1 only, like the
+    // engines behind the gateway).
+    use hyper_util::rt::TokioIo;
+    use hyper_util::service::TowerToHyperService;
+    use tower::ServiceExt;
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let builder = hyper::server::conn::http1::Builder::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _peer)) => stream,
+                Err(error) => {
+                    accept_failed(error).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        // Without TCP_NODELAY, small SSE frames wait for the client's delayed ACK (about 40 ms).
         if let Err(error) = stream.set_nodelay(true) {
             tracing::debug!(%error, "cannot set TCP_NODELAY");
         }
-    });
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await
+        let service = router
+            .clone()
+            .map_request(|request: http::Request<hyper::body::Incoming>| request.map(Body::new));
+        let connection =
+            builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::trace!(%error, "client connection ended");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
+}
+
+/// Like hyper 0.14's server: a reset before accept is the client's business; anything else
+/// (out of file descriptors) is logged and accepting pauses for a second.
+async fn accept_failed(error: std::io::Error) {
+    use std::io::ErrorKind;
+    if matches!(
+        error.kind(),
+        ErrorKind::ConnectionRefused | ErrorKind::ConnectionAborted | ErrorKind::ConnectionReset
+    ) {
+        return;
+    }
+    tracing::error!(%error, "cannot accept a connection");
+    tokio::time::sleep(Duration::from_secs(1)).await;
 }
 
 /// Prometheus metrics and the gateway's own probes.
@@ -139,12 +193,102 @@ impl Drop for Held {
 }
 
 impl Gateway {
+    /// The request's key, when authentication is on; the key headers are removed so that
+    /// engines (and their logs) never see them.
+    fn authenticate(&self, headers: &mut http::HeaderMap) -> Result<Option<Arc<ApiKey>>, ApiError> {
+        if !self.access.config.enabled {
+            return Ok(None);
+        }
+        match self.access.keys.authenticate(headers) {
+            Ok(key) => {
+                headers.remove(header::AUTHORIZATION);
+                headers.remove(API_KEY_HEADER);
+                Ok(Some(key))
+            }
+            Err(reason) => {
+                self.access
+                    .metrics
+                    .auth_failures
+                    .get_or_create(&ReasonLabels {
+                        reason: reason.metric_label(),
+                    })
+                    .inc();
+                Err(ApiError::Unauthorized { reason })
+            }
+        }
+    }
+
+    /// Apply the key's limits: a concurrency slot and the rate figures for the headers.
+    fn admit(&self, key: &ApiKey) -> Result<(ConcurrencySlot, RateStatus), ApiError> {
+        let peers = self.access.peers.get();
+        key.state
+            .admit(&key.spec.limits, peers, tokio::time::Instant::now())
+            .map_err(|rejection| {
+                self.access
+                    .metrics
+                    .rate_limited
+                    .get_or_create(&LimitLabels {
+                        key: key.name().to_string(),
+                        limit: rejection.kind.as_str(),
+                    })
+                    .inc();
+                ApiError::RateLimited {
+                    key: key.name().to_string(),
+                    kind: rejection.kind,
+                    limit: rejection.limit,
+                    retry_after: rejection.retry_after,
+                    status: rejection.status,
+                }
+            })
+    }
+
+    /// A slot of the model's concurrency limit, if models have one.
+    async fn model_slot(
+        &self,
+        entry: &ModelEntry,
+        key: Option<&ApiKey>,
+    ) -> Result<Option<ModelSlot>, ApiError> {
+        let Some(queue) = self.access.queue(&entry.id) else {
+            return Ok(None);
+        };
+        let name: Arc<str> = Arc::from(key.map_or(ANONYMOUS, |key| key.name()));
+        let retry_after = self.limits.retry_after;
+        match queue
+            .acquire(&name, self.access.config.model_queue_timeout)
+            .await
+        {
+            Ok(slot) => Ok(Some(slot)),
+            Err(QueueError::Full) => Err(ApiError::ModelQueueFull {
+                model: entry.id.clone(),
+                retry_after,
+            }),
+            Err(QueueError::Timeout) => Err(ApiError::ModelQueueTimeout {
+                model: entry.id.clone(),
+                retry_after,
+            }),
+        }
+    }
+
     async fn route(
         &self,
         request: Request,
-        mut log: RequestLog,
+        log: RequestLog,
     ) -> Result<Response, (ApiError, RequestLog)> {
         let (mut parts, body) = request.into_parts();
+        let key = match self.authenticate(&mut parts.headers) {
+            Ok(key) => key,
+            Err(error) => return Err((error, log)),
+        };
+        self.route_with_key(parts, body, key, log).await
+    }
+
+    async fn route_with_key(
+        &self,
+        mut parts: http::request::Parts,
+        body: Body,
+        key: Option<Arc<ApiKey>>,
+        mut log: RequestLog,
+    ) -> Result<Response, (ApiError, RequestLog)> {
         let body = match self.read_body(&parts.headers, body).await {
             Ok(body) => body,
             Err(error) => return Err((error, log)),
@@ -161,6 +305,15 @@ impl Gateway {
             return Err((error, log));
         };
         log.model = Some(entry.metrics.clone());
+        if let Some(key) = &key {
+            if !key.allows(&entry.id) {
+                let error = ApiError::ModelNotAllowed {
+                    model: entry.id.clone(),
+                    key: key.name().to_string(),
+                };
+                return Err((error, log));
+            }
+        }
         let path = parts.uri.path();
         if let Some(feature) = request::required_feature(path) {
             if !entry.serves(feature) {
@@ -176,6 +329,14 @@ impl Gateway {
         let entry = entry.clone();
         drop(table);
         drop(model);
+        // Limits before holding: a refused request is not kept waiting first.
+        let admitted = match key.as_deref().filter(|key| !key.spec.limits.is_empty()) {
+            Some(key) => match self.admit(key) {
+                Ok(admitted) => Some(admitted),
+                Err(error) => return Err((error, log)),
+            },
+            None => None,
+        };
         let entry = if entry.endpoints.is_empty() {
             match self.wait_for_replica(entry).await {
                 Ok(entry) => entry,
@@ -184,10 +345,33 @@ impl Gateway {
         } else {
             entry
         };
+        let entry = match self.place(entry, &parts.headers, &body) {
+            Ok(entry) => entry,
+            Err(error) => return Err((error, log)),
+        };
+        let prefix_blocks = if entry.strategy == kinfer_crds::RoutingStrategy::PrefixCache {
+            prefix::prefix_blocks(&body, &entry.id)
+        } else {
+            Vec::new()
+        };
+        let counts_tokens = key
+            .as_ref()
+            .is_some_and(|key| key.spec.limits.tokens_per_minute.is_some());
+        let (body, accounting) = if counts_tokens {
+            let (body, accounting) = usage::prepare_request(body);
+            (body, Some(accounting))
+        } else {
+            (body, None)
+        };
+        let model_slot = match self.model_slot(&entry, key.as_deref()).await {
+            Ok(slot) => slot,
+            Err(error) => return Err((error, log)),
+        };
         let info = RequestInfo {
             model: &entry.id,
             path,
-            prefix_hash: None,
+            prefix_blocks: &prefix_blocks,
+            adapter: entry.parent.is_some().then_some(entry.id.as_str()),
         };
         let upstream = UpstreamRequest {
             method: parts.method.clone(),
@@ -195,7 +379,83 @@ impl Gateway {
             headers: proxy::upstream_headers(std::mem::take(&mut parts.headers), &log.request_id),
             body,
         };
-        self.proxy.forward(&entry, upstream, &info, log).await
+        let response = self.proxy.forward(&entry, upstream, &info, log).await?;
+        if admitted.is_none() && model_slot.is_none() && accounting.is_none() {
+            return Ok(response);
+        }
+        let (mut head, body) = response.into_parts();
+        let (slot, status) = match admitted {
+            Some((slot, status)) => (Some(slot), Some(status)),
+            None => (None, None),
+        };
+        if let Some(status) = &status {
+            insert_rate_headers(&mut head.headers, status);
+        }
+        // Engine errors have no usage to count.
+        let accounting = accounting.filter(|_| head.status.is_success());
+        if matches!(accounting, Some(Accounting::Stream { strip: true })) {
+            head.headers.remove(header::CONTENT_LENGTH);
+        }
+        let on_usage = match (&accounting, key) {
+            (Some(_), Some(key)) => Some(self.token_charger(key)),
+            _ => None,
+        };
+        let body = AccountedBody::new(body, accounting, on_usage, (slot, model_slot));
+        Ok(Response::from_parts(head, Body::new(body)))
+    }
+
+    /// Charges a response's tokens to its key when the response ends.
+    fn token_charger(&self, key: Arc<ApiKey>) -> Box<dyn FnOnce(Usage) + Send> {
+        let peers = self.access.peers.clone();
+        let counter = key
+            .tokens_counter
+            .get_or_init(|| {
+                self.access
+                    .metrics
+                    .tokens
+                    .get_or_create_owned(&crate::auth::KeyLabels {
+                        key: key.name().to_string(),
+                    })
+            })
+            .clone();
+        Box::new(move |usage: Usage| {
+            let tokens = usage.tokens();
+            counter.inc_by(tokens);
+            key.state.charge_tokens(
+                &key.spec.limits,
+                peers.get(),
+                tokens,
+                tokio::time::Instant::now(),
+            );
+        })
+    }
+
+    /// The entry restricted to the replicas that may serve the request (placement pinning,
+    /// own-zone preference); the entry itself when nothing restricts it.
+    fn place(
+        &self,
+        entry: Arc<ModelEntry>,
+        headers: &http::HeaderMap,
+        body: &[u8],
+    ) -> Result<Arc<ModelEntry>, ApiError> {
+        let wanted = placement::requested(headers, body);
+        let own_zone = self.access.config.own_zone.as_deref();
+        if wanted.is_empty() && own_zone.is_none() {
+            return Ok(entry);
+        }
+        let saturation = (
+            self.policy.engine_metrics_max_age,
+            self.policy.saturated_queue_depth,
+        );
+        match placement::place(&entry, &wanted, own_zone, saturation) {
+            Placed::All => Ok(entry),
+            Placed::Subset(subset) => Ok(subset),
+            Placed::Nowhere => Err(ApiError::NoReplicaInPlacement {
+                model: entry.id.clone(),
+                placement: wanted.to_string(),
+                retry_after: self.limits.retry_after,
+            }),
+        }
     }
 
     async fn read_body(
@@ -277,28 +537,40 @@ fn model_json(entry: &ModelEntry) -> Value {
     })
 }
 
-async fn list_models(State(gateway): State<AppState>) -> Json<Value> {
+/// Every model, or with authentication on, the models the key may use.
+async fn list_models(
+    State(gateway): State<AppState>,
+    mut headers: http::HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let key = gateway.authenticate(&mut headers)?;
     let table = gateway.index.snapshot();
     let data: Vec<Value> = table
         .models()
         .into_iter()
+        .filter(|entry| key.as_ref().is_none_or(|key| key.allows(&entry.id)))
         .map(|entry| model_json(entry))
         .collect();
-    Json(json!({ "object": "list", "data": data }))
+    Ok(Json(json!({ "object": "list", "data": data })))
 }
 
 async fn get_model(
     State(gateway): State<AppState>,
     Path(id): Path<String>,
+    mut headers: http::HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
+    let key = gateway.authenticate(&mut headers)?;
     let id = id.strip_prefix('/').unwrap_or(&id);
     let table = gateway.index.snapshot();
-    table
-        .get(id)
-        .map(|entry| Json(model_json(entry)))
-        .ok_or_else(|| ApiError::ModelNotFound {
-            model: id.to_string(),
-        })
+    let entry = table.get(id).ok_or_else(|| ApiError::ModelNotFound {
+        model: id.to_string(),
+    })?;
+    if let Some(key) = key.filter(|key| !key.allows(&entry.id)) {
+        return Err(ApiError::ModelNotAllowed {
+            model: entry.id.clone(),
+            key: key.name().to_string(),
+        });
+    }
+    Ok(Json(model_json(entry)))
 }
 
 async fn health(State(gateway): State<AppState>) -> Json<Value> {
@@ -323,7 +595,13 @@ async fn metrics(State(gateway): State<AppState>) -> Response {
 }
 
 async fn readyz(State(gateway): State<AppState>) -> Response {
-    if gateway.index.is_synced() {
+    if !gateway.access.is_synced() {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the API key Secrets have not been listed yet",
+        )
+            .into_response()
+    } else if gateway.index.is_synced() {
         (StatusCode::OK, "ok").into_response()
     } else {
         (

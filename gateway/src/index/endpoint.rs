@@ -8,6 +8,8 @@ use std::time::Duration;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use tokio::time::Instant;
 
+use crate::placement::Placement;
+
 /// Load figures scraped from the engine's /metrics.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct EngineLoad {
@@ -60,6 +62,13 @@ pub struct Endpoint {
     inflight: AtomicUsize,
     outlier: OutlierState,
     load: Mutex<Option<EngineLoad>>,
+    /// A stable hash of the address: the replica's identity for consistent hashing.
+    id: u64,
+    placement: Placement,
+    /// `x-kinfer-served-by`, `-node`, `-gpu-product`, `-zone`, built once.
+    placement_headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    /// LoRA adapters the engine reported running or waiting (`vllm:lora_requests_info`).
+    adapters: Mutex<Option<(Vec<String>, Instant)>>,
 }
 
 /// An endpoint address that is not `host:port` or `http://host:port`.
@@ -93,16 +102,74 @@ impl Endpoint {
         let replica_header = http::HeaderValue::from_str(&name)
             .or_else(|_| http::HeaderValue::from_str(authority.as_str()))
             .map_err(|_| invalid())?;
+        let address = authority.to_string();
+        let id = {
+            use std::hash::Hasher;
+            let mut hasher = std::hash::DefaultHasher::new();
+            hasher.write(address.as_bytes());
+            hasher.finish()
+        };
+        let placement_headers = Placement::default().headers(&replica_header);
         Ok(Self {
             name,
             replica_header,
-            address: authority.to_string(),
+            address,
             scheme: Scheme::HTTP,
             authority,
             inflight: AtomicUsize::new(0),
             outlier: OutlierState::default(),
             load: Mutex::new(None),
+            id,
+            placement: Placement::default(),
+            placement_headers,
+            adapters: Mutex::new(None),
         })
+    }
+
+    /// The node, zone, region and GPU the replica runs on.
+    pub fn with_placement(mut self, placement: Placement) -> Self {
+        self.placement_headers = placement.headers(&self.replica_header);
+        self.placement = placement;
+        self
+    }
+
+    pub fn placement(&self) -> &Placement {
+        &self.placement
+    }
+
+    /// The response headers naming the replica and where it runs.
+    pub fn placement_headers(&self) -> &[(http::HeaderName, http::HeaderValue)] {
+        &self.placement_headers
+    }
+
+    /// A hash of the address, stable across publications and gateway replicas.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Whether the engine has `adapter` loaded, if it told us recently (`None`: unknown).
+    pub fn has_adapter(&self, adapter: &str, now: Instant, max_age: Duration) -> Option<bool> {
+        let adapters = self
+            .adapters
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        adapters
+            .as_ref()
+            .filter(|(_, at)| now.saturating_duration_since(*at) <= max_age)
+            .map(|(names, _)| names.iter().any(|name| name == adapter))
+    }
+
+    pub fn set_adapters(&self, adapters: Option<Vec<String>>, now: Instant) {
+        *self
+            .adapters
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner()) = adapters.map(|names| (names, now));
+    }
+
+    /// Whether the engine's queue is deeper than `threshold` (fresh metrics only).
+    pub fn is_saturated(&self, now: Instant, max_age: Duration, threshold: f64) -> bool {
+        self.engine_load(now, max_age)
+            .is_some_and(|load| load.waiting > threshold)
     }
 
     pub fn name(&self) -> &str {

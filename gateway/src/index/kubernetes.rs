@@ -7,20 +7,22 @@
 //! - InferenceModels make models known even with no pod (scaled to zero, starting), so
 //!   requests for them are held instead of answered 404, and /v1/models lists them.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use futures::stream::{BoxStream, SelectAll};
 use futures::{FutureExt, StreamExt};
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Node, Pod};
 use kinfer_crds::labels::{self, annotations};
 use kinfer_crds::spec::DEFAULT_PORT;
 use kinfer_crds::InferenceModel;
+use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client, ResourceExt};
 
 use super::{EndpointConfig, Index, ModelConfig};
+use crate::placement::{Placement, GPU_PRODUCT_LABEL, REGION_LABEL, ZONE_LABEL};
 
 /// Whether a pod may receive new requests.
 pub fn is_routable(pod: &Pod) -> bool {
@@ -48,9 +50,38 @@ fn pod_address(ip: &str, port: u16) -> String {
     }
 }
 
+/// Zone, region and GPU product of each node, from its labels.
+pub fn node_placements<'a>(
+    nodes: impl IntoIterator<Item = (&'a str, &'a BTreeMap<String, String>)>,
+) -> HashMap<String, Placement> {
+    nodes
+        .into_iter()
+        .map(|(name, labels)| {
+            let label = |key: &str| labels.get(key).cloned();
+            let placement = Placement {
+                node: Some(name.to_string()),
+                zone: label(ZONE_LABEL),
+                region: label(REGION_LABEL),
+                gpu_product: label(GPU_PRODUCT_LABEL),
+            };
+            (name.to_string(), placement)
+        })
+        .collect()
+}
+
 /// The models and their ready endpoints, from the current InferenceModels and engine pods.
 /// Ids are served by the union of the pods that list them, across namespaces.
 pub fn desired_models(models: &[Arc<InferenceModel>], pods: &[Arc<Pod>]) -> Vec<ModelConfig> {
+    desired_models_on_nodes(models, pods, &HashMap::new())
+}
+
+/// [`desired_models`], with each endpoint placed on its pod's node (`nodes`: by node name; a
+/// node not there gives only the node name).
+pub fn desired_models_on_nodes(
+    models: &[Arc<InferenceModel>],
+    pods: &[Arc<Pod>],
+    nodes: &HashMap<String, Placement>,
+) -> Vec<ModelConfig> {
     let mut by_id: BTreeMap<String, ModelConfig> = BTreeMap::new();
     // Sorted so that when two namespaces declare the same id, the winner does not depend on
     // watch event order.
@@ -123,9 +154,18 @@ pub fn desired_models(models: &[Arc<InferenceModel>], pods: &[Arc<Pod>]) -> Vec<
             else {
                 continue;
             };
+            let node = pod.spec.as_ref().and_then(|spec| spec.node_name.as_deref());
+            let placement = match node {
+                Some(node) => nodes.get(node).cloned().unwrap_or_else(|| Placement {
+                    node: Some(node.to_string()),
+                    ..Placement::default()
+                }),
+                None => Placement::default(),
+            };
             config.endpoints.push(EndpointConfig {
                 name: format!("{}/{}", pod.namespace().unwrap_or_default(), pod.name_any()),
                 address: pod_address(ip, port),
+                placement,
             });
         }
     }
@@ -139,6 +179,8 @@ pub struct WatchScope {
     pub namespaces: Vec<String>,
     /// Watch InferenceModels (needs the CRD and RBAC); without it only pods are known.
     pub inference_models: bool,
+    /// Watch Nodes' metadata (cluster-scoped RBAC) for replicas' zone, region and GPU.
+    pub nodes: bool,
 }
 
 enum Update {
@@ -209,6 +251,24 @@ pub async fn run(client: Client, scope: WatchScope, index: Arc<Index>) {
             );
         }
     }
+    let mut node_store: Option<Store<PartialObjectMeta<Node>>> = None;
+    if scope.nodes {
+        // Metadata only: labels are all the gateway needs of a Node.
+        let nodes: Api<PartialObjectMeta<Node>> = Api::all(client.clone());
+        let (store, writer) = reflector::store();
+        node_store = Some(store);
+        let number = streams.len();
+        streams.push(
+            reflector::reflector(
+                writer,
+                watcher(nodes, watcher::Config::default())
+                    .default_backoff()
+                    .modify(|node| node.managed_fields_mut().clear()),
+            )
+            .map(move |event| event.map(|event| to_update(number, &event)))
+            .boxed(),
+        );
+    }
     let total = streams.len();
     let mut listed = HashSet::new();
     while let Some(first) = streams.next().await {
@@ -231,7 +291,13 @@ pub async fn run(client: Client, scope: WatchScope, index: Arc<Index>) {
         }
         let models: Vec<_> = model_stores.iter().flat_map(Store::state).collect();
         let pods: Vec<_> = pod_stores.iter().flat_map(Store::state).collect();
-        let configs = desired_models(&models, &pods);
+        let nodes = node_store.as_ref().map(Store::state).unwrap_or_default();
+        let placements = node_placements(
+            nodes
+                .iter()
+                .map(|node| (node.metadata.name.as_deref().unwrap_or(""), node.labels())),
+        );
+        let configs = desired_models_on_nodes(&models, &pods, &placements);
         if index.publish(configs) {
             let table = index.snapshot();
             tracing::info!(
@@ -366,6 +432,33 @@ mod tests {
         let configs = desired_models(&[], &[Arc::new(minimal)]);
         assert_eq!(addresses(&configs, "plain"), ["10.1.1.1:8000"]);
         assert!(configs[0].features.is_empty());
+    }
+
+    #[test]
+    fn endpoints_carry_their_node_placement() {
+        let mut on_node = pod("ml", "a", "qwen", "10.0.0.1", true);
+        on_node.spec = Some(k8s_openapi::api::core::v1::PodSpec {
+            node_name: Some("gpu-node-1".into()),
+            ..Default::default()
+        });
+        let labels: BTreeMap<String, String> = [
+            (ZONE_LABEL, "zone-b"),
+            (REGION_LABEL, "local"),
+            (GPU_PRODUCT_LABEL, "NVIDIA-A100-SXM4-80GB"),
+        ]
+        .into_iter()
+        .map(|(key, value)| (key.to_string(), value.to_string()))
+        .collect();
+        let nodes = node_placements([("gpu-node-1", &labels)]);
+        let configs = desired_models_on_nodes(&[], &[Arc::new(on_node)], &nodes);
+        let placement = &configs[0].endpoints[0].placement;
+        assert_eq!(placement.node.as_deref(), Some("gpu-node-1"));
+        assert_eq!(placement.zone.as_deref(), Some("zone-b"));
+        assert_eq!(placement.region.as_deref(), Some("local"));
+        assert_eq!(
+            placement.gpu_product.as_deref(),
+            Some("NVIDIA-A100-SXM4-80GB")
+        );
     }
 
     #[test]

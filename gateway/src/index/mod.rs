@@ -21,6 +21,7 @@ use tokio::sync::watch;
 pub use endpoint::{EjectionPolicy, Endpoint, EngineLoad, InvalidAddress};
 
 use crate::metrics::{Metrics, ModelMetrics};
+use crate::placement::Placement;
 use crate::policy::{self, PolicyConfig, RoutingPolicy};
 
 /// One model id as a discovery source sees it.
@@ -44,6 +45,18 @@ pub struct EndpointConfig {
     pub name: String,
     /// `host:port` or `http://host:port`.
     pub address: String,
+    /// Node, zone, region, GPU product (Kubernetes: from the pod's Node; static: the file).
+    pub placement: Placement,
+}
+
+impl EndpointConfig {
+    pub fn new(name: impl Into<String>, address: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            address: address.into(),
+            placement: Placement::default(),
+        }
+    }
 }
 
 /// A routable model in a published [`RoutingTable`].
@@ -195,7 +208,7 @@ impl Index {
             let mut endpoints = Vec::with_capacity(config.endpoints.len());
             for wanted in &config.endpoints {
                 let endpoint = match Endpoint::new(wanted.name.clone(), &wanted.address) {
-                    Ok(endpoint) => endpoint,
+                    Ok(endpoint) => endpoint.with_placement(wanted.placement.clone()),
                     Err(error) => {
                         tracing::warn!(model = %config.id, %error, "skipping endpoint");
                         continue;
@@ -203,7 +216,9 @@ impl Index {
                 };
                 let existing = known_endpoints
                     .get(endpoint.address())
-                    .filter(|known| known.name() == endpoint.name())
+                    .filter(|known| {
+                        known.name() == endpoint.name() && known.placement() == endpoint.placement()
+                    })
                     .map(|known| Arc::clone(known));
                 let shared = existing.unwrap_or_else(|| {
                     fresh
@@ -262,10 +277,7 @@ mod tests {
             strategy: None,
             endpoints: addresses
                 .iter()
-                .map(|address| EndpointConfig {
-                    name: address.to_string(),
-                    address: address.to_string(),
-                })
+                .map(|address| EndpointConfig::new(*address, *address))
                 .collect(),
         }
     }

@@ -11,6 +11,7 @@
 //!       - http://127.0.0.1:8001
 //!       - url: http://127.0.0.1:8002
 //!         name: replica-b            # shown in x-kinfer-replica; default: host:port
+//!         zone: zone-a               # optional placement: zone, region, node, gpuProduct
 //!   - id: scaled-to-zero-model       # no endpoints: requests are held, then 503
 //! ```
 
@@ -23,6 +24,7 @@ use kinfer_crds::{Feature, RoutingStrategy};
 use serde::Deserialize;
 
 use super::{Endpoint, EndpointConfig, Index, ModelConfig};
+use crate::placement::Placement;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StaticFileError {
@@ -77,6 +79,15 @@ pub enum StaticEndpoint {
         url: String,
         #[serde(default)]
         name: Option<String>,
+        /// Where the replica runs, for placement requests and the `x-kinfer-*` headers.
+        #[serde(default)]
+        zone: Option<String>,
+        #[serde(default)]
+        region: Option<String>,
+        #[serde(default)]
+        node: Option<String>,
+        #[serde(default, rename = "gpuProduct")]
+        gpu_product: Option<String>,
     },
 }
 
@@ -91,9 +102,25 @@ impl StaticFile {
             }
             let mut endpoints = Vec::with_capacity(model.endpoints.len());
             for endpoint in &model.endpoints {
-                let (url, name) = match endpoint {
-                    StaticEndpoint::Url(url) => (url, None),
-                    StaticEndpoint::Named { url, name } => (url, name.as_ref()),
+                let (url, name, placement) = match endpoint {
+                    StaticEndpoint::Url(url) => (url, None, Placement::default()),
+                    StaticEndpoint::Named {
+                        url,
+                        name,
+                        zone,
+                        region,
+                        node,
+                        gpu_product,
+                    } => (
+                        url,
+                        name.as_ref(),
+                        Placement {
+                            node: node.clone(),
+                            zone: zone.clone(),
+                            region: region.clone(),
+                            gpu_product: gpu_product.clone(),
+                        },
+                    ),
                 };
                 let parsed = Endpoint::new("", url)
                     .map_err(|error| format!("model `{}`: {error}", model.id))?;
@@ -102,6 +129,7 @@ impl StaticFile {
                         .cloned()
                         .unwrap_or_else(|| parsed.address().to_string()),
                     address: parsed.address().to_string(),
+                    placement,
                 });
             }
             let ids = std::iter::once((&model.id, None))
@@ -205,6 +233,8 @@ models:
       - http://127.0.0.1:8001
       - url: 127.0.0.1:8002
         name: replica-b
+        zone: zone-a
+        gpuProduct: NVIDIA-L4
   - id: bge
     features: [TextEmbedding]
   - id: cold
@@ -233,13 +263,15 @@ models:
         assert_eq!(
             configs[0].endpoints,
             vec![
-                EndpointConfig {
-                    name: "127.0.0.1:8001".into(),
-                    address: "127.0.0.1:8001".into()
-                },
+                EndpointConfig::new("127.0.0.1:8001", "127.0.0.1:8001"),
                 EndpointConfig {
                     name: "replica-b".into(),
-                    address: "127.0.0.1:8002".into()
+                    address: "127.0.0.1:8002".into(),
+                    placement: Placement {
+                        zone: Some("zone-a".into()),
+                        gpu_product: Some("NVIDIA-L4".into()),
+                        ..Placement::default()
+                    },
                 },
             ]
         );

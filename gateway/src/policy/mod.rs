@@ -1,10 +1,12 @@
 //! Replica selection. A [`RoutingPolicy`] picks one endpoint out of the candidates the proxy
 //! hands it (ready, not ejected, not already tried for this request); it never does I/O.
 //!
-//! Adding a policy (for example PrefixCache, which will read [`RequestInfo::prefix_hash`]) is a
-//! new implementation plus a line in [`for_strategy`]; the proxy does not change.
+//! Adding a policy is a new implementation plus a line in [`for_strategy`]; the proxy does not
+//! change. [`PrefixCache`] reads [`RequestInfo::prefix_blocks`], which the server computes only
+//! for models routed with it.
 
 mod least_load;
+pub mod prefix_cache;
 mod round_robin;
 
 use std::fmt::Debug;
@@ -16,6 +18,7 @@ use kinfer_crds::RoutingStrategy;
 use crate::index::Endpoint;
 
 pub use least_load::LeastLoad;
+pub use prefix_cache::PrefixCache;
 pub use round_robin::RoundRobin;
 
 /// What a policy may know about the request being routed.
@@ -25,9 +28,11 @@ pub struct RequestInfo<'a> {
     pub model: &'a str,
     /// The request path, for example `/v1/chat/completions`.
     pub path: &'a str,
-    /// Hash of the prompt's first tokens, for cache-aware routing. Not computed yet: the
-    /// gateway parses only `model` today.
-    pub prefix_hash: Option<u64>,
+    /// Chain hashes of the prompt's cacheable prefix ([`crate::prefix`]); empty unless the
+    /// model's strategy is PrefixCache.
+    pub prefix_blocks: &'a [u64],
+    /// The LoRA adapter requested, when `model` is one.
+    pub adapter: Option<&'a str>,
 }
 
 pub trait RoutingPolicy: Send + Sync + Debug {
@@ -43,24 +48,30 @@ pub trait RoutingPolicy: Send + Sync + Debug {
 pub struct PolicyConfig {
     /// Engine metrics older than this are ignored.
     pub engine_metrics_max_age: Duration,
+    /// PrefixCache: no replica takes more than this factor times the mean load (in-flight
+    /// requests) of the model's replicas.
+    pub prefix_load_factor: f64,
+    /// A replica whose engine queue (`vllm:num_requests_waiting`) is deeper than this is
+    /// saturated: PrefixCache and zone preference look elsewhere.
+    pub saturated_queue_depth: f64,
 }
 
 impl Default for PolicyConfig {
     fn default() -> Self {
         Self {
             engine_metrics_max_age: Duration::from_secs(10),
+            prefix_load_factor: 1.5,
+            saturated_queue_depth: 8.0,
         }
     }
 }
 
-/// The policy implementing `strategy`. PrefixCache is not implemented yet and falls back to
-/// LeastLoad (which is also what PrefixCache does when its preferred replica is overloaded).
+/// The policy implementing `strategy`.
 pub fn for_strategy(strategy: RoutingStrategy, config: PolicyConfig) -> Arc<dyn RoutingPolicy> {
     match strategy {
         RoutingStrategy::RoundRobin => Arc::new(RoundRobin::default()),
-        RoutingStrategy::LeastLoad | RoutingStrategy::PrefixCache => {
-            Arc::new(LeastLoad::new(config))
-        }
+        RoutingStrategy::LeastLoad => Arc::new(LeastLoad::new(config)),
+        RoutingStrategy::PrefixCache => Arc::new(PrefixCache::new(config)),
     }
 }
 
@@ -94,7 +105,8 @@ pub(crate) mod tests {
     pub(crate) const REQUEST: RequestInfo<'static> = RequestInfo {
         model: "m",
         path: "/v1/completions",
-        prefix_hash: None,
+        prefix_blocks: &[],
+        adapter: None,
     };
 
     #[test]
@@ -110,7 +122,7 @@ pub(crate) mod tests {
         );
         assert_eq!(
             for_strategy(RoutingStrategy::PrefixCache, config).name(),
-            "LeastLoad"
+            "PrefixCache"
         );
     }
 
@@ -127,7 +139,11 @@ pub(crate) mod tests {
     #[test]
     fn empty_candidates() {
         let config = PolicyConfig::default();
-        for strategy in [RoutingStrategy::LeastLoad, RoutingStrategy::RoundRobin] {
+        for strategy in [
+            RoutingStrategy::LeastLoad,
+            RoutingStrategy::RoundRobin,
+            RoutingStrategy::PrefixCache,
+        ] {
             assert_eq!(for_strategy(strategy, config).pick(&[], &REQUEST), None);
         }
     }

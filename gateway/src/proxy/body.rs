@@ -3,7 +3,8 @@
 //! The wrapper adds what a pass-through needs and nothing else: an idle timeout between
 //! frames, the time-to-first-byte measurement, and guards whose `Drop` ends the in-flight count
 //! and writes the access log. When the client goes away, axum drops this body, which drops the
-//! upstream body, which closes the upstream connection: the engine sees the cancel.
+//! upstream body and connection, which closes the connection: the engine sees the cancel. A
+//! body read to the end gives its connection back to the pool instead.
 
 use std::fmt;
 use std::future::Future;
@@ -17,6 +18,7 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::time::{Instant, Sleep};
 
+use super::pool::PooledConnection;
 use crate::index::Endpoint;
 use crate::metrics::{Metrics, ModelMetrics, UNKNOWN_MODEL};
 
@@ -164,7 +166,9 @@ pub struct ProxyBody {
     idle: Option<Pin<Box<Sleep>>>,
     last_frame: Instant,
     first_frame_seen: bool,
-    _inflight: InflightGuard,
+    /// The upstream connection, back to the pool when the body has been read to the end.
+    connection: Option<PooledConnection>,
+    inflight: InflightGuard,
     log: RequestLog,
     /// A frame read before the response head was handed to the server; see [`Self::prefetch`].
     prefetched: Option<Result<Frame<Bytes>, hyper::Error>>,
@@ -173,6 +177,7 @@ pub struct ProxyBody {
 impl ProxyBody {
     pub fn new(
         inner: Incoming,
+        connection: PooledConnection,
         idle_timeout: Duration,
         inflight: InflightGuard,
         log: RequestLog,
@@ -184,7 +189,8 @@ impl ProxyBody {
             idle: None,
             last_frame: now,
             first_frame_seen: false,
-            _inflight: inflight,
+            connection: Some(connection),
+            inflight,
             log,
             prefetched: None,
         }
@@ -217,6 +223,18 @@ impl ProxyBody {
             .as_ref()
             .map_or(UNKNOWN_MODEL, |model| model.model.as_str());
         self.log.metrics.count_upstream_error(model, kind);
+    }
+}
+
+impl Drop for ProxyBody {
+    fn drop(&mut self) {
+        // Complete: the engine's response was read to its end, the connection can take the
+        // next request. Anything else (client gone, error, unread body) closes it.
+        let ended = self.log.outcome == Outcome::Complete
+            || (self.prefetched.is_none() && self.inner.is_end_stream());
+        if let (true, Some(connection)) = (ended, self.connection.take()) {
+            connection.release(self.inflight.endpoint().address());
+        }
     }
 }
 

@@ -4,6 +4,7 @@
 
 mod body;
 mod budget;
+mod pool;
 pub mod scraper;
 
 use std::sync::Arc;
@@ -23,6 +24,7 @@ use tokio::time::Instant;
 
 pub use body::{InflightGuard, Outcome, ProxyBody, RequestLog};
 pub use budget::RetryBudget;
+pub use pool::{Pool, PoolConfig, PooledConnection, UpstreamError};
 
 use crate::error::ApiError;
 use crate::index::{EjectionPolicy, Endpoint, ModelEntry};
@@ -73,7 +75,8 @@ impl Default for ProxyConfig {
     }
 }
 
-/// Builds the pooled upstream client: HTTP/1.1 keep-alive, TCP_NODELAY.
+/// A pooled client for the side traffic (engine metrics scraping). Requests go through
+/// [`Proxy`]'s own pool.
 pub fn http_client(config: &ProxyConfig) -> HttpClient {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
@@ -96,7 +99,7 @@ pub struct UpstreamRequest {
 }
 
 pub struct Proxy {
-    client: HttpClient,
+    pool: Pool,
     config: ProxyConfig,
     budget: RetryBudget,
     metrics: Arc<Metrics>,
@@ -105,21 +108,27 @@ pub struct Proxy {
 /// A failure before any response byte that another replica might not have.
 enum Retryable {
     Unreachable(String),
-    Status(Response<Incoming>, InflightGuard),
+    Status(Response<Incoming>, PooledConnection, InflightGuard),
 }
 
 impl Proxy {
     pub fn new(config: ProxyConfig, metrics: Arc<Metrics>) -> Self {
         Self {
-            client: http_client(&config),
+            pool: Pool::new(PoolConfig {
+                connect_timeout: config.connect_timeout,
+                idle_timeout: config.pool_idle_timeout,
+                max_idle_per_host: config.pool_max_idle_per_host,
+                tcp_keepalive: Duration::from_secs(60),
+            }),
             budget: RetryBudget::new(config.retry_budget_ratio, config.retry_budget_burst),
             config,
             metrics,
         }
     }
 
-    pub fn client(&self) -> &HttpClient {
-        &self.client
+    /// This proxy's upstream connections.
+    pub fn pool(&self) -> &Pool {
+        &self.pool
     }
 
     /// A replica for the request: not already tried, and not ejected unless every untried
@@ -189,6 +198,18 @@ impl Proxy {
         mut log: RequestLog,
     ) -> Result<Response<AxumBody>, (ApiError, RequestLog)> {
         self.budget.deposit();
+        let mut request = request;
+        // The client's own content-length goes upstream as it is (no new header value) when it
+        // is the body's; otherwise hyper computes it from the body.
+        let declared = request.headers.get(header::CONTENT_LENGTH).map(|value| {
+            value
+                .to_str()
+                .ok()
+                .and_then(|text| text.parse::<usize>().ok())
+        });
+        if declared.is_some_and(|length| length != Some(request.body.len())) {
+            request.headers.remove(header::CONTENT_LENGTH);
+        }
         let attempts = self.config.max_retries as usize + 1;
         let mut tried: Vec<Arc<Endpoint>> = Vec::new();
         let Some(mut endpoint) = self.choose(entry, &tried, info, Instant::now()) else {
@@ -203,11 +224,12 @@ impl Proxy {
             let guard = InflightGuard::new(endpoint.clone(), entry.metrics.inflight.clone());
             let mut upstream = Request::new(Full::new(request.body.clone()));
             *upstream.method_mut() = request.method.clone();
-            *upstream.uri_mut() = endpoint.uri(request.path_and_query.clone());
+            // Origin form: the pool adds the replica's `Host`.
+            *upstream.uri_mut() = http::Uri::from(request.path_and_query.clone());
             *upstream.headers_mut() = request.headers.clone();
             let sent = tokio::time::timeout(
                 self.config.first_byte_timeout,
-                self.client.request(upstream),
+                self.pool.send(endpoint.address(), upstream),
             )
             .await;
             let failure = match sent {
@@ -227,24 +249,21 @@ impl Proxy {
                         "reset"
                     };
                     self.record_failure(entry, &endpoint, kind);
-                    let reason = match std::error::Error::source(&error) {
-                        Some(source) => format!("{} ({error}: {source})", endpoint.name()),
-                        None => format!("{} ({error})", endpoint.name()),
-                    };
+                    let reason = format!("{} ({error})", endpoint.name());
                     Retryable::Unreachable(reason)
                 }
-                Ok(Ok(response))
+                Ok(Ok((response, connection)))
                     if matches!(
                         response.status(),
                         StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE
                     ) =>
                 {
                     self.record_failure(entry, &endpoint, "status");
-                    Retryable::Status(response, guard)
+                    Retryable::Status(response, connection, guard)
                 }
-                Ok(Ok(response)) => {
+                Ok(Ok((response, connection))) => {
                     endpoint.record_success();
-                    return Ok(self.respond(response, guard, log).await);
+                    return Ok(self.respond(response, connection, guard, log).await);
                 }
             };
             let next = if tried.len() < attempts {
@@ -266,8 +285,8 @@ impl Proxy {
                 }
                 _ => {
                     return match failure {
-                        Retryable::Status(response, guard) => {
-                            Ok(self.respond(response, guard, log).await)
+                        Retryable::Status(response, connection, guard) => {
+                            Ok(self.respond(response, connection, guard, log).await)
                         }
                         Retryable::Unreachable(reason) => {
                             log.replica = Some(endpoint);
@@ -286,6 +305,7 @@ impl Proxy {
     async fn respond(
         &self,
         response: Response<Incoming>,
+        connection: PooledConnection,
         guard: InflightGuard,
         mut log: RequestLog,
     ) -> Response<AxumBody> {
@@ -295,9 +315,13 @@ impl Proxy {
         parts
             .headers
             .insert(REPLICA_HEADER, endpoint.replica_header().clone());
+        // x-kinfer-served-by, -node, -gpu-product, -zone (see crate::placement).
+        for (name, value) in endpoint.placement_headers() {
+            parts.headers.insert(name.clone(), value.clone());
+        }
         log.status = Some(parts.status.as_u16());
         log.replica = Some(endpoint);
-        let mut body = ProxyBody::new(incoming, self.config.idle_timeout, guard, log);
+        let mut body = ProxyBody::new(incoming, connection, self.config.idle_timeout, guard, log);
         // Streams (chunked, SSE) go out at once; a sized body is complete or nearly so.
         if parts.headers.contains_key(header::CONTENT_LENGTH) {
             body.prefetch().await;
@@ -319,6 +343,15 @@ const HOP_BY_HOP: [HeaderName; 7] = [
 /// Remove the headers that describe one connection, not the message (RFC 9110 7.6.1),
 /// including those the `Connection` header names. `transfer-encoding` is left to hyper.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Usually there is none: one pass over the names instead of a hashed removal per name.
+    let any = headers.keys().any(|name| {
+        name == header::CONNECTION
+            || name == header::TRANSFER_ENCODING
+            || HOP_BY_HOP.iter().any(|hop| hop == name)
+    });
+    if !any {
+        return;
+    }
     if let Some(connection) = headers.get(header::CONNECTION) {
         let named: Vec<HeaderName> = connection
             .to_str()
@@ -337,12 +370,14 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// Headers of the client's request that go upstream: all but hop-by-hop ones, `host` (the
-/// client sets the replica's), `content-length` (recomputed from the buffered body) and
-/// `expect` (the body is already read).
+/// pool sets the replica's) and `expect` (the body is already read). A `content-length` is
+/// kept only if the body was not chunked; [`Proxy::forward`] checks it against the body read.
 pub fn upstream_headers(mut headers: HeaderMap, request_id: &HeaderValue) -> HeaderMap {
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        headers.remove(header::CONTENT_LENGTH);
+    }
     strip_hop_by_hop(&mut headers);
     headers.remove(header::HOST);
-    headers.remove(header::CONTENT_LENGTH);
     headers.remove(header::EXPECT);
     headers.insert(REQUEST_ID_HEADER, request_id.clone());
     headers

@@ -71,7 +71,13 @@ async fn scrape(client: &HttpClient, endpoint: &Endpoint, timeout: Duration) -> 
             .await
             .ok()?
             .to_bytes();
-        parse_engine_metrics(std::str::from_utf8(&body).ok()?)
+        let text = std::str::from_utf8(&body).ok()?;
+        // LoRA adapters loaded (PrefixCache prefers replicas that have a request's adapter).
+        endpoint.set_adapters(
+            crate::policy::prefix_cache::loaded_adapters(text),
+            Instant::now(),
+        );
+        parse_engine_metrics(text)
     };
     tokio::time::timeout(timeout, fetch).await.ok().flatten()
 }

@@ -85,10 +85,7 @@ pub fn model(id: &str, addresses: &[String]) -> ModelConfig {
         strategy: Some(RoutingStrategy::RoundRobin),
         endpoints: addresses
             .iter()
-            .map(|address| EndpointConfig {
-                name: address.clone(),
-                address: address.clone(),
-            })
+            .map(|address| EndpointConfig::new(address.clone(), address.clone()))
             .collect(),
     }
 }

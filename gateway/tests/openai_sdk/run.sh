@@ -36,10 +36,11 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# Six free ports: three replicas, one port nothing listens on, the gateway and its admin.
-read -r sim_a sim_b sim_embed dead listen admin < <("$venv/bin/python" - <<'PY'
+# Eight free ports: three replicas, one port nothing listens on, the gateway and its admin,
+# and a second gateway with authentication on (test_auth.py) and its admin.
+read -r sim_a sim_b sim_embed dead listen admin auth_listen auth_admin < <("$venv/bin/python" - <<'PY'
 import socket
-sockets = [socket.socket() for _ in range(6)]
+sockets = [socket.socket() for _ in range(8)]
 for s in sockets:
     s.bind(("127.0.0.1", 0))
 print(" ".join(str(s.getsockname()[1]) for s in sockets))
@@ -84,6 +85,27 @@ YAML
     --log-format json --log-filter warn >"$work/gateway.log" 2>&1 &
 pids+=($!)
 
+# API keys of the second gateway (test_auth.py).
+cat >"$work/keys.yaml" <<YAML
+keys:
+  - name: full
+    key: sk-test-full
+  - name: generation-only
+    key: sk-test-generation
+    models: ["Qwen/*", "sql-lora"]
+  - name: one-per-minute
+    key: sk-test-slow
+    requestsPerMinute: 1
+  - name: metered
+    key: sk-test-metered
+    tokensPerMinute: 1000000
+YAML
+"$bin/kinfer-gateway" --discovery static --static-file "$work/models.yaml" \
+    --listen "127.0.0.1:$auth_listen" --admin-listen "127.0.0.1:$auth_admin" \
+    --auth true --api-keys-file "$work/keys.yaml" --engine-metrics-interval 1s \
+    --log-format json --log-filter warn >"$work/gateway-auth.log" 2>&1 &
+pids+=($!)
+
 wait_for() {
     local url=$1
     for _ in $(seq 1 100); do
@@ -98,13 +120,17 @@ wait_for "http://127.0.0.1:$sim_a/health"
 wait_for "http://127.0.0.1:$sim_b/health"
 wait_for "http://127.0.0.1:$sim_embed/health"
 wait_for "http://127.0.0.1:$admin/readyz"
+wait_for "http://127.0.0.1:$auth_admin/readyz"
 
 status=0
 KINFER_GATEWAY_URL="http://127.0.0.1:$listen" KINFER_ADMIN_URL="http://127.0.0.1:$admin" \
+KINFER_AUTH_GATEWAY_URL="http://127.0.0.1:$auth_listen" KINFER_AUTH_ADMIN_URL="http://127.0.0.1:$auth_admin" \
 KINFER_MODEL="$model" KINFER_EMBEDDING_MODEL="$embedder" \
-    timeout 300 "$venv/bin/python" -m pytest -q -p no:cacheprovider "$here/test_sdk.py" "$@" || status=$?
+    timeout 300 "$venv/bin/python" -m pytest -q -p no:cacheprovider "$here/test_sdk.py" "$here/test_auth.py" "$@" || status=$?
 if [[ $status -ne 0 ]]; then
     echo "--- gateway log" >&2
     tail -n 50 "$work/gateway.log" >&2
+    echo "--- gateway (auth) log" >&2
+    tail -n 50 "$work/gateway-auth.log" >&2
 fi
 exit $status

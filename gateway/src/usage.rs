@@ -1,0 +1,499 @@
+//! Token accounting from the engine's `usage`, for keys with a tokens-per-minute limit.
+//!
+//! - Non-streaming responses: `usage` is read from the JSON body (copied aside while it passes
+//!   through, up to [`MAX_JSON_BYTES`]).
+//! - Streams: the engine sends usage only in a final chunk (`"choices":[]`) when the request
+//!   asks for it. When the client did not, [`prepare_request`] injects
+//!   `stream_options.include_usage` (the one place the gateway changes a request body) and
+//!   [`SseUsage`] removes that extra chunk from what the client receives, so its stream is
+//!   byte-identical to the one it would have got. A client that asked for usage gets it
+//!   untouched.
+//!
+//! Only requests of keys with token limits come here: the pass-through path is not touched.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use axum::body::Body as AxumBody;
+use bytes::{Bytes, BytesMut};
+use hyper::body::{Body, Frame, SizeHint};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+/// Largest non-streaming body copied aside to read `usage` (larger: not counted).
+pub const MAX_JSON_BYTES: usize = 8 << 20;
+/// Largest SSE event held back while looking for its end (larger: passed on as it is).
+const MAX_EVENT_BYTES: usize = 1 << 20;
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+pub struct Usage {
+    #[serde(default)]
+    pub prompt_tokens: u64,
+    #[serde(default)]
+    pub completion_tokens: Option<u64>,
+    #[serde(default)]
+    pub total_tokens: Option<u64>,
+}
+
+impl Usage {
+    /// Prompt plus completion tokens.
+    pub fn tokens(&self) -> u64 {
+        self.total_tokens
+            .unwrap_or(self.prompt_tokens + self.completion_tokens.unwrap_or(0))
+    }
+}
+
+/// How the response of a request is accounted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Accounting {
+    /// `usage` from the JSON body.
+    Json,
+    /// `usage` from the stream's chunks; `strip`: remove the usage chunk the gateway asked for.
+    Stream { strip: bool },
+}
+
+#[derive(Deserialize)]
+struct StreamFields {
+    #[serde(default)]
+    stream: Option<bool>,
+    #[serde(default)]
+    stream_options: Option<Value>,
+}
+
+/// Decide how to account the request, and add `stream_options.include_usage` to a streaming
+/// request that does not ask for usage. vLLM sends usage whenever `stream_options` is present
+/// and `include_usage` is not false (its default is true there), so only a request without
+/// `stream_options`, or with `include_usage: false`, is changed.
+pub fn prepare_request(body: Bytes) -> (Bytes, Accounting) {
+    let Ok(fields) = serde_json::from_slice::<StreamFields>(&body) else {
+        return (body, Accounting::Json);
+    };
+    if fields.stream != Some(true) {
+        return (body, Accounting::Json);
+    }
+    match fields.stream_options {
+        None | Some(Value::Null) => match inject_without_stream_options(&body) {
+            Some(changed) => (changed, Accounting::Stream { strip: true }),
+            None => (body, Accounting::Stream { strip: false }),
+        },
+        Some(Value::Object(options)) => {
+            if options.get("include_usage") != Some(&Value::Bool(false)) {
+                return (body, Accounting::Stream { strip: false });
+            }
+            match rewrite_stream_options(&body) {
+                Some(changed) => (changed, Accounting::Stream { strip: true }),
+                None => (body, Accounting::Stream { strip: false }),
+            }
+        }
+        // The engine rejects it; nothing to count.
+        Some(_) => (body, Accounting::Stream { strip: false }),
+    }
+}
+
+/// `{` + `"stream_options":{"include_usage":true},` + the rest: no re-serialization of the
+/// (possibly large) prompt. A `stream_options: null` member later in the object would win
+/// in most parsers, so that case goes through [`rewrite_stream_options`].
+fn inject_without_stream_options(body: &[u8]) -> Option<Bytes> {
+    if memchr::memmem::find(body, b"\"stream_options\"").is_some() {
+        return rewrite_stream_options(body);
+    }
+    let open = body.iter().position(|byte| !byte.is_ascii_whitespace())?;
+    if body[open] != b'{' {
+        return None;
+    }
+    let rest = &body[open + 1..];
+    let empty = rest
+        .iter()
+        .find(|byte| !byte.is_ascii_whitespace())
+        .is_some_and(|byte| *byte == b'}');
+    let member: &[u8] = if empty {
+        br#""stream_options":{"include_usage":true}"#
+    } else {
+        br#""stream_options":{"include_usage":true},"#
+    };
+    let mut out = BytesMut::with_capacity(body.len() + member.len());
+    out.extend_from_slice(&body[..=open]);
+    out.extend_from_slice(member);
+    out.extend_from_slice(rest);
+    Some(out.freeze())
+}
+
+/// Set `include_usage: true` in a parsed copy. `continuous_usage_stats` is dropped: without
+/// `include_usage` it had no effect, with it every chunk would change.
+fn rewrite_stream_options(body: &[u8]) -> Option<Bytes> {
+    let mut object: Map<String, Value> = serde_json::from_slice(body).ok()?;
+    let mut options = match object.remove("stream_options") {
+        Some(Value::Object(options)) => options,
+        _ => Map::new(),
+    };
+    options.insert("include_usage".into(), Value::Bool(true));
+    options.remove("continuous_usage_stats");
+    object.insert("stream_options".into(), Value::Object(options));
+    serde_json::to_vec(&object).ok().map(Bytes::from)
+}
+
+#[derive(Deserialize)]
+struct UsageOnly {
+    #[serde(default)]
+    usage: Option<Usage>,
+}
+
+#[derive(Deserialize)]
+struct Chunk {
+    #[serde(default)]
+    choices: Option<Vec<serde::de::IgnoredAny>>,
+    #[serde(default)]
+    usage: Option<Usage>,
+}
+
+/// Reads `usage` out of an SSE stream (`data: {json}\n\n` events), and removes the final usage
+/// chunk when `strip`. Bytes are handed on event by event: an event split across reads is held
+/// until its end (a client cannot use half an event anyway), so the output is the input minus
+/// the stripped event, however the input was cut.
+#[derive(Debug)]
+pub struct SseUsage {
+    strip: bool,
+    pending: BytesMut,
+    usage: Option<Usage>,
+}
+
+impl SseUsage {
+    pub fn new(strip: bool) -> Self {
+        Self {
+            strip,
+            pending: BytesMut::new(),
+            usage: None,
+        }
+    }
+
+    pub fn usage(&self) -> Option<Usage> {
+        self.usage
+    }
+
+    /// Feed one chunk of the body; what the client gets is pushed to `out`.
+    pub fn push(&mut self, data: Bytes, out: &mut VecDeque<Bytes>) {
+        let work = if self.pending.is_empty() {
+            data
+        } else {
+            self.pending.extend_from_slice(&data);
+            self.pending.split().freeze()
+        };
+        let mut emit_from = 0;
+        let mut event_start = 0;
+        let finder = memchr::memmem::Finder::new(b"\n\n");
+        for boundary in finder.find_iter(&work) {
+            let event_end = boundary + 2;
+            if event_end <= event_start {
+                continue;
+            }
+            let event = &work[event_start..event_end];
+            if self.inspect(event) && self.strip {
+                if event_start > emit_from {
+                    out.push_back(work.slice(emit_from..event_start));
+                }
+                emit_from = event_end;
+            }
+            event_start = event_end;
+        }
+        if event_start > emit_from {
+            out.push_back(work.slice(emit_from..event_start));
+        }
+        let tail = &work[event_start..];
+        if tail.len() > MAX_EVENT_BYTES {
+            out.push_back(work.slice(event_start..));
+        } else if !tail.is_empty() {
+            self.pending.extend_from_slice(tail);
+        }
+    }
+
+    /// The end of the body: whatever is held goes out as it is.
+    pub fn finish(&mut self, out: &mut VecDeque<Bytes>) {
+        if !self.pending.is_empty() {
+            out.push_back(self.pending.split().freeze());
+        }
+    }
+
+    /// Record the usage an event carries; true if it is the final usage chunk.
+    fn inspect(&mut self, event: &[u8]) -> bool {
+        if memchr::memmem::find(event, b"\"usage\"").is_none() {
+            return false;
+        }
+        let Some(json) = event
+            .strip_prefix(b"data:")
+            .map(|rest| rest.trim_ascii())
+            .filter(|json| json.starts_with(b"{"))
+        else {
+            return false;
+        };
+        let Ok(chunk) = serde_json::from_slice::<Chunk>(json) else {
+            return false;
+        };
+        if let Some(usage) = chunk.usage {
+            self.usage = Some(usage);
+            return chunk.choices.is_some_and(|choices| choices.is_empty());
+        }
+        false
+    }
+}
+
+/// The usage of a whole JSON response body.
+pub fn usage_of_json(body: &[u8]) -> Option<Usage> {
+    serde_json::from_slice::<UsageOnly>(body).ok()?.usage
+}
+
+enum Reader {
+    Json(Option<BytesMut>),
+    Stream(SseUsage),
+}
+
+/// The response body with the usage read on the way (and the stream's extra usage chunk
+/// removed), calling `on_usage` once at the end. `attached` (limit slots) lives as long as the
+/// body: until the client has the whole response or goes away.
+pub struct AccountedBody<T> {
+    inner: AxumBody,
+    reader: Option<Reader>,
+    out: VecDeque<Bytes>,
+    done: bool,
+    on_usage: Option<Box<dyn FnOnce(Usage) + Send>>,
+    _attached: T,
+}
+
+impl<T: Send + Unpin + 'static> AccountedBody<T> {
+    /// `accounting: None` only holds `attached`.
+    pub fn new(
+        inner: AxumBody,
+        accounting: Option<Accounting>,
+        on_usage: Option<Box<dyn FnOnce(Usage) + Send>>,
+        attached: T,
+    ) -> Self {
+        let reader = accounting.map(|accounting| match accounting {
+            Accounting::Json => Reader::Json(Some(BytesMut::new())),
+            Accounting::Stream { strip } => Reader::Stream(SseUsage::new(strip)),
+        });
+        Self {
+            inner,
+            reader,
+            out: VecDeque::new(),
+            done: false,
+            on_usage,
+            _attached: attached,
+        }
+    }
+
+    fn report(&mut self) {
+        let usage = match &mut self.reader {
+            Some(Reader::Json(Some(buffer))) => usage_of_json(buffer),
+            Some(Reader::Stream(parser)) => parser.usage(),
+            _ => None,
+        };
+        if let (Some(usage), Some(on_usage)) = (usage, self.on_usage.take()) {
+            on_usage(usage);
+        }
+    }
+}
+
+impl<T: Send + Unpin + 'static> Body for AccountedBody<T> {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        let this = self.get_mut();
+        loop {
+            if let Some(data) = this.out.pop_front() {
+                return Poll::Ready(Some(Ok(Frame::data(data))));
+            }
+            if this.done {
+                return Poll::Ready(None);
+            }
+            match Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Err(error))) => return Poll::Ready(Some(Err(error))),
+                Poll::Ready(Some(Ok(frame))) => {
+                    let frame = match frame.into_data() {
+                        Ok(data) => data,
+                        Err(frame) => return Poll::Ready(Some(Ok(frame))),
+                    };
+                    match &mut this.reader {
+                        None => return Poll::Ready(Some(Ok(Frame::data(frame)))),
+                        Some(Reader::Json(buffer)) => {
+                            if let Some(copy) = buffer {
+                                if copy.len() + frame.len() > MAX_JSON_BYTES {
+                                    *buffer = None;
+                                } else {
+                                    copy.extend_from_slice(&frame);
+                                }
+                            }
+                            if Pin::new(&this.inner).is_end_stream() {
+                                this.done = true;
+                                this.report();
+                            }
+                            return Poll::Ready(Some(Ok(Frame::data(frame))));
+                        }
+                        Some(Reader::Stream(parser)) => parser.push(frame, &mut this.out),
+                    }
+                }
+                Poll::Ready(None) => {
+                    if let Some(Reader::Stream(parser)) = &mut this.reader {
+                        parser.finish(&mut this.out);
+                    }
+                    this.done = true;
+                    this.report();
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.out.is_empty() && (self.done || self.inner.is_end_stream())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.reader {
+            // Stripping changes the length: no hint.
+            Some(Reader::Stream(_)) => SizeHint::default(),
+            _ => self.inner.size_hint(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    const CHUNK: &str = "data: {\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hi\"},\"logprobs\":null,\"finish_reason\":null}]}\n\n";
+    const LAST: &str = "data: {\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"!\"},\"logprobs\":null,\"finish_reason\":\"length\",\"stop_reason\":null}]}\n\n";
+    const USAGE: &str = "data: {\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"m\",\"choices\":[],\"usage\":{\"prompt_tokens\":12,\"total_tokens\":14,\"completion_tokens\":2}}\n\n";
+    const DONE: &str = "data: [DONE]\n\n";
+
+    fn run(strip: bool, input: &[u8], cuts: &[usize]) -> (Vec<u8>, Option<Usage>) {
+        let mut parser = SseUsage::new(strip);
+        let mut out = VecDeque::new();
+        let mut start = 0;
+        for &cut in cuts.iter().chain(std::iter::once(&input.len())) {
+            parser.push(Bytes::copy_from_slice(&input[start..cut]), &mut out);
+            start = cut;
+        }
+        parser.finish(&mut out);
+        (out.into_iter().flatten().collect(), parser.usage())
+    }
+
+    #[test]
+    fn strips_the_usage_chunk_however_the_stream_is_cut() {
+        let with_usage = format!("{CHUNK}{LAST}{USAGE}{DONE}");
+        let without = format!("{CHUNK}{LAST}{DONE}");
+        let expected_usage = Usage {
+            prompt_tokens: 12,
+            completion_tokens: Some(2),
+            total_tokens: Some(14),
+        };
+        // Every single cut point, and every pair around the usage chunk.
+        for cut in 0..=with_usage.len() {
+            let (out, usage) = run(true, with_usage.as_bytes(), &[cut]);
+            assert_eq!(String::from_utf8(out).unwrap(), without, "cut at {cut}");
+            assert_eq!(usage, Some(expected_usage));
+        }
+        let usage_start = CHUNK.len() + LAST.len();
+        for first in usage_start - 3..usage_start + USAGE.len() {
+            for second in first..usage_start + USAGE.len() + 3 {
+                let (out, _) = run(true, with_usage.as_bytes(), &[first, second]);
+                assert_eq!(String::from_utf8(out).unwrap(), without);
+            }
+        }
+        // Byte by byte.
+        let cuts: Vec<usize> = (1..with_usage.len()).collect();
+        let (out, usage) = run(true, with_usage.as_bytes(), &cuts);
+        assert_eq!(String::from_utf8(out).unwrap(), without);
+        assert_eq!(usage.unwrap().tokens(), 14);
+    }
+
+    #[test]
+    fn a_client_that_asked_gets_usage_untouched() {
+        let with_usage = format!("{CHUNK}{LAST}{USAGE}{DONE}");
+        for cut in [0, 10, CHUNK.len() + LAST.len() + 40, with_usage.len()] {
+            let (out, usage) = run(false, with_usage.as_bytes(), &[cut]);
+            assert_eq!(out, with_usage.as_bytes());
+            assert_eq!(usage.unwrap().prompt_tokens, 12);
+        }
+    }
+
+    #[test]
+    fn a_cut_stream_is_passed_on_as_it_is() {
+        let cut_stream = format!("{CHUNK}data: {{\"id\":\"chatcm");
+        let (out, usage) = run(true, cut_stream.as_bytes(), &[5]);
+        assert_eq!(out, cut_stream.as_bytes());
+        assert_eq!(usage, None);
+    }
+
+    #[test]
+    fn injection_only_where_usage_was_not_asked_for() {
+        let check = |body: &str| {
+            let (changed, accounting) = prepare_request(Bytes::copy_from_slice(body.as_bytes()));
+            let value: Value = serde_json::from_slice(&changed).unwrap();
+            (value, accounting)
+        };
+        let (value, accounting) = check(r#"{"model":"m","stream":true,"messages":[]}"#);
+        assert_eq!(accounting, Accounting::Stream { strip: true });
+        assert_eq!(value["stream_options"]["include_usage"], true);
+        assert_eq!(value["model"], "m");
+        let (_, accounting) = check(r#"{"model":"m","stream":true,"stream_options":{}}"#);
+        assert_eq!(accounting, Accounting::Stream { strip: false });
+        let (_, accounting) =
+            check(r#"{"model":"m","stream":true,"stream_options":{"include_usage":true}}"#);
+        assert_eq!(accounting, Accounting::Stream { strip: false });
+        let (value, accounting) = check(
+            r#"{"model":"m","stream":true,"stream_options":{"include_usage":false,"continuous_usage_stats":true}}"#,
+        );
+        assert_eq!(accounting, Accounting::Stream { strip: true });
+        assert_eq!(
+            value["stream_options"],
+            serde_json::json!({"include_usage": true})
+        );
+        let (value, accounting) = check(r#"{"model":"m","stream":true,"stream_options":null}"#);
+        assert_eq!(accounting, Accounting::Stream { strip: true });
+        assert_eq!(value["stream_options"]["include_usage"], true);
+        // Non-streaming bodies are forwarded as they are.
+        let body = Bytes::from_static(br#"{"model":"m","stream":false}"#);
+        let (same, accounting) = prepare_request(body.clone());
+        assert_eq!((same, accounting), (body, Accounting::Json));
+    }
+
+    #[test]
+    fn json_usage() {
+        let body = br#"{"id":"x","choices":[{"message":{"content":"usage"}}],"usage":{"prompt_tokens":5,"completion_tokens":3,"total_tokens":8}}"#;
+        assert_eq!(usage_of_json(body).unwrap().tokens(), 8);
+        assert_eq!(
+            usage_of_json(br#"{"usage":{"prompt_tokens":5}}"#)
+                .unwrap()
+                .tokens(),
+            5
+        );
+        assert_eq!(usage_of_json(b"not json"), None);
+    }
+
+    #[tokio::test]
+    async fn body_reports_once_and_strips() {
+        let stream = format!("{CHUNK}{LAST}{USAGE}{DONE}");
+        let frames: Vec<Result<Bytes, std::io::Error>> = stream
+            .as_bytes()
+            .chunks(7)
+            .map(|chunk| Ok(Bytes::copy_from_slice(chunk)))
+            .collect();
+        let inner = AxumBody::from_stream(futures::stream::iter(frames));
+        let (sender, receiver) = std::sync::mpsc::channel();
+        let body = AccountedBody::new(
+            inner,
+            Some(Accounting::Stream { strip: true }),
+            Some(Box::new(move |usage: Usage| sender.send(usage).unwrap())),
+            (),
+        );
+        let collected = body.collect().await.unwrap().to_bytes();
+        assert_eq!(collected, format!("{CHUNK}{LAST}{DONE}").as_bytes());
+        assert_eq!(receiver.try_recv().unwrap().tokens(), 14);
+        assert!(receiver.try_recv().is_err());
+    }
+}

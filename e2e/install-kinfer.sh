@@ -11,6 +11,15 @@ CACHE="${KINFER_CACHE:-$HOME/.cache/kinfer}"
 export PATH="$CACHE/bin:$PATH"
 ns="${KINFER_NAMESPACE:-kinfer-system}"
 values="${KINFER_VALUES:-$repo/e2e/values-local.yaml}"
+# A CRD applied outside Helm (`kinfer-operator crd | kubectl apply`, or the
+# operator's integration tests) is adopted by the release instead of failing
+# the install: Helm takes over objects carrying its ownership metadata.
+crd=inferencemodels.kinfer.dev
+if kubectl get crd "$crd" >/dev/null 2>&1 \
+   && [ -z "$(kubectl get crd "$crd" -o jsonpath='{.metadata.annotations.meta\.helm\.sh/release-name}')" ]; then
+  kubectl label crd "$crd" app.kubernetes.io/managed-by=Helm --overwrite >/dev/null
+  kubectl annotate crd "$crd" meta.helm.sh/release-name=kinfer meta.helm.sh/release-namespace="$ns" --overwrite >/dev/null
+fi
 helm upgrade --install kinfer "$repo/charts/kinfer" --namespace "$ns" --create-namespace \
   -f "$values" --wait --timeout 120s "$@"
 kubectl -n "$ns" rollout status deployment/kinfer-operator --timeout=60s

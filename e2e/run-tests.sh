@@ -2,7 +2,8 @@
 # The whole test suite, as CI runs it (`make test`):
 #   1. tools into the cache (kubectl, helm, etcd, kube-*, kwok), skipped when fresh
 #   2. cargo fmt --check and clippy -D warnings
-#   3. unit and in-process tests of every crate
+#   3. unit and in-process tests of every crate; the OpenAI Python SDK suite
+#      against the gateway (static discovery) and stand-in engines
 #   4. the local cluster (e2e/cluster.sh up); the operator's integration tests
 #      (in-process controller); kinfer installed with its Helm chart; the e2e
 #      suite through it; the cluster torn down again, also on failure
@@ -34,6 +35,9 @@ cargo clippy --locked --workspace --all-targets --quiet -- -D warnings
 step "unit and in-process tests"
 # No cluster here: tests that need one skip themselves without a kubeconfig.
 env -u KUBECONFIG -u KINFER_IT_KUBECONFIG cargo test --locked --workspace --exclude kinfer-e2e
+
+step "OpenAI Python SDK against the gateway and stand-in engines"
+bash gateway/tests/openai_sdk/run.sh -q
 
 if [ "${KINFER_SKIP_E2E:-0}" = "1" ]; then
   step "KINFER_SKIP_E2E=1: skipping the cluster tests"

@@ -37,7 +37,7 @@ step "unit and in-process tests"
 env -u KUBECONFIG -u KINFER_IT_KUBECONFIG cargo test --locked --workspace --exclude kinfer-e2e
 
 step "OpenAI Python SDK against the gateway and stand-in engines"
-bash gateway/tests/openai_sdk/run.sh -q
+bash gateway/tests/openai_sdk/run.sh
 
 if [ "${KINFER_SKIP_E2E:-0}" = "1" ]; then
   step "KINFER_SKIP_E2E=1: skipping the cluster tests"

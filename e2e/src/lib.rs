@@ -336,3 +336,37 @@ pub async fn wait_model_ready(
     )
     .await
 }
+
+/// An example manifest whose served model ID is made unique to the test's
+/// namespace (`<namespace>/<model>`), so tests running at the same time never
+/// share replicas behind one ID. The weights source stays the original model.
+pub fn unique_example(
+    file: &str,
+    ns: &TestNamespace,
+) -> Result<(kinfer_crds::InferenceModel, String), String> {
+    let mut im = example(file)?;
+    let id = format!("{}/{}", ns.name, im.spec.model.name.replace('/', "-"));
+    if im.spec.model.source.is_none() {
+        im.spec.model.source = Some(format!("hf://{}", im.spec.model.name));
+    }
+    im.spec.model.name = id.clone();
+    Ok((im, id))
+}
+
+/// Waits until the gateway at `gateway` lists `id` with `replicas` ready replicas.
+pub async fn wait_served(gateway: &str, id: &str, replicas: u64) -> Result<(), HarnessError> {
+    let url = format!("{gateway}/v1/models");
+    wait_for(
+        &format!("the gateway to route {id} to {replicas} replica(s)"),
+        Duration::from_secs(60),
+        || async {
+            let body: serde_json::Value = http().get(&url).send().await.ok()?.json().await.ok()?;
+            body["data"]
+                .as_array()?
+                .iter()
+                .any(|m| m["id"] == id && m["ready_replicas"].as_u64() == Some(replicas))
+                .then_some(())
+        },
+    )
+    .await
+}

@@ -10,40 +10,11 @@ use std::time::{Duration, Instant};
 
 use kinfer_crds::InferenceModel;
 use kinfer_e2e::{
-    create_api_key, delete_api_key, example, gateway_url, http, http_without_key, wait_for,
-    TestNamespace,
+    create_api_key, delete_api_key, gateway_url, http, http_without_key, wait_for, TestNamespace,
 };
 use kube::api::PostParams;
 use kube::Api;
 use serde_json::{json, Value};
-
-fn unique(file: &str, ns: &TestNamespace) -> (InferenceModel, String) {
-    let mut im = example(file).unwrap();
-    let id = format!("{}/{}", ns.name, im.spec.model.name.replace('/', "-"));
-    if im.spec.model.source.is_none() {
-        im.spec.model.source = Some(format!("hf://{}", im.spec.model.name));
-    }
-    im.spec.model.name = id.clone();
-    (im, id)
-}
-
-async fn wait_served(gateway: &str, id: &str, replicas: u64) {
-    let url = format!("{gateway}/v1/models");
-    wait_for(
-        &format!("the gateway to route {id} to {replicas} replica(s)"),
-        Duration::from_secs(60),
-        || async {
-            let body: Value = http().get(&url).send().await.ok()?.json().await.ok()?;
-            body["data"]
-                .as_array()?
-                .iter()
-                .any(|m| m["id"] == id && m["ready_replicas"].as_u64() == Some(replicas))
-                .then_some(())
-        },
-    )
-    .await
-    .unwrap();
-}
 
 async fn chat(gateway: &str, key: Option<&str>, model: &str) -> reqwest::Response {
     let mut request = http_without_key()
@@ -59,13 +30,13 @@ async fn chat(gateway: &str, key: Option<&str>, model: &str) -> reqwest::Respons
 async fn key_secrets_are_created_restricted_and_revoked_without_a_restart() {
     let ns = TestNamespace::new("auth").await.unwrap();
     let api: Api<InferenceModel> = ns.api();
-    let (allowed, allowed_id) = unique("chat-7b.yaml", &ns);
-    let (mut other, other_id) = unique("embedding.yaml", &ns);
+    let (allowed, allowed_id) = unique_test_example("chat-7b.yaml", &ns);
+    let (mut other, other_id) = unique_test_example("embedding.yaml", &ns);
     other.metadata.name = Some("other".into());
     api.create(&PostParams::default(), &allowed).await.unwrap();
     api.create(&PostParams::default(), &other).await.unwrap();
     let gateway = gateway_url(&ns.client).await.unwrap();
-    wait_served(&gateway, &allowed_id, 1).await;
+    wait_served_ok(&gateway, &allowed_id, 1).await;
 
     // No key, or an unknown one: 401 in the OpenAI envelope.
     let response = chat(&gateway, None, &allowed_id).await;
@@ -141,7 +112,7 @@ async fn key_secrets_are_created_restricted_and_revoked_without_a_restart() {
 async fn requests_pinned_to_a_zone_reach_only_replicas_there() {
     let ns = TestNamespace::new("zones").await.unwrap();
     let api: Api<InferenceModel> = ns.api();
-    let (mut im, id) = unique("chat-7b.yaml", &ns);
+    let (mut im, id) = unique_test_example("chat-7b.yaml", &ns);
     im.spec.replicas = 2;
     im.spec
         .scheduling
@@ -149,7 +120,7 @@ async fn requests_pinned_to_a_zone_reach_only_replicas_there() {
         .insert("topology.kubernetes.io/zone".into(), "zone-b".into());
     api.create(&PostParams::default(), &im).await.unwrap();
     let gateway = gateway_url(&ns.client).await.unwrap();
-    wait_served(&gateway, &id, 2).await;
+    wait_served_ok(&gateway, &id, 2).await;
 
     let client = http();
     let body =
@@ -196,4 +167,14 @@ async fn requests_pinned_to_a_zone_reach_only_replicas_there() {
         .as_str()
         .unwrap()
         .contains("zone `zone-a`"));
+}
+
+fn unique_test_example(file: &str, ns: &TestNamespace) -> (InferenceModel, String) {
+    kinfer_e2e::unique_example(file, ns).unwrap()
+}
+
+async fn wait_served_ok(gateway: &str, id: &str, replicas: u64) {
+    kinfer_e2e::wait_served(gateway, id, replicas)
+        .await
+        .unwrap();
 }

@@ -12,40 +12,10 @@ use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
 use kinfer_crds::InferenceModel;
-use kinfer_e2e::{example, gateway_url, http, wait_for, wait_model_ready, TestNamespace};
+use kinfer_e2e::{gateway_url, http, wait_for, wait_model_ready, TestNamespace};
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::Api;
 use serde_json::{json, Value};
-
-/// An example with a model ID unique to this test, so tests running at the
-/// same time do not share replicas behind one ID.
-fn unique(file: &str, ns: &TestNamespace) -> (InferenceModel, String) {
-    let mut im = example(file).unwrap();
-    let id = format!("{}/{}", ns.name, im.spec.model.name.replace('/', "-"));
-    if im.spec.model.source.is_none() {
-        im.spec.model.source = Some(format!("hf://{}", im.spec.model.name));
-    }
-    im.spec.model.name = id.clone();
-    (im, id)
-}
-
-async fn wait_served(gateway: &str, id: &str, replicas: u64) {
-    let url = format!("{gateway}/v1/models");
-    wait_for(
-        &format!("the gateway to route {id} to {replicas} replica(s)"),
-        Duration::from_secs(30),
-        || async {
-            let body: Value = http().get(&url).send().await.ok()?.json().await.ok()?;
-            body["data"]
-                .as_array()?
-                .iter()
-                .any(|m| m["id"] == id && m["ready_replicas"].as_u64() == Some(replicas))
-                .then_some(())
-        },
-    )
-    .await
-    .unwrap();
-}
 
 #[tokio::test]
 async fn every_example_becomes_ready_and_is_listed_by_the_gateway() {
@@ -60,7 +30,7 @@ async fn every_example_becomes_ready_and_is_listed_by_the_gateway() {
     assert!(files.len() >= 5, "examples: {files:?}");
     let mut ids = Vec::new();
     for file in &files {
-        let (im, id) = unique(file, &ns);
+        let (im, id) = unique_test_example(file, &ns);
         api.create(&PostParams::default(), &im)
             .await
             .unwrap_or_else(|e| panic!("{file}: {e}"));
@@ -111,13 +81,13 @@ async fn every_example_becomes_ready_and_is_listed_by_the_gateway() {
 async fn openai_requests_reach_the_engine_through_the_gateway() {
     let ns = TestNamespace::new("traffic").await.unwrap();
     let api: Api<InferenceModel> = ns.api();
-    let (chat, chat_id) = unique("chat-7b.yaml", &ns);
-    let (embed, embed_id) = unique("embedding.yaml", &ns);
+    let (chat, chat_id) = unique_test_example("chat-7b.yaml", &ns);
+    let (embed, embed_id) = unique_test_example("embedding.yaml", &ns);
     api.create(&PostParams::default(), &chat).await.unwrap();
     api.create(&PostParams::default(), &embed).await.unwrap();
     let gateway = gateway_url(&ns.client).await.unwrap();
-    wait_served(&gateway, &chat_id, 1).await;
-    wait_served(&gateway, &embed_id, 1).await;
+    wait_served_ok(&gateway, &chat_id, 1).await;
+    wait_served_ok(&gateway, &embed_id, 1).await;
 
     let client = http();
     let response = client
@@ -192,12 +162,12 @@ async fn openai_requests_reach_the_engine_through_the_gateway() {
 async fn no_request_fails_while_replicas_scale_restart_and_roll_out() {
     let ns = TestNamespace::new("churn").await.unwrap();
     let api: Api<InferenceModel> = ns.api();
-    let (mut im, id) = unique("chat-7b.yaml", &ns);
+    let (mut im, id) = unique_test_example("chat-7b.yaml", &ns);
     im.spec.replicas = 2;
     let name = im.metadata.name.clone().unwrap();
     api.create(&PostParams::default(), &im).await.unwrap();
     let gateway = gateway_url(&ns.client).await.unwrap();
-    wait_served(&gateway, &id, 2).await;
+    wait_served_ok(&gateway, &id, 2).await;
 
     // Bounded load: 4 workers, sequential requests, until told to stop (at most 2 min).
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -254,7 +224,7 @@ async fn no_request_fails_while_replicas_scale_restart_and_roll_out() {
     )
     .await
     .unwrap();
-    wait_served(&gateway, &id, 3).await;
+    wait_served_ok(&gateway, &id, 3).await;
     // Delete one pod: it leaves the routing table as it terminates.
     let victim = pods
         .list(&ListParams::default().labels(&selector))
@@ -268,7 +238,7 @@ async fn no_request_fails_while_replicas_scale_restart_and_roll_out() {
     pods.delete(&victim, &DeleteParams::default())
         .await
         .unwrap();
-    wait_served(&gateway, &id, 3).await;
+    wait_served_ok(&gateway, &id, 3).await;
     // Roll out a new spec (engine args change → new pod template).
     api.patch(
         &name,
@@ -292,7 +262,7 @@ async fn no_request_fails_while_replicas_scale_restart_and_roll_out() {
     })
     .await
     .unwrap();
-    wait_served(&gateway, &id, 3).await;
+    wait_served_ok(&gateway, &id, 3).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
 
@@ -306,4 +276,14 @@ async fn no_request_fails_while_replicas_scale_restart_and_roll_out() {
         total += ok;
     }
     assert!(total > 20, "only {total} requests completed");
+}
+
+fn unique_test_example(file: &str, ns: &TestNamespace) -> (InferenceModel, String) {
+    kinfer_e2e::unique_example(file, ns).unwrap()
+}
+
+async fn wait_served_ok(gateway: &str, id: &str, replicas: u64) {
+    kinfer_e2e::wait_served(gateway, id, replicas)
+        .await
+        .unwrap();
 }

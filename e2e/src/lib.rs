@@ -34,6 +34,18 @@ pub enum HarnessError {
     Timeout { what: String, after: Duration },
 }
 
+/// Logs of the test bed's binaries: `RUST_LOG` (default `info,kube=warn`),
+/// colours only on a terminal (their logs usually go to files).
+pub fn init_tracing() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,kube=warn".into()),
+        )
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
 /// A client for `kubeconfig`, or the inferred config (KUBECONFIG, in-cluster).
 pub async fn client_from(kubeconfig: Option<&Path>) -> Result<Client, HarnessError> {
     let config = match kubeconfig {

@@ -24,16 +24,14 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::events::v1::Event;
 use kinfer_crds::{labels, InferenceModel};
 use kinfer_operator::autoscaler::AutoscalerConfig;
-use kinfer_operator::controller::{Context, ControllerConfig};
 use kinfer_operator::metrics::{DirectionLabels, Metrics};
 use kube::api::{ListParams, Patch, PatchParams};
-use kube::runtime::events::Reporter;
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use common::{kubeconfig_path, test_client, uuid_suffix, wait_for, TestNamespace, TEST_MANAGER};
+use common::{kubeconfig_path, test_client, wait_for, TestNamespace, TEST_MANAGER};
 
 /// The leader's work (controller + autoscaler), in-process on one namespace.
 struct Leader {
@@ -44,19 +42,7 @@ struct Leader {
 
 impl Leader {
     async fn start(client: &Client, namespace: &str, autoscaler: AutoscalerConfig) -> Self {
-        let metrics = Arc::new(Metrics::new());
-        let context = Arc::new(Context::new(
-            client.clone(),
-            ControllerConfig {
-                namespace: Some(namespace.to_string()),
-                ..ControllerConfig::default()
-            },
-            metrics.clone(),
-            Reporter {
-                controller: "kinfer-operator".into(),
-                instance: Some(format!("it-{}", uuid_suffix())),
-            },
-        ));
+        let (context, metrics) = common::controller_context(client, namespace);
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(kinfer_operator::run_leader(
             context,

@@ -22,11 +22,10 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::events::v1::Event;
 use kinfer_crds::{labels, InferenceModel};
-use kinfer_operator::controller::{self, Context, ControllerConfig};
+use kinfer_operator::controller;
 use kinfer_operator::leader::{LeaderElector, LeaseSettings};
 use kinfer_operator::metrics::Metrics;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
-use kube::runtime::events::Reporter;
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 use tokio::task::JoinHandle;
@@ -34,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 
 mod common;
 
-use common::{test_client, uuid_suffix, wait_for, TestNamespace, TEST_MANAGER, TIMEOUT};
+use common::{test_client, wait_for, TestNamespace, TEST_MANAGER, TIMEOUT};
 
 /// The controller, running in-process on one namespace.
 struct Operator {
@@ -45,22 +44,10 @@ struct Operator {
 
 impl Operator {
     async fn start(client: &Client, namespace: &str) -> Self {
-        let metrics = Arc::new(Metrics::new());
         controller::check_crd_installed(client, Some(namespace))
             .await
             .expect("the CRD is installed");
-        let context = Arc::new(Context::new(
-            client.clone(),
-            ControllerConfig {
-                namespace: Some(namespace.to_string()),
-                ..ControllerConfig::default()
-            },
-            metrics.clone(),
-            Reporter {
-                controller: "kinfer-operator".into(),
-                instance: Some(format!("it-{}", uuid_suffix())),
-            },
-        ));
+        let (context, metrics) = common::controller_context(client, namespace);
         let shutdown = CancellationToken::new();
         let token = shutdown.clone();
         let task = tokio::spawn(controller::run(

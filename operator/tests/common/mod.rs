@@ -141,3 +141,29 @@ pub fn uuid_suffix() -> String {
     let id = uuid::Uuid::new_v4().simple().to_string();
     id[..6].to_string()
 }
+
+/// A controller context watching only `namespace`, with its own metrics, as the tests'
+/// in-process operators use it.
+pub fn controller_context(
+    client: &Client,
+    namespace: &str,
+) -> (
+    std::sync::Arc<kinfer_operator::controller::Context>,
+    std::sync::Arc<kinfer_operator::metrics::Metrics>,
+) {
+    use kinfer_operator::controller::{Context, ControllerConfig};
+    let metrics = std::sync::Arc::new(kinfer_operator::metrics::Metrics::new());
+    let context = std::sync::Arc::new(Context::new(
+        client.clone(),
+        ControllerConfig {
+            namespace: Some(namespace.to_string()),
+            ..ControllerConfig::default()
+        },
+        metrics.clone(),
+        kube::runtime::events::Reporter {
+            controller: "kinfer-operator".into(),
+            instance: Some(format!("it-{}", uuid_suffix())),
+        },
+    ));
+    (context, metrics)
+}

@@ -491,6 +491,16 @@ pub struct RoutingSpec {
     /// LeastLoad: the replica with the fewest in-flight requests. RoundRobin: each replica in turn. PrefixCache: the replica most likely to hold the prompt's prefix in its KV cache, falling back to LeastLoad when that replica is overloaded.
     #[serde(default)]
     pub strategy: RoutingStrategy,
+
+    /// How long the gateway holds a request while this model has no ready replica (scaled to zero, starting) before answering 503 no_ready_replica. At the end of the hold a request is sent anyway if a replica is ready by then. Defaults to the gateway's --hold-timeout (180 seconds unless changed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 3600))]
+    pub hold_timeout_seconds: Option<i32>,
+
+    /// Requests the gateway may hold at once for this model (per gateway replica); further ones get 503 hold_queue_full at once. 0 never holds. Defaults to the gateway's --hold-queue-limit (1000 unless changed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 100000))]
+    pub hold_queue_limit: Option<i32>,
 }
 
 /// Replica selection strategy of the gateway.
@@ -930,6 +940,17 @@ startupProbe: {periodSeconds: 30}
     fn explicit_source_wins_over_name() {
         let spec = spec_from("model: {name: my-llama, source: pvc://models/llama}");
         assert_eq!(spec.source_uri(), "pvc://models/llama");
+    }
+
+    #[test]
+    fn routing_hold_limits_are_optional() {
+        let spec = spec_from("model: {name: m}");
+        assert_eq!(spec.routing.hold_timeout_seconds, None);
+        assert_eq!(spec.routing.hold_queue_limit, None);
+        let spec =
+            spec_from("model: {name: m}\nrouting: {holdTimeoutSeconds: 30, holdQueueLimit: 5}");
+        assert_eq!(spec.routing.hold_timeout_seconds, Some(30));
+        assert_eq!(spec.routing.hold_queue_limit, Some(5));
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! - [`server`]: the API ([`server::build_router`]) and the admin port.
 //! - [`request`]: the little the gateway reads from a request.
 //! - [`index`]: the routing index and the discovery sources feeding it.
+//! - [`hold`]: requests held for a model with no ready replica, released in arrival order.
 //! - [`policy`]: replica selection.
 //! - [`proxy`]: the upstream client, retries, ejection and streaming pass-through.
 //! - [`auth`]: API keys; [`limits`]: per-key rate limits, per-model fair queueing;
@@ -15,6 +16,7 @@
 pub mod auth;
 pub mod config;
 pub mod error;
+pub mod hold;
 pub mod index;
 pub mod limits;
 pub mod metrics;

@@ -174,6 +174,7 @@ pub fn place(
         policy: entry.policy.clone(),
         endpoints: keep,
         metrics: entry.metrics.clone(),
+        hold: entry.hold,
         created: entry.created,
     }))
 }

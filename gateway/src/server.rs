@@ -11,12 +11,12 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
-use prometheus_client::metrics::gauge::Gauge;
 use serde_json::{json, Map, Value};
 
 use crate::auth::keys::{ApiKey, API_KEY_HEADER};
 use crate::auth::{Access, LimitLabels, ReasonLabels};
 use crate::error::{insert_rate_headers, ApiError};
+use crate::hold::{self, HoldDefaults};
 use crate::index::{Index, ModelEntry};
 use crate::limits::{ConcurrencySlot, ModelSlot, QueueError, RateStatus};
 use crate::metrics::Metrics;
@@ -183,15 +183,6 @@ async fn proxy_request(State(gateway): State<AppState>, request: Request) -> Res
     response
 }
 
-/// Decrements the held-requests gauge when a held request stops waiting, however it stops.
-struct Held(Gauge);
-
-impl Drop for Held {
-    fn drop(&mut self) {
-        self.0.dec();
-    }
-}
-
 impl Gateway {
     /// The request's key, when authentication is on; the key headers are removed so that
     /// engines (and their logs) never see them.
@@ -337,7 +328,8 @@ impl Gateway {
             },
             None => None,
         };
-        let entry = if entry.endpoints.is_empty() {
+        // Held while the model has no ready replica, and behind requests already held for it.
+        let entry = if entry.endpoints.is_empty() || self.index.holds().is_holding(&entry.id) {
             match self.wait_for_replica(entry).await {
                 Ok(entry) => entry,
                 Err(error) => return Err((error, log)),
@@ -478,48 +470,19 @@ impl Gateway {
         }
     }
 
-    /// Hold a request for a known model until a replica is ready, the hold times out, or the
-    /// model disappears.
+    /// Hold a request for a model with no ready replica, or behind the requests already held for
+    /// it, until the release rule of [`crate::hold`] lets it go.
     async fn wait_for_replica(&self, entry: Arc<ModelEntry>) -> Result<Arc<ModelEntry>, ApiError> {
-        let model = entry.id.clone();
-        let retry_after = self.limits.retry_after;
-        let queued = entry.metrics.queued.clone();
-        let limit = i64::try_from(self.limits.hold_queue_limit).unwrap_or(i64::MAX);
-        // `inc` returns the previous value: the check and the increment are one atomic step.
-        if queued.inc() >= limit {
-            queued.dec();
-            return Err(ApiError::HoldQueueFull { model, retry_after });
-        }
-        let _held = Held(queued);
-        drop(entry);
-        tracing::debug!(%model, "holding request until a replica is ready");
-        let mut changes = self.index.subscribe();
-        let wait = async {
-            loop {
-                match self.index.snapshot().get(&model) {
-                    None => {
-                        return Err(ApiError::ModelNotFound {
-                            model: model.clone(),
-                        })
-                    }
-                    Some(entry) if !entry.endpoints.is_empty() => return Ok(entry.clone()),
-                    Some(_) => {}
-                }
-                if changes.changed().await.is_err() {
-                    return Err(ApiError::NoReadyReplica {
-                        model: model.clone(),
-                        retry_after,
-                    });
-                }
-            }
+        let defaults = HoldDefaults {
+            timeout: self.limits.hold_timeout,
+            queue_limit: self.limits.hold_queue_limit,
+            retry_after: self.limits.retry_after,
         };
-        match tokio::time::timeout(self.limits.hold_timeout, wait).await {
-            Ok(result) => result,
-            Err(_elapsed) => Err(ApiError::NoReadyReplica {
-                model: model.clone(),
-                retry_after,
-            }),
-        }
+        // The release reservation ends here: from now to its replica's in-flight increment the
+        // request awaits nothing (without a model concurrency queue).
+        hold::hold(&self.index, entry, &defaults)
+            .await
+            .map(|released| released.entry)
     }
 }
 

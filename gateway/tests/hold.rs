@@ -81,6 +81,31 @@ async fn full_hold_queue_answers_at_once() {
     assert_eq!(first.status(), 404);
 }
 
+#[tokio::test(start_paused = true)]
+async fn per_model_hold_limits_override_the_flags() {
+    let gateway = Gateway::new(GatewayConfig {
+        limits: Limits {
+            hold_timeout: Duration::from_secs(120),
+            ..Limits::default()
+        },
+        ..GatewayConfig::default()
+    });
+    let mut quick = model("quick", &[]);
+    quick.hold.timeout = Some(Duration::from_secs(5));
+    let mut never = model("never", &[]);
+    never.hold.queue_limit = Some(0);
+    gateway.index.publish(vec![quick, never]);
+    let router = build_router(gateway.clone());
+    let started = tokio::time::Instant::now();
+    let response = router.clone().oneshot(chat("quick")).await.unwrap();
+    assert_eq!(started.elapsed(), Duration::from_secs(5));
+    assert_eq!(json(response).await["error"]["code"], "no_ready_replica");
+    let started = tokio::time::Instant::now();
+    let response = router.oneshot(chat("never")).await.unwrap();
+    assert_eq!(started.elapsed(), Duration::ZERO);
+    assert_eq!(json(response).await["error"]["code"], "hold_queue_full");
+}
+
 #[tokio::test]
 async fn admin_routes() {
     let gateway = Gateway::new(GatewayConfig::default());

@@ -2,12 +2,13 @@
 //! it is currently ejected for failing.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http::uri::{Authority, PathAndQuery, Scheme};
 use tokio::time::Instant;
 
+use crate::hold::RoomSignal;
 use crate::placement::Placement;
 
 /// Load figures scraped from the engine's /metrics.
@@ -69,6 +70,8 @@ pub struct Endpoint {
     placement_headers: Vec<(http::HeaderName, http::HeaderValue)>,
     /// LoRA adapters the engine reported running or waiting (`vllm:lora_requests_info`).
     adapters: Mutex<Option<(Vec<String>, Instant)>>,
+    /// Told when a request ends, so held requests waiting for room wake up.
+    room: Option<Arc<RoomSignal>>,
 }
 
 /// An endpoint address that is not `host:port` or `http://host:port`.
@@ -123,6 +126,7 @@ impl Endpoint {
             placement: Placement::default(),
             placement_headers,
             adapters: Mutex::new(None),
+            room: None,
         })
     }
 
@@ -130,6 +134,12 @@ impl Endpoint {
     pub fn with_placement(mut self, placement: Placement) -> Self {
         self.placement_headers = placement.headers(&self.replica_header);
         self.placement = placement;
+        self
+    }
+
+    /// Signal `room` whenever a request on this replica ends.
+    pub(crate) fn with_room_signal(mut self, room: Arc<RoomSignal>) -> Self {
+        self.room = Some(room);
         self
     }
 
@@ -205,6 +215,9 @@ impl Endpoint {
 
     pub(crate) fn end_request(&self) {
         self.inflight.fetch_sub(1, Ordering::Relaxed);
+        if let Some(room) = &self.room {
+            room.freed();
+        }
     }
 
     /// The last scraped load, if it is younger than `max_age`.

@@ -9,19 +9,21 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::stream::{BoxStream, SelectAll};
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kinfer_crds::labels::{self, annotations};
 use kinfer_crds::spec::DEFAULT_PORT;
-use kinfer_crds::InferenceModel;
+use kinfer_crds::{InferenceModel, InferenceModelSpec};
 use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client, ResourceExt};
 
 use super::{EndpointConfig, Index, ModelConfig};
+use crate::hold::HoldSettings;
 use crate::placement::{Placement, GPU_PRODUCT_LABEL, REGION_LABEL, ZONE_LABEL};
 
 /// Whether a pod may receive new requests.
@@ -69,6 +71,28 @@ pub fn node_placements<'a>(
         .collect()
 }
 
+/// A model's hold limits, and the figures held requests are released by: the autoscaling target
+/// per replica and the replicas it wants (`spec.replicas` as the operator bounds it, which the
+/// autoscaler or `kubectl scale` writes).
+pub fn hold_settings(spec: &InferenceModelSpec) -> HoldSettings {
+    HoldSettings {
+        timeout: spec
+            .routing
+            .hold_timeout_seconds
+            .and_then(|seconds| u64::try_from(seconds).ok())
+            .map(Duration::from_secs),
+        queue_limit: spec
+            .routing
+            .hold_queue_limit
+            .and_then(|limit| usize::try_from(limit).ok()),
+        target_per_replica: spec
+            .autoscaling
+            .as_ref()
+            .and_then(|autoscaling| u32::try_from(autoscaling.target_requests_per_replica).ok()),
+        desired_replicas: u32::try_from(spec.bounded_replicas()).ok(),
+    }
+}
+
 /// The models and their ready endpoints, from the current InferenceModels and engine pods.
 /// Ids are served by the union of the pods that list them, across namespaces.
 pub fn desired_models(models: &[Arc<InferenceModel>], pods: &[Arc<Pod>]) -> Vec<ModelConfig> {
@@ -104,6 +128,7 @@ pub fn desired_models_on_nodes(
                 features: spec.features().to_vec(),
                 strategy: Some(spec.routing.strategy),
                 endpoints: Vec::new(),
+                hold: hold_settings(spec),
             });
         }
     }
@@ -143,6 +168,7 @@ pub fn desired_models_on_nodes(
                 features: features.clone(),
                 strategy: None,
                 endpoints: Vec::new(),
+                hold: HoldSettings::default(),
             });
             if !is_routable(pod) {
                 continue;
@@ -378,6 +404,29 @@ mod tests {
         assert_eq!(
             configs[1].parent.as_deref(),
             Some("Qwen/Qwen2.5-7B-Instruct")
+        );
+    }
+
+    #[test]
+    fn hold_settings_come_from_the_spec() {
+        let configs = desired_models(&[model("ml", "qwen", QWEN)], &[]);
+        assert_eq!(
+            configs[0].hold,
+            HoldSettings {
+                desired_replicas: Some(1),
+                ..HoldSettings::default()
+            }
+        );
+        let autoscaled = "model: {name: m}\nreplicas: 3\nautoscaling: {minReplicas: 0, maxReplicas: 8, targetRequestsPerReplica: 4}\nrouting: {holdTimeoutSeconds: 20, holdQueueLimit: 50}\n";
+        let configs = desired_models(&[model("ml", "m", autoscaled)], &[]);
+        assert_eq!(
+            configs[0].hold,
+            HoldSettings {
+                timeout: Some(Duration::from_secs(20)),
+                queue_limit: Some(50),
+                target_per_replica: Some(4),
+                desired_replicas: Some(3),
+            }
         );
     }
 

@@ -3,7 +3,8 @@
 //! Discovery sources (a static file, or Kubernetes watches) compute the desired state as a list
 //! of [`ModelConfig`] with pure functions and [`Index::publish`] it. The request path reads an
 //! immutable [`RoutingTable`] snapshot through an `ArcSwap` (no lock, no API call) and waits on
-//! [`Index::subscribe`] when it holds a request for a model that has no ready replica yet.
+//! [`Index::subscribe`] when it holds a request for a model that has no ready replica yet
+//! (see [`crate::hold`]; the held requests of each model live here, in [`Index::holds`]).
 
 mod endpoint;
 pub mod kubernetes;
@@ -20,6 +21,7 @@ use tokio::sync::watch;
 
 pub use endpoint::{EjectionPolicy, Endpoint, EngineLoad, InvalidAddress};
 
+use crate::hold::{HoldSettings, Holds};
 use crate::metrics::{Metrics, ModelMetrics};
 use crate::placement::Placement;
 use crate::policy::{self, PolicyConfig, RoutingPolicy};
@@ -37,6 +39,8 @@ pub struct ModelConfig {
     pub strategy: Option<RoutingStrategy>,
     /// Ready replicas serving this id.
     pub endpoints: Vec<EndpointConfig>,
+    /// Hold limits and the autoscaling figures held requests are released by.
+    pub hold: HoldSettings,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -71,6 +75,8 @@ pub struct ModelEntry {
     /// requests already using them keep their own `Arc` and finish.
     pub endpoints: Vec<Arc<Endpoint>>,
     pub metrics: ModelMetrics,
+    /// Hold limits and the autoscaling figures held requests are released by.
+    pub hold: HoldSettings,
     /// Unix time this id first appeared, for the `created` field of /v1/models.
     pub created: u64,
 }
@@ -130,6 +136,8 @@ pub struct Index {
     default_strategy: RoutingStrategy,
     policy_config: PolicyConfig,
     metrics: Arc<Metrics>,
+    /// Requests held per model, shared by every serving thread.
+    holds: Holds,
 }
 
 impl Index {
@@ -146,7 +154,13 @@ impl Index {
             default_strategy,
             policy_config,
             metrics,
+            holds: Holds::new(),
         }
+    }
+
+    /// The held requests of every model.
+    pub fn holds(&self) -> &Holds {
+        &self.holds
     }
 
     /// The current table. Cheap: one atomic reference count increment.
@@ -208,7 +222,9 @@ impl Index {
             let mut endpoints = Vec::with_capacity(config.endpoints.len());
             for wanted in &config.endpoints {
                 let endpoint = match Endpoint::new(wanted.name.clone(), &wanted.address) {
-                    Ok(endpoint) => endpoint.with_placement(wanted.placement.clone()),
+                    Ok(endpoint) => endpoint
+                        .with_placement(wanted.placement.clone())
+                        .with_room_signal(self.holds.room_signal()),
                     Err(error) => {
                         tracing::warn!(model = %config.id, %error, "skipping endpoint");
                         continue;
@@ -237,6 +253,7 @@ impl Index {
                 policy,
                 endpoints,
                 metrics: self.metrics.model(&config.id),
+                hold: config.hold,
                 created: previous_entry.map_or(now, |entry| entry.created),
             };
             models.insert(config.id.clone(), Arc::new(entry));
@@ -279,6 +296,7 @@ mod tests {
                 .iter()
                 .map(|address| EndpointConfig::new(*address, *address))
                 .collect(),
+            hold: HoldSettings::default(),
         }
     }
 

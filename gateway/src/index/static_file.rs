@@ -13,6 +13,8 @@
 //!         name: replica-b            # shown in x-kinfer-replica; default: host:port
 //!         zone: zone-a               # optional placement: zone, region, node, gpuProduct
 //!   - id: scaled-to-zero-model       # no endpoints: requests are held, then 503
+//!     holdTimeoutSeconds: 30         # default: --hold-timeout
+//!     holdQueueLimit: 100            # default: --hold-queue-limit
 //! ```
 
 use std::collections::HashSet;
@@ -24,6 +26,7 @@ use kinfer_crds::{Feature, RoutingStrategy};
 use serde::Deserialize;
 
 use super::{Endpoint, EndpointConfig, Index, ModelConfig};
+use crate::hold::HoldSettings;
 use crate::placement::Placement;
 
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +68,12 @@ pub struct StaticModel {
     pub strategy: Option<RoutingStrategy>,
     #[serde(default)]
     pub endpoints: Vec<StaticEndpoint>,
+    /// How long a request is held while the model has no ready replica; default: the flag.
+    #[serde(default, rename = "holdTimeoutSeconds")]
+    pub hold_timeout_seconds: Option<u64>,
+    /// Requests held at once; default: the flag.
+    #[serde(default, rename = "holdQueueLimit")]
+    pub hold_queue_limit: Option<usize>,
 }
 
 fn default_features() -> Vec<Feature> {
@@ -150,6 +159,11 @@ impl StaticFile {
                     features: model.features.clone(),
                     strategy: model.strategy,
                     endpoints: endpoints.clone(),
+                    hold: HoldSettings {
+                        timeout: model.hold_timeout_seconds.map(Duration::from_secs),
+                        queue_limit: model.hold_queue_limit,
+                        ..HoldSettings::default()
+                    },
                 });
             }
         }
@@ -238,6 +252,8 @@ models:
   - id: bge
     features: [TextEmbedding]
   - id: cold
+    holdTimeoutSeconds: 30
+    holdQueueLimit: 7
 "#;
 
     #[test]
@@ -278,6 +294,9 @@ models:
         assert_eq!(configs[3].features, vec![Feature::TextEmbedding]);
         assert_eq!(configs[4].features, vec![Feature::TextGeneration]);
         assert!(configs[4].endpoints.is_empty());
+        assert_eq!(configs[4].hold.timeout, Some(Duration::from_secs(30)));
+        assert_eq!(configs[4].hold.queue_limit, Some(7));
+        assert_eq!(configs[0].hold, HoldSettings::default());
     }
 
     #[test]

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use kinfer_crds::{Feature, RoutingStrategy};
+use kinfer_gateway::hold::HoldSettings;
 use kinfer_gateway::index::{EndpointConfig, ModelConfig};
 use kinfer_gateway::{build_router, AppState, Gateway, GatewayConfig};
 use kinfer_vllm_sim::{Config, SimHandle};
@@ -87,6 +88,7 @@ pub fn model(id: &str, addresses: &[String]) -> ModelConfig {
             .iter()
             .map(|address| EndpointConfig::new(address.clone(), address.clone()))
             .collect(),
+        hold: HoldSettings::default(),
     }
 }
 

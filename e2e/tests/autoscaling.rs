@@ -215,3 +215,121 @@ async fn external_mode_leaves_replicas_to_the_scale_subresource() {
     assert_eq!(deployment_replicas(&deployments, &name).await, Some(3));
     assert!(scale_events(&ns, &name).await.is_empty());
 }
+
+/// What the traffic of the scale-down test saw.
+#[derive(Debug, Default)]
+struct Traffic {
+    sent: usize,
+    failures: Vec<String>,
+    replicas: std::collections::BTreeSet<String>,
+}
+
+/// One client sending requests back to back while `running` holds.
+fn client_loop(
+    gateway: String,
+    id: String,
+    running: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<Traffic> {
+    tokio::spawn(async move {
+        let mut traffic = Traffic::default();
+        while running.load(std::sync::atomic::Ordering::Relaxed) {
+            traffic.sent += 1;
+            let response = chat(&gateway, &id, 10).await;
+            let status = response.status();
+            if let Some(replica) = response.headers().get("x-kinfer-replica") {
+                traffic
+                    .replicas
+                    .insert(replica.to_str().unwrap_or_default().to_string());
+            }
+            match response.text().await {
+                Ok(body) if status == 200 && body.contains("\"choices\"") => {}
+                Ok(body) => traffic.failures.push(format!("{status}: {body}")),
+                Err(error) => traffic
+                    .failures
+                    .push(format!("{status}: body cut: {error}")),
+            }
+        }
+        traffic
+    })
+}
+
+#[tokio::test]
+async fn no_request_is_lost_while_load_drops_and_replicas_are_removed() {
+    let ns = TestNamespace::new("scaledown").await.unwrap();
+    let api: Api<InferenceModel> = ns.api();
+    let (im, id) = model(
+        "chat-7b.yaml",
+        &ns,
+        json!({"mode": "Builtin", "minReplicas": 1, "maxReplicas": 6, "targetRequestsPerReplica": 2,
+               "scaleDownDelaySeconds": 2, "idleSecondsBeforeScaleToZero": 600}),
+        // About half a second per request, so requests are in flight on the replicas removed.
+        json!({"engine": {"env": [{"name": "VLLM_SIM_ITL_MS", "value": "50"}]}}),
+    );
+    let name = im.metadata.name.clone().unwrap();
+    api.create(&PostParams::default(), &im).await.unwrap();
+    wait_model_ready(&api, &name, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let gateway = gateway_url(&ns.client).await.unwrap();
+    let deployments: Api<Deployment> = ns.api();
+
+    // Replica counts as the Deployment goes through them.
+    let watching = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let history = tokio::spawn({
+        let (deployments, name, watching) = (deployments.clone(), name.clone(), watching.clone());
+        async move {
+            let mut history: Vec<i32> = Vec::new();
+            while watching.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Some(replicas) = deployment_replicas(&deployments, &name).await {
+                    if history.last() != Some(&replicas) {
+                        history.push(replicas);
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            history
+        }
+    });
+
+    // High: 8 clients back to back (4 replicas at 2 per replica).
+    let low = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let high = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let mut clients: Vec<_> = (0..2)
+        .map(|_| client_loop(gateway.clone(), id.clone(), low.clone()))
+        .collect();
+    clients.extend((0..6).map(|_| client_loop(gateway.clone(), id.clone(), high.clone())));
+    wait_replicas(&deployments, &name, 4, Duration::from_secs(30)).await;
+    // Let every replica turn ready and take traffic.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+
+    // Low: 2 clients go on while the autoscaler removes replicas one step at a time.
+    high.store(false, std::sync::atomic::Ordering::Relaxed);
+    wait_replicas(&deployments, &name, 1, Duration::from_secs(90)).await;
+    // And a while on the last replica, with the removed pods gone.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    low.store(false, std::sync::atomic::Ordering::Relaxed);
+
+    let mut total = Traffic::default();
+    for client in clients {
+        let traffic = client.await.unwrap();
+        total.sent += traffic.sent;
+        total.failures.extend(traffic.failures);
+        total.replicas.extend(traffic.replicas);
+    }
+    watching.store(false, std::sync::atomic::Ordering::Relaxed);
+    let history = history.await.unwrap();
+    eprintln!(
+        "scale-down under traffic: {} requests, {} failed, replicas {history:?}, served by {} pods",
+        total.sent,
+        total.failures.len(),
+        total.replicas.len()
+    );
+    assert!(total.failures.is_empty(), "{:?}", total.failures);
+    assert!(total.replicas.len() >= 4, "{:?}", total.replicas);
+    let downs: Vec<_> = scale_events(&ns, &name)
+        .await
+        .into_iter()
+        .filter(|(reason, _)| reason == "ScaledDown")
+        .collect();
+    assert!(!downs.is_empty(), "no scale-down decision");
+}

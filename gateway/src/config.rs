@@ -177,10 +177,11 @@ pub struct LimitArgs {
     #[arg(long, env = "KINFER_GATEWAY_MAX_BODY_SIZE", default_value = "32MiB", value_parser = parse_bytes)]
     pub max_body_size: usize,
     /// How long a request for a model with no ready replica (scaled to zero, starting)
-    /// waits for one before a 503.
+    /// waits for one before a 503; a model's spec.routing.holdTimeoutSeconds overrides it.
     #[arg(long, env = "KINFER_GATEWAY_HOLD_TIMEOUT", default_value = "180s", value_parser = parse_duration)]
     pub hold_timeout: Duration,
-    /// Requests that may wait per model; more get a 503 at once.
+    /// Requests that may wait per model; more get a 503 at once. A model's
+    /// spec.routing.holdQueueLimit overrides it.
     #[arg(long, env = "KINFER_GATEWAY_HOLD_QUEUE_LIMIT", default_value_t = 1000)]
     pub hold_queue_limit: usize,
     /// Retry-After of 503 answers.

@@ -12,10 +12,14 @@ use clap::Parser;
 use kinfer_gateway::config::{Cli, DiscoveryMode, LogFormat};
 use kinfer_gateway::index::{kubernetes, static_file};
 use kinfer_gateway::proxy::{self, scraper};
-use kinfer_gateway::{build_admin_router, build_router, server, Gateway, GatewayConfig};
+use kinfer_gateway::{build_admin_router, server, Gateway, GatewayConfig};
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
 use tracing_subscriber::EnvFilter;
+
+// Thread-local free lists: a request allocates and frees on the one thread that serves it.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -126,7 +130,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     .build()?;
                 runtime.block_on(async move {
                     let listener = listener.listen(4096)?;
-                    server::serve(listener, build_router(gateway), stopped(stop)).await
+                    server::serve_api(listener, gateway, stopped(stop)).await
                 })?;
                 Ok(())
             })

@@ -95,6 +95,10 @@ struct Jurisdiction {
     jurisdiction: Option<String>,
 }
 
+/// Built once: building a searcher costs more than searching a typical request body.
+static JURISDICTION: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+    std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\"jurisdiction\""));
+
 /// The placement the request asks for: headers first, then `jurisdiction` in the body (looked
 /// for only when the bytes `"jurisdiction"` appear, so other requests are not parsed again).
 pub fn requested(headers: &HeaderMap, body: &[u8]) -> PlacementRequest {
@@ -110,7 +114,7 @@ pub fn requested(headers: &HeaderMap, body: &[u8]) -> PlacementRequest {
         region: header(&REGION_HEADER),
         zone: header(&ZONE_HEADER),
     };
-    if request.region.is_none() && memchr::memmem::find(body, b"\"jurisdiction\"").is_some() {
+    if request.region.is_none() && JURISDICTION.find(body).is_some() {
         request.region = serde_json::from_slice::<Jurisdiction>(body)
             .ok()
             .and_then(|fields| fields.jurisdiction)

@@ -83,8 +83,10 @@ pub fn request_id(incoming: Option<&http::HeaderValue>) -> http::HeaderValue {
         })
         .cloned()
         .unwrap_or_else(|| {
-            // A hyphenated UUID is always a valid header value.
-            http::HeaderValue::from_str(&uuid::Uuid::new_v4().to_string())
+            // A hyphenated UUID is always a valid header value (formatted on the stack).
+            let mut text = [0; uuid::fmt::Hyphenated::LENGTH];
+            let text = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut text);
+            http::HeaderValue::from_str(text)
                 .unwrap_or_else(|_| http::HeaderValue::from_static("invalid"))
         })
 }

@@ -71,26 +71,99 @@ pub fn build_router(state: AppState) -> Router {
     Router::new()
         .route("/v1/models", get(list_models))
         .route("/v1/models/{*id}", get(get_model))
-        .route("/v1/{*endpoint}", post(proxy_request))
+        .route(
+            "/v1/{*endpoint}",
+            post(|State(gateway): State<AppState>, request: Request| {
+                proxy_request(gateway, request)
+            }),
+        )
         .route("/health", get(health))
         .fallback(route_not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
 }
 
-/// Serve `router` on `listener` until `shutdown` completes, then wait for open connections
-/// (streams included) to finish. Used by main and by tests.
+/// Whether [`serve_api`] sends a request straight to the proxy: a POST to `/v1/<endpoint>`
+/// other than the model list, exactly the requests `build_router` routes to the proxy. The
+/// others go through the router (and its 404 and 405 answers).
+fn is_proxied(method: &http::Method, path: &str) -> bool {
+    method == http::Method::POST
+        && path.len() > "/v1/".len()
+        && path.starts_with("/v1/")
+        && path != "/v1/models"
+        && !path.starts_with("/v1/models/")
+}
+
+/// The API as [`serve_api`] serves it: the same answers as [`build_router`], with the proxied
+/// requests (nearly all of them) handed to the proxy without the router. Matching,
+/// path-parameter extraction and the boxed handler future were a tenth of the instructions of
+/// a proxied request (callgrind, docs/benchmarks.md).
+pub fn api_service(
+    gateway: AppState,
+) -> impl hyper::service::Service<
+    http::Request<hyper::body::Incoming>,
+    Response = Response,
+    Error = std::convert::Infallible,
+    Future: Send + 'static,
+> + Clone
+       + Send
+       + 'static {
+    use futures::future::Either;
+    use tower::ServiceExt;
+    let router = build_router(gateway.clone());
+    hyper::service::service_fn(move |request: http::Request<hyper::body::Incoming>| {
+        let request = request.map(Body::new);
+        if is_proxied(request.method(), request.uri().path()) {
+            let gateway = gateway.clone();
+            Either::Left(async move { Ok(proxy_request(gateway, request).await) })
+        } else {
+            Either::Right(router.clone().oneshot(request))
+        }
+    })
+}
+
+/// Serve the API (see [`api_service`]) on `listener` until `shutdown` completes, then wait for
+/// open connections (streams included) to finish. Used by main and by tests.
+pub async fn serve_api(
+    listener: tokio::net::TcpListener,
+    gateway: AppState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    serve_service(listener, api_service(gateway), shutdown).await
+}
+
+/// Serve `router` (the admin port) like [`serve_api`].
 pub async fn serve(
     listener: tokio::net::TcpListener,
     router: Router,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    use tower::ServiceExt;
+    let service =
+        router.map_request(|request: http::Request<hyper::body::Incoming>| request.map(Body::new));
+    let service = hyper_util::service::TowerToHyperService::new(service);
+    serve_service(listener, service, shutdown).await
+}
+
+async fn serve_service<S>(
+    listener: tokio::net::TcpListener,
+    service: S,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()>
+where
+    S: hyper::service::Service<
+            http::Request<hyper::body::Incoming>,
+            Response = Response,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
     // hyper's HTTP/1.1 connection directly, not `axum::serve`: no protocol sniffing, no
     // per-connection make-service, one spawned task per connection (HTTP/1.1 only, like the
     // engines behind the gateway).
     use hyper_util::rt::TokioIo;
-    use hyper_util::service::TowerToHyperService;
-    use tower::ServiceExt;
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let builder = hyper::server::conn::http1::Builder::new();
     let mut shutdown = std::pin::pin!(shutdown);
@@ -109,11 +182,7 @@ pub async fn serve(
         if let Err(error) = stream.set_nodelay(true) {
             tracing::debug!(%error, "cannot set TCP_NODELAY");
         }
-        let service = router
-            .clone()
-            .map_request(|request: http::Request<hyper::body::Incoming>| request.map(Body::new));
-        let connection =
-            builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
+        let connection = builder.serve_connection(TokioIo::new(stream), service.clone());
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
             if let Err(error) = connection.await {
@@ -163,7 +232,7 @@ async fn method_not_allowed(request: Request) -> ApiError {
     }
 }
 
-async fn proxy_request(State(gateway): State<AppState>, request: Request) -> Response {
+async fn proxy_request(gateway: AppState, request: Request) -> Response {
     let request_id = request::request_id(request.headers().get(REQUEST_ID_HEADER));
     let path_and_query = request
         .uri()

@@ -158,6 +158,10 @@ pub struct SseUsage {
     usage: Option<Usage>,
 }
 
+/// The end of an SSE event; the searcher is built once.
+static EVENT_END: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+    std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\n\n"));
+
 impl SseUsage {
     pub fn new(strip: bool) -> Self {
         Self {
@@ -181,8 +185,7 @@ impl SseUsage {
         };
         let mut emit_from = 0;
         let mut event_start = 0;
-        let finder = memchr::memmem::Finder::new(b"\n\n");
-        for boundary in finder.find_iter(&work) {
+        for boundary in EVENT_END.find_iter(&work) {
             let event_end = boundary + 2;
             if event_end <= event_start {
                 continue;

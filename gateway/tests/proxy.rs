@@ -616,3 +616,72 @@ async fn model_list_health_and_errors() {
     .await;
     assert_eq!((status, error["code"].as_str()), (404, Some("unknown_url")));
 }
+
+/// `serve_api` hands proxied requests to the proxy without the router; every request must get
+/// the answer `build_router` gives.
+#[tokio::test]
+async fn the_proxy_fast_path_answers_like_the_router() {
+    use tower::ServiceExt;
+    let replica = sim("m", |_| {}).await;
+    let gateway = TestGateway::start(GatewayConfig::default()).await;
+    gateway.publish(vec![model("m", &[address(&replica)])]);
+    let router = kinfer_gateway::build_router(gateway.state.clone());
+    let chat = r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"max_tokens":2}"#;
+    let cases: &[(&str, &str, &str)] = &[
+        ("POST", "/v1/chat/completions", chat),
+        ("POST", "/v1/completions", r#"{"model":"m","prompt":"hi","max_tokens":2}"#),
+        ("POST", "/v1/chat/completions", r#"{"model":"unknown"}"#),
+        ("POST", "/v1/chat/completions", "{not json"),
+        ("POST", "/v1/chat/completions", r#"{"messages":[]}"#),
+        ("POST", "/v1/models", chat),
+        ("POST", "/v1/models/m", chat),
+        ("POST", "/v1/models/", chat),
+        ("POST", "/v1/", chat),
+        ("POST", "/v1", chat),
+        ("POST", "/v2/chat/completions", chat),
+        ("POST", "/health", chat),
+        ("GET", "/v1/chat/completions", ""),
+        ("PUT", "/v1/chat/completions", chat),
+        ("GET", "/v1/models", ""),
+        ("GET", "/v1/models/m", ""),
+        ("GET", "/health", ""),
+    ];
+    for &(method, path, body) in cases {
+        let method = http::Method::from_bytes(method.as_bytes()).unwrap();
+        let served = gateway
+            .client
+            .request(method.clone(), gateway.url(path))
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        let routed = router
+            .clone()
+            .oneshot(
+                http::Request::builder()
+                    .method(method.clone())
+                    .uri(path)
+                    .header("content-type", "application/json")
+                    .body(axum::body::Body::from(body.to_string()))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            served.status().as_u16(),
+            routed.status().as_u16(),
+            "{method} {path}"
+        );
+        let served: serde_json::Value = served.json().await.unwrap_or_default();
+        let routed = axum::body::to_bytes(routed.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        let routed: serde_json::Value = serde_json::from_slice(&routed).unwrap_or_default();
+        assert_eq!(
+            served["error"]["code"], routed["error"]["code"],
+            "{method} {path}"
+        );
+        assert_eq!(served["object"], routed["object"], "{method} {path}");
+    }
+}

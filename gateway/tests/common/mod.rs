@@ -9,7 +9,7 @@ use std::time::Duration;
 use kinfer_crds::{Feature, RoutingStrategy};
 use kinfer_gateway::hold::HoldSettings;
 use kinfer_gateway::index::{EndpointConfig, ModelConfig};
-use kinfer_gateway::{build_router, AppState, Gateway, GatewayConfig};
+use kinfer_gateway::{AppState, Gateway, GatewayConfig};
 use kinfer_vllm_sim::{Config, SimHandle};
 use tokio::net::TcpListener;
 
@@ -24,10 +24,10 @@ impl TestGateway {
         let state = Gateway::new(config);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let router = build_router(state.clone());
-        tokio::spawn(kinfer_gateway::server::serve(
+        // The API exactly as the binary serves it (the proxy fast path in front of the router).
+        tokio::spawn(kinfer_gateway::server::serve_api(
             listener,
-            router,
+            state.clone(),
             std::future::pending(),
         ));
         let client = reqwest::Client::builder()

@@ -184,6 +184,11 @@ pub struct LimitArgs {
     /// spec.routing.holdQueueLimit overrides it.
     #[arg(long, env = "KINFER_GATEWAY_HOLD_QUEUE_LIMIT", default_value_t = 1000)]
     pub hold_queue_limit: usize,
+    /// While a stream request (`"stream": true`) is held, the client gets a 200 with SSE
+    /// comment keep-alives at this interval, so load balancers with an idle timeout do not cut
+    /// it; holds shorter than one interval are answered as usual. 0 turns keep-alives off.
+    #[arg(long, env = "KINFER_GATEWAY_HOLD_KEEPALIVE_INTERVAL", default_value = "15s", value_parser = parse_duration)]
+    pub hold_keepalive_interval: Duration,
     /// Retry-After of 503 answers.
     #[arg(long, env = "KINFER_GATEWAY_RETRY_AFTER", default_value = "10s", value_parser = parse_duration)]
     pub retry_after: Duration,
@@ -278,6 +283,7 @@ impl LimitArgs {
             max_body_bytes: self.max_body_size,
             hold_timeout: self.hold_timeout,
             hold_queue_limit: self.hold_queue_limit,
+            hold_keepalive_interval: self.hold_keepalive_interval,
             retry_after: self.retry_after,
         }
     }
@@ -389,6 +395,7 @@ mod tests {
         assert_eq!(cli.discovery.namespaces, ["a", "b"]);
         assert_eq!(cli.limits.max_body_size, 32 << 20);
         assert_eq!(cli.proxy.first_byte_timeout, Duration::from_secs(600));
+        assert_eq!(cli.limits.hold_keepalive_interval, Duration::from_secs(15));
         assert!(Cli::try_parse_from(["kinfer-gateway", "--discovery", "static"]).is_err());
     }
 

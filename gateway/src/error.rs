@@ -215,10 +215,10 @@ impl ApiError {
             _ => None,
         }
     }
-}
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
+    /// The OpenAI error envelope, `{"error":{"message","type","param","code"}}`, as JSON: the
+    /// body of the error response, and the `data` of the SSE error event of a held stream.
+    pub fn to_json(&self) -> Vec<u8> {
         let envelope = Envelope {
             error: Body {
                 message: self.to_string(),
@@ -228,7 +228,13 @@ impl IntoResponse for ApiError {
             },
         };
         // Serializing a struct of strings cannot fail.
-        let body = serde_json::to_vec(&envelope).unwrap_or_default();
+        serde_json::to_vec(&envelope).unwrap_or_default()
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = self.to_json();
         let mut response = (
             self.status(),
             [(

@@ -9,9 +9,9 @@
 //! requests of the model are already held (it then queues behind them, so arrival order is
 //! kept). Held requests leave head first:
 //!
-//! - one per free slot, where the free slots are, over the model's ready replicas, the sum of
-//!   `targetRequestsPerReplica - in-flight` (never below zero), minus requests released a moment
-//!   ago that have not reached a replica yet;
+//! - one per free slot, where the free slots are, over the model's ready replicas that are not
+//!   ejected, the sum of `targetRequestsPerReplica - in-flight` (never below zero), minus
+//!   requests released a moment ago that have not reached a replica yet;
 //! - all of them once no more replicas are coming: the model has as many ready replicas as it
 //!   wants (`spec.replicas`, which the autoscaler writes);
 //! - all of them when the model has no autoscaling target (nothing to spread by).
@@ -24,8 +24,9 @@
 //! under the model's lock, and a released request runs on its serving thread from the release to
 //! its replica's in-flight increment without waiting on anything (unless a per-model concurrency
 //! queue is configured), so the next request on that thread sees the increment and LeastLoad
-//! sends it elsewhere; across threads the release reservation covers the request until it
-//! leaves the hold.
+//! sends it elsewhere. Across threads the release reservation ([`Release`]) covers the request
+//! until it is counted in flight on its replica ([`hand_over`]), so no other thread sees its
+//! slot as free in between.
 //!
 //! When the hold ends (`holdTimeoutSeconds`, default `--hold-timeout`) a request that was not
 //! released is sent anyway if the model has a ready replica by then (the engine queues it), and
@@ -33,6 +34,11 @@
 //! `holdQueueLimit` (default `--hold-queue-limit`) requests are held per model; further ones get
 //! 503 `hold_queue_full` at once. The `kinfer_gateway_queued_requests{model}` gauge counts held
 //! requests exactly; the operator's autoscaler reads it.
+//!
+//! A held stream request whose hold lasts is answered at once with SSE keep-alives: see
+//! [`stream`].
+
+pub mod stream;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -234,10 +240,19 @@ impl Seat<'_> {
     /// heads that may go), then say where this request stands.
     fn evaluate(&self, entry: &ModelEntry) -> Position {
         let mut state = self.queue.lock();
+        let now = Instant::now();
+        // An ejected replica has no room: it counts as full (the proxy avoids it while another
+        // replica is available). It still counts as ready: more replicas are not coming for it.
         let inflight: Vec<usize> = entry
             .endpoints
             .iter()
-            .map(|endpoint| endpoint.inflight())
+            .map(|endpoint| {
+                if endpoint.is_available(now) {
+                    endpoint.inflight()
+                } else {
+                    usize::MAX
+                }
+            })
             .collect();
         let count = releasable(
             state.waiting.len(),
@@ -275,8 +290,13 @@ impl Drop for Seat<'_> {
         {
             let mut state = self.queue.lock();
             if self.ticket.released.load(Ordering::Relaxed) {
-                // Released, then cancelled before it reached a replica.
+                // On its replica now (or cancelled before): the head re-evaluates, since an
+                // evaluation that counted this request both in flight and in transit may have
+                // seen one slot too few.
                 state.in_transit = state.in_transit.saturating_sub(1);
+                if let Some(head) = state.waiting.front() {
+                    head.wake.notify_one();
+                }
             } else if let Some(position) = state
                 .waiting
                 .iter()
@@ -295,10 +315,30 @@ impl Drop for Seat<'_> {
     }
 }
 
-/// A released request's reservation of a slot: counted against the free slots until dropped,
-/// which the request does just before it is routed.
+/// A released request's reservation of a slot: counted against the free slots until dropped.
+/// Keep it until the request is counted in flight on its replica: pass it to [`hand_over`].
 pub struct Release<'a> {
     _seat: Seat<'a>,
+}
+
+/// Await `forward` (the proxy's forward of a released request), ending `release` once the
+/// request is counted in flight on its replica, so that no other thread sees its slot as free
+/// in between.
+///
+/// `Proxy::forward` counts the request in flight (`InflightGuard::new`) before it first waits
+/// (on the replica's answer), so the reservation ends after `forward`'s first poll. Not later:
+/// a non-stream request gets the engine's response head only when its generation ends, and a
+/// reservation kept until then would count the request twice for that long (in flight and in
+/// transit), hiding a free slot from the held requests.
+pub async fn hand_over<F: std::future::Future>(forward: F, release: Release<'_>) -> F::Output {
+    let mut forward = std::pin::pin!(forward);
+    let mut release = Some(release);
+    std::future::poll_fn(|context| {
+        let polled = forward.as_mut().poll(context);
+        drop(release.take());
+        polled
+    })
+    .await
 }
 
 /// How a hold ended with a request to route.
@@ -438,8 +478,9 @@ mod tests {
         }
     }
 
-    /// Holds request `number`; once released, it takes the least loaded replica (as LeastLoad
-    /// would, deterministically), records where it went, and ends its reservation.
+    /// Holds request `number`; once released, it takes the least loaded replica that is not
+    /// ejected (as the proxy and LeastLoad would, deterministically), records where it went, and
+    /// ends its reservation.
     fn request(
         index: &Arc<Index>,
         number: usize,
@@ -454,6 +495,7 @@ mod tests {
                 .entry
                 .endpoints
                 .iter()
+                .filter(|endpoint| endpoint.is_available(Instant::now()))
                 .min_by_key(|endpoint| endpoint.inflight())
                 .unwrap()
                 .clone();
@@ -618,6 +660,69 @@ mod tests {
         assert!(!index.holds().is_holding("m"));
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn an_ejected_replica_takes_no_held_request() {
+        let index = index();
+        let settings = autoscaled(2, 3);
+        index.publish(vec![config(1, settings)]);
+        let ejection = crate::index::EjectionPolicy {
+            consecutive_failures: 1,
+            base: Duration::from_secs(600),
+            max: Duration::from_secs(600),
+        };
+        let ejected = index.snapshot().get("m").unwrap().endpoints[0].clone();
+        assert!(ejected.record_failure(Instant::now(), &ejection).is_some());
+        let routed = Arc::new(Mutex::new(Vec::new()));
+        let tasks: Vec<_> = (0..4)
+            .map(|number| request(&index, number, &routed))
+            .collect();
+        settle().await;
+        // The only ready replica is ejected and more are coming: no room.
+        assert!(routed.lock().unwrap().is_empty());
+        assert_eq!(index.holds().held("m"), 4);
+        // A healthy second replica: its two slots.
+        index.publish(vec![config(2, settings)]);
+        settle().await;
+        assert_eq!(routed.lock().unwrap().len(), 2);
+        index.publish(vec![config(3, settings)]);
+        for task in tasks {
+            task.await.unwrap().unwrap();
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_reservation_ends_once_the_request_is_in_flight() {
+        let index = index();
+        index.publish(vec![config(1, autoscaled(1, 2))]);
+        let entry = index.snapshot().get("m").unwrap().clone();
+        let released = hold(&index, entry, &DEFAULTS).await.unwrap();
+        let in_transit = || {
+            lock(&index.holds().models)
+                .get("m")
+                .map_or(0, |queue| queue.lock().in_transit)
+        };
+        assert_eq!(in_transit(), 1);
+        let endpoint = released.entry.endpoints[0].clone();
+        let (answer, answered) = tokio::sync::oneshot::channel::<()>();
+        // Like `Proxy::forward`: counted in flight, then waits for the engine.
+        let forward = async {
+            assert_eq!(
+                in_transit(),
+                1,
+                "the reservation ended before the increment"
+            );
+            endpoint.begin_request();
+            answered.await.unwrap();
+        };
+        let handed_over = hand_over(forward, released.release.unwrap());
+        let mut handed_over = std::pin::pin!(handed_over);
+        assert!(futures::poll!(handed_over.as_mut()).is_pending());
+        assert_eq!(in_transit(), 0);
+        assert_eq!(endpoint.inflight(), 1);
+        answer.send(()).unwrap();
+        handed_over.await;
+    }
+
     fn autoscaled(target: u32, desired: u32) -> HoldSettings {
         HoldSettings {
             target_per_replica: Some(target),
@@ -671,6 +776,15 @@ mod tests {
             ..HoldSettings::default()
         };
         assert_eq!(releasable(40, &[8], 0, &unknown), 40);
+    }
+
+    #[test]
+    fn an_ejected_replica_has_no_room() {
+        // Ejected replicas are passed as full (`usize::MAX`): no slot, but still ready.
+        assert_eq!(releasable(8, &[usize::MAX, 6], 0, &autoscaled(8, 4)), 2);
+        assert_eq!(releasable(8, &[usize::MAX], 0, &autoscaled(8, 4)), 0);
+        // Every wanted replica is ready: the proxy picks among them as usual.
+        assert_eq!(releasable(8, &[usize::MAX, 8], 0, &autoscaled(8, 2)), 8);
     }
 
     #[test]

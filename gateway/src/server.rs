@@ -35,6 +35,9 @@ pub struct Limits {
     pub hold_timeout: Duration,
     /// Requests that may wait per model; more are answered 503 at once.
     pub hold_queue_limit: usize,
+    /// How often a held stream request gets an SSE keep-alive comment, once its hold has
+    /// lasted this long; zero: never (see [`crate::hold::stream`]).
+    pub hold_keepalive_interval: Duration,
     /// `Retry-After` of 503 answers.
     pub retry_after: Duration,
 }
@@ -45,6 +48,7 @@ impl Default for Limits {
             max_body_bytes: 32 << 20,
             hold_timeout: Duration::from_secs(180),
             hold_queue_limit: 1000,
+            hold_keepalive_interval: Duration::from_secs(15),
             retry_after: Duration::from_secs(10),
         }
     }
@@ -59,6 +63,16 @@ pub struct Gateway {
     /// API keys, their limits, model queues: shared by every serving thread.
     pub access: Arc<Access>,
     pub policy: PolicyConfig,
+}
+
+/// A request that passed every check before the hold (model known and allowed, key limits).
+struct Admitted {
+    parts: http::request::Parts,
+    body: bytes::Bytes,
+    key: Option<Arc<ApiKey>>,
+    /// The key's concurrency slot and rate figures, when it has limits.
+    admitted: Option<(ConcurrencySlot, RateStatus)>,
+    log: RequestLog,
 }
 
 /// Name of every request in the model queues when authentication is off.
@@ -330,7 +344,7 @@ impl Gateway {
     }
 
     async fn route(
-        &self,
+        self: &Arc<Self>,
         request: Request,
         log: RequestLog,
     ) -> Result<Response, (ApiError, RequestLog)> {
@@ -343,8 +357,8 @@ impl Gateway {
     }
 
     async fn route_with_key(
-        &self,
-        mut parts: http::request::Parts,
+        self: &Arc<Self>,
+        parts: http::request::Parts,
         body: Body,
         key: Option<Arc<ApiKey>>,
         mut log: RequestLog,
@@ -398,14 +412,74 @@ impl Gateway {
             None => None,
         };
         // Held while the model has no ready replica, and behind requests already held for it.
-        let entry = if entry.endpoints.is_empty() || self.index.holds().is_holding(&entry.id) {
-            match self.wait_for_replica(entry).await {
-                Ok(entry) => entry,
-                Err(error) => return Err((error, log)),
-            }
-        } else {
-            entry
+        let request = Admitted {
+            parts,
+            body,
+            key,
+            admitted,
+            log,
         };
+        if !entry.endpoints.is_empty() && !self.index.holds().is_holding(&entry.id) {
+            return self.dispatch(entry, None, request).await;
+        }
+        let interval = self.limits.hold_keepalive_interval;
+        if interval.is_zero() || !hold::stream::is_stream(&request.body) {
+            let released = match self.wait_for_replica(entry).await {
+                Ok(released) => released,
+                Err(error) => return Err((error, request.log)),
+            };
+            return self
+                .dispatch(released.entry, released.release, request)
+                .await;
+        }
+        // A held stream request: if the hold outlasts one interval, the client gets a 200 with
+        // SSE keep-alives at once, and the rest of the request runs in the response body.
+        let hold_ended = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut rest: hold::stream::Continuation = Box::pin({
+            let gateway = self.clone();
+            let hold_ended = hold_ended.clone();
+            async move {
+                let released = gateway.wait_for_replica(entry).await;
+                hold_ended.store(true, std::sync::atomic::Ordering::Relaxed);
+                let released = match released {
+                    Ok(released) => released,
+                    Err(error) => return Err((error, request.log)),
+                };
+                gateway
+                    .dispatch(released.entry, released.release, request)
+                    .await
+            }
+        });
+        tokio::select! {
+            biased;
+            result = &mut rest => result,
+            () = tokio::time::sleep(interval) => {
+                // `rest` runs on this task: the flag is as it left it.
+                if hold_ended.load(std::sync::atomic::Ordering::Relaxed) {
+                    // Released in time, waiting for the engine: answered as usual.
+                    rest.await
+                } else {
+                    Ok(hold::stream::keepalive_response(rest, interval))
+                }
+            }
+        }
+    }
+
+    /// Send a request, held or not, to a replica of `entry`; `release` is the reservation of a
+    /// request the hold released, kept until the request is in flight on its replica.
+    async fn dispatch(
+        &self,
+        entry: Arc<ModelEntry>,
+        release: Option<hold::Release<'_>>,
+        request: Admitted,
+    ) -> Result<Response, (ApiError, RequestLog)> {
+        let Admitted {
+            mut parts,
+            body,
+            key,
+            admitted,
+            log,
+        } = request;
         let entry = match self.place(entry, &parts.headers, &body) {
             Ok(entry) => entry,
             Err(error) => return Err((error, log)),
@@ -428,6 +502,7 @@ impl Gateway {
             Ok(slot) => slot,
             Err(error) => return Err((error, log)),
         };
+        let path = parts.uri.path();
         let info = RequestInfo {
             model: &entry.id,
             path,
@@ -440,7 +515,11 @@ impl Gateway {
             headers: proxy::upstream_headers(std::mem::take(&mut parts.headers), &log.request_id),
             body,
         };
-        let response = self.proxy.forward(&entry, upstream, &info, log).await?;
+        let forward = self.proxy.forward(&entry, upstream, &info, log);
+        let response = match release {
+            None => forward.await?,
+            Some(release) => hold::hand_over(forward, release).await?,
+        };
         if admitted.is_none() && model_slot.is_none() && accounting.is_none() {
             return Ok(response);
         }
@@ -540,18 +619,18 @@ impl Gateway {
     }
 
     /// Hold a request for a model with no ready replica, or behind the requests already held for
-    /// it, until the release rule of [`crate::hold`] lets it go.
-    async fn wait_for_replica(&self, entry: Arc<ModelEntry>) -> Result<Arc<ModelEntry>, ApiError> {
+    /// it, until the release rule of [`crate::hold`] lets it go. The release reservation it
+    /// returns goes to [`hold::hand_over`] with the forward.
+    async fn wait_for_replica(
+        &self,
+        entry: Arc<ModelEntry>,
+    ) -> Result<hold::Released<'_>, ApiError> {
         let defaults = HoldDefaults {
             timeout: self.limits.hold_timeout,
             queue_limit: self.limits.hold_queue_limit,
             retry_after: self.limits.retry_after,
         };
-        // The release reservation ends here: from now to its replica's in-flight increment the
-        // request awaits nothing (without a model concurrency queue).
-        hold::hold(&self.index, entry, &defaults)
-            .await
-            .map(|released| released.entry)
+        hold::hold(&self.index, entry, &defaults).await
     }
 }
 

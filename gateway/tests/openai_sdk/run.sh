@@ -36,11 +36,12 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# Eight free ports: three replicas, one port nothing listens on, the gateway and its admin,
-# and a second gateway with authentication on (test_auth.py) and its admin.
-read -r sim_a sim_b sim_embed dead listen admin auth_listen auth_admin < <("$venv/bin/python" - <<'PY'
+# Nine free ports: three replicas, one port nothing listens on, the gateway and its admin,
+# a second gateway with authentication on (test_auth.py) and its admin, and the replica that
+# late-model gets while a request is held (test_sdk.py).
+read -r sim_a sim_b sim_embed dead listen admin auth_listen auth_admin sim_late < <("$venv/bin/python" - <<'PY'
 import socket
-sockets = [socket.socket() for _ in range(8)]
+sockets = [socket.socket() for _ in range(9)]
 for s in sockets:
     s.bind(("127.0.0.1", 0))
 print(" ".join(str(s.getsockname()[1]) for s in sockets))
@@ -60,6 +61,9 @@ done
 "$bin/vllm-sim" serve "$embedder" --task embed --host 127.0.0.1 --port "$sim_embed" \
     >"$work/sim-$sim_embed.log" 2>&1 &
 pids+=($!)
+"$bin/vllm-sim" serve late-model --host 127.0.0.1 --port "$sim_late" --max-model-len 2048 \
+    --sim-ttft-ms 5 --sim-itl-ms 2 >"$work/sim-$sim_late.log" 2>&1 &
+pids+=($!)
 
 cat >"$work/models.yaml" <<YAML
 models:
@@ -75,6 +79,9 @@ models:
     features: [TextEmbedding]
     endpoints: [http://127.0.0.1:$sim_embed]
   - id: cold-model
+  # No replica until test_sdk.py adds one to this file while a stream request is held.
+  - id: late-model
+    holdTimeoutSeconds: 30
   - id: broken-model
     endpoints: [http://127.0.0.1:$dead]
 YAML
@@ -82,6 +89,7 @@ YAML
 "$bin/kinfer-gateway" --discovery static --static-file "$work/models.yaml" \
     --listen "127.0.0.1:$listen" --admin-listen "127.0.0.1:$admin" \
     --hold-timeout 1s --retry-after 2s --max-body-size 64KiB --engine-metrics-interval 1s \
+    --hold-keepalive-interval 200ms --static-poll-interval 200ms \
     --log-format json --log-filter warn >"$work/gateway.log" 2>&1 &
 pids+=($!)
 
@@ -119,6 +127,7 @@ wait_for() {
 wait_for "http://127.0.0.1:$sim_a/health"
 wait_for "http://127.0.0.1:$sim_b/health"
 wait_for "http://127.0.0.1:$sim_embed/health"
+wait_for "http://127.0.0.1:$sim_late/health"
 wait_for "http://127.0.0.1:$admin/readyz"
 wait_for "http://127.0.0.1:$auth_admin/readyz"
 
@@ -126,6 +135,7 @@ status=0
 KINFER_GATEWAY_URL="http://127.0.0.1:$listen" KINFER_ADMIN_URL="http://127.0.0.1:$admin" \
 KINFER_AUTH_GATEWAY_URL="http://127.0.0.1:$auth_listen" KINFER_AUTH_ADMIN_URL="http://127.0.0.1:$auth_admin" \
 KINFER_MODEL="$model" KINFER_EMBEDDING_MODEL="$embedder" \
+KINFER_MODELS_FILE="$work/models.yaml" KINFER_LATE_REPLICA_URL="http://127.0.0.1:$sim_late" \
     timeout 300 "$venv/bin/python" -m pytest -q -p no:cacheprovider "$here/test_sdk.py" "$here/test_auth.py" "$@" || status=$?
 if [[ $status -ne 0 ]]; then
     echo "--- gateway log" >&2

@@ -6,6 +6,7 @@ Started by run.sh, which provides the gateway (static discovery) and vllm-sim re
 
 import json
 import os
+import time
 import urllib.request
 
 import openai
@@ -162,6 +163,40 @@ def test_model_without_replicas_is_503_with_retry_after(client):
     assert error.value.status_code == 503
     assert error.value.code == "no_ready_replica"
     assert error.value.response.headers["retry-after"] == "2"
+
+
+def test_held_stream_gets_keep_alives_then_the_engine_stream(client):
+    # late-model has no replica: the request is held, and after one keep-alive interval
+    # (--hold-keepalive-interval 200ms) answered 200 with SSE comments, which the SDK skips.
+    stream = client.chat.completions.create(model="late-model", messages=MESSAGES, max_tokens=8, stream=True)
+    assert stream.response.status_code == 200
+    assert stream.response.headers["content-type"] == "text/event-stream"
+    time.sleep(0.6)
+    # The replica turns ready: the static file (re-read every 200 ms) gains an endpoint.
+    path = os.environ["KINFER_MODELS_FILE"]
+    with open(path) as file:
+        text = file.read()
+    endpoint = f"  - id: late-model\n    endpoints: [{os.environ['KINFER_LATE_REPLICA_URL']}]\n"
+    with open(path + ".new", "w") as file:
+        file.write(text.replace("  - id: late-model\n", endpoint))
+    os.replace(path + ".new", path)
+    chunks = list(stream)
+    text = "".join(chunk.choices[0].delta.content or "" for chunk in chunks if chunk.choices)
+    assert text
+    assert chunks[-1].choices[0].finish_reason is not None
+
+
+def test_held_stream_without_a_replica_ends_with_an_error_event(client):
+    # Held longer than the keep-alive interval: 200 and keep-alives, then the hold ends (1 s)
+    # without a replica, and the error is an SSE event the SDK raises as an APIError.
+    stream = client.chat.completions.create(model="cold-model", messages=MESSAGES, stream=True)
+    assert stream.response.status_code == 200
+    with pytest.raises(openai.APIError) as error:
+        list(stream)
+    assert not isinstance(error.value, openai.APIStatusError)
+    assert error.value.code == "no_ready_replica"
+    assert error.value.type == "api_error"
+    assert "cold-model" in error.value.message
 
 
 def test_unreachable_replica_is_502(client):

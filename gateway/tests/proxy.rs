@@ -629,7 +629,11 @@ async fn the_proxy_fast_path_answers_like_the_router() {
     let chat = r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"max_tokens":2}"#;
     let cases: &[(&str, &str, &str)] = &[
         ("POST", "/v1/chat/completions", chat),
-        ("POST", "/v1/completions", r#"{"model":"m","prompt":"hi","max_tokens":2}"#),
+        (
+            "POST",
+            "/v1/completions",
+            r#"{"model":"m","prompt":"hi","max_tokens":2}"#,
+        ),
         ("POST", "/v1/chat/completions", r#"{"model":"unknown"}"#),
         ("POST", "/v1/chat/completions", "{not json"),
         ("POST", "/v1/chat/completions", r#"{"messages":[]}"#),

@@ -17,10 +17,6 @@ use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
 use tracing_subscriber::EnvFilter;
 
-// Thread-local free lists: a request allocates and frees on the one thread that serves it.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_tracing(cli.log.log_format, &cli.log.log_filter)?;

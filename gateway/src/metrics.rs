@@ -166,6 +166,11 @@ impl Metrics {
             "Prompt plus completion tokens from the engines' usage, by key name (keys with a token limit)",
             access.tokens.clone(),
         );
+        registry.register(
+            "key_tokens_estimated",
+            "Tokens charged by estimate (request bytes / 4 + stream events) for responses that ended or were cut before the engine's usage, by key name",
+            access.tokens_estimated.clone(),
+        );
         registry.register("api_keys", "API keys loaded", access.keys.clone());
         Self {
             access,

@@ -23,7 +23,7 @@ use crate::metrics::Metrics;
 use crate::placement::{self, Placed};
 use crate::policy::{PolicyConfig, RequestInfo};
 use crate::proxy::{self, Proxy, RequestLog, UpstreamRequest, REQUEST_ID_HEADER};
-use crate::usage::{AccountedBody, Accounting, Usage};
+use crate::usage::{AccountedBody, Accounting, Charged, Charger, Usage};
 use crate::{prefix, request, usage};
 
 /// Limits of the request path.
@@ -492,6 +492,7 @@ impl Gateway {
         let counts_tokens = key
             .as_ref()
             .is_some_and(|key| key.spec.limits.tokens_per_minute.is_some());
+        let request_bytes = body.len();
         let (body, accounting) = if counts_tokens {
             let (body, accounting) = usage::prepare_request(body);
             (body, Some(accounting))
@@ -536,17 +537,18 @@ impl Gateway {
         if matches!(accounting, Some(Accounting::Stream { strip: true })) {
             head.headers.remove(header::CONTENT_LENGTH);
         }
-        let on_usage = match (&accounting, key) {
-            (Some(_), Some(key)) => Some(self.token_charger(key)),
+        let charger = match (&accounting, key) {
+            (Some(_), Some(key)) => Some(self.token_charger(key, request_bytes)),
             _ => None,
         };
-        let body = AccountedBody::new(body, accounting, on_usage, (slot, model_slot));
+        let body = AccountedBody::new(body, accounting, charger, (slot, model_slot));
         Ok(Response::from_parts(head, Body::new(body)))
     }
 
-    /// Charges a response's tokens to its key when the response ends.
-    fn token_charger(&self, key: Arc<ApiKey>) -> Box<dyn FnOnce(Usage) + Send> {
+    /// Charges a response's tokens to its key when the response ends or is dropped.
+    fn token_charger(&self, key: Arc<ApiKey>, request_bytes: usize) -> Charger {
         let peers = self.access.peers.clone();
+        let estimated = self.access.metrics.tokens_estimated.clone();
         let counter = key
             .tokens_counter
             .get_or_init(|| {
@@ -558,16 +560,32 @@ impl Gateway {
                     })
             })
             .clone();
-        Box::new(move |usage: Usage| {
+        let charge = Box::new(move |usage: Usage, charged: Charged| {
             let tokens = usage.tokens();
-            counter.inc_by(tokens);
+            match charged {
+                Charged::Reported => {
+                    counter.inc_by(tokens);
+                }
+                // Rare (a cut response): the labelled counter is looked up here.
+                Charged::Estimated => {
+                    estimated
+                        .get_or_create(&crate::auth::KeyLabels {
+                            key: key.name().to_string(),
+                        })
+                        .inc_by(tokens);
+                }
+            }
             key.state.charge_tokens(
                 &key.spec.limits,
                 peers.get(),
                 tokens,
                 tokio::time::Instant::now(),
             );
-        })
+        });
+        Charger {
+            request_bytes,
+            charge,
+        }
     }
 
     /// The entry restricted to the replicas that may serve the request (placement pinning,

@@ -9,6 +9,10 @@
 //!   byte-identical to the one it would have got. A client that asked for usage gets it
 //!   untouched.
 //!
+//! - A response that ends, or is dropped (client gone, engine failure), before its `usage` was
+//!   read is charged [`Usage::estimate`] instead: without it, a client could stream a long
+//!   completion, hang up just before the usage chunk, and pay nothing.
+//!
 //! Only requests of keys with token limits come here: the pass-through path is not touched.
 
 use std::collections::VecDeque;
@@ -25,6 +29,10 @@ use serde_json::{Map, Value};
 pub const MAX_JSON_BYTES: usize = 8 << 20;
 /// Largest SSE event held back while looking for its end (larger: passed on as it is).
 const MAX_EVENT_BYTES: usize = 1 << 20;
+/// Request body bytes per prompt token in [`Usage::estimate`]: a common rough ratio for English
+/// text with BPE tokenizers. The body also holds JSON syntax and field names, so the estimate
+/// is high, which is the safe side for a limit.
+const BYTES_PER_TOKEN: usize = 4;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 pub struct Usage {
@@ -39,9 +47,41 @@ pub struct Usage {
 impl Usage {
     /// Prompt plus completion tokens.
     pub fn tokens(&self) -> u64 {
-        self.total_tokens
-            .unwrap_or(self.prompt_tokens + self.completion_tokens.unwrap_or(0))
+        self.total_tokens.unwrap_or_else(|| {
+            self.prompt_tokens
+                .saturating_add(self.completion_tokens.unwrap_or(0))
+        })
     }
+
+    /// A stand-in for the usage of a response that ended or was cut before the engine's
+    /// `usage` was read: prompt tokens from the request body's length, one completion token
+    /// per choice event the stream carried (vLLM sends about one token per event; 0 for a
+    /// non-streaming response).
+    pub fn estimate(request_bytes: usize, choice_events: u64) -> Self {
+        let prompt_tokens =
+            u64::try_from(request_bytes.div_ceil(BYTES_PER_TOKEN)).unwrap_or(u64::MAX);
+        Self {
+            prompt_tokens,
+            completion_tokens: Some(choice_events),
+            total_tokens: Some(prompt_tokens.saturating_add(choice_events)),
+        }
+    }
+}
+
+/// Where the tokens charged for a response come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Charged {
+    /// The engine's `usage`.
+    Reported,
+    /// [`Usage::estimate`]: the response ended or was dropped without `usage`.
+    Estimated,
+}
+
+/// Charges a response's tokens to its key, once, when [`AccountedBody`] ends or is dropped.
+pub struct Charger {
+    /// Length of the request body the client sent, for [`Usage::estimate`].
+    pub request_bytes: usize,
+    pub charge: Box<dyn FnOnce(Usage, Charged) + Send>,
 }
 
 /// How the response of a request is accounted.
@@ -147,8 +187,9 @@ struct Chunk {
     usage: Option<Usage>,
 }
 
-/// Reads `usage` out of an SSE stream (`data: {json}\n\n` events), and removes the final usage
-/// chunk when `strip`. Bytes are handed on event by event: an event split across reads is held
+/// Reads `usage` out of an SSE stream (`data: {json}\n\n` events), counts the events that
+/// carry a choice (for [`Usage::estimate`]), and removes the final usage chunk when `strip`.
+/// Bytes are handed on event by event: an event split across reads is held
 /// until its end (a client cannot use half an event anyway), so the output is the input minus
 /// the stripped event, however the input was cut.
 #[derive(Debug)]
@@ -156,6 +197,7 @@ pub struct SseUsage {
     strip: bool,
     pending: BytesMut,
     usage: Option<Usage>,
+    choice_events: u64,
 }
 
 /// The end of an SSE event; the searcher is built once.
@@ -168,11 +210,17 @@ impl SseUsage {
             strip,
             pending: BytesMut::new(),
             usage: None,
+            choice_events: 0,
         }
     }
 
     pub fn usage(&self) -> Option<Usage> {
         self.usage
+    }
+
+    /// Complete `data:` events seen so far that carry a choice (all but the final usage chunk).
+    pub fn choice_events(&self) -> u64 {
+        self.choice_events
     }
 
     /// Feed one chunk of the body; what the client gets is pushed to `out`.
@@ -217,11 +265,9 @@ impl SseUsage {
         }
     }
 
-    /// Record the usage an event carries; true if it is the final usage chunk.
+    /// Record the usage an event carries, and count it if it carries a choice; true if it is
+    /// the final usage chunk.
     fn inspect(&mut self, event: &[u8]) -> bool {
-        if memchr::memmem::find(event, b"\"usage\"").is_none() {
-            return false;
-        }
         let Some(json) = event
             .strip_prefix(b"data:")
             .map(|rest| rest.trim_ascii())
@@ -229,6 +275,16 @@ impl SseUsage {
         else {
             return false;
         };
+        let final_usage =
+            memchr::memmem::find(json, b"\"usage\"").is_some() && self.read_usage(json);
+        if !final_usage && memchr::memmem::find(json, b"\"choices\"").is_some() {
+            self.choice_events += 1;
+        }
+        final_usage
+    }
+
+    /// Record the usage of a chunk that has one; true if it is the final usage chunk.
+    fn read_usage(&mut self, json: &[u8]) -> bool {
         let Ok(chunk) = serde_json::from_slice::<Chunk>(json) else {
             return false;
         };
@@ -251,14 +307,15 @@ enum Reader {
 }
 
 /// The response body with the usage read on the way (and the stream's extra usage chunk
-/// removed), calling `on_usage` once at the end. `attached` (limit slots) lives as long as the
+/// removed), charging `charger` once: the engine's usage when it was read, else, when the body
+/// ends or is dropped first, [`Usage::estimate`]. `attached` (limit slots) lives as long as the
 /// body: until the client has the whole response or goes away.
 pub struct AccountedBody<T> {
     inner: AxumBody,
     reader: Option<Reader>,
     out: VecDeque<Bytes>,
     done: bool,
-    on_usage: Option<Box<dyn FnOnce(Usage) + Send>>,
+    charger: Option<Charger>,
     _attached: T,
 }
 
@@ -267,7 +324,7 @@ impl<T: Send + Unpin + 'static> AccountedBody<T> {
     pub fn new(
         inner: AxumBody,
         accounting: Option<Accounting>,
-        on_usage: Option<Box<dyn FnOnce(Usage) + Send>>,
+        charger: Option<Charger>,
         attached: T,
     ) -> Self {
         let reader = accounting.map(|accounting| match accounting {
@@ -279,20 +336,37 @@ impl<T: Send + Unpin + 'static> AccountedBody<T> {
             reader,
             out: VecDeque::new(),
             done: false,
-            on_usage,
+            charger,
             _attached: attached,
         }
     }
+}
 
-    fn report(&mut self) {
-        let usage = match &mut self.reader {
-            Some(Reader::Json(Some(buffer))) => usage_of_json(buffer),
-            Some(Reader::Stream(parser)) => parser.usage(),
-            _ => None,
+impl<T> AccountedBody<T> {
+    /// Charge the usage read, or the estimate; only the first call charges.
+    fn charge(&mut self) {
+        let Some(charger) = self.charger.take() else {
+            return;
         };
-        if let (Some(usage), Some(on_usage)) = (usage, self.on_usage.take()) {
-            on_usage(usage);
+        let (usage, choice_events) = match &self.reader {
+            // A body cut before its end does not parse.
+            Some(Reader::Json(Some(buffer))) => (usage_of_json(buffer), 0),
+            Some(Reader::Stream(parser)) => (parser.usage(), parser.choice_events()),
+            _ => (None, 0),
+        };
+        match usage {
+            Some(usage) => (charger.charge)(usage, Charged::Reported),
+            None => (charger.charge)(
+                Usage::estimate(charger.request_bytes, choice_events),
+                Charged::Estimated,
+            ),
         }
+    }
+}
+
+impl<T> Drop for AccountedBody<T> {
+    fn drop(&mut self) {
+        self.charge();
     }
 }
 
@@ -332,7 +406,7 @@ impl<T: Send + Unpin + 'static> Body for AccountedBody<T> {
                             }
                             if Pin::new(&this.inner).is_end_stream() {
                                 this.done = true;
-                                this.report();
+                                this.charge();
                             }
                             return Poll::Ready(Some(Ok(Frame::data(frame))));
                         }
@@ -344,7 +418,7 @@ impl<T: Send + Unpin + 'static> Body for AccountedBody<T> {
                         parser.finish(&mut this.out);
                     }
                     this.done = true;
-                    this.report();
+                    this.charge();
                 }
             }
         }
@@ -366,6 +440,7 @@ impl<T: Send + Unpin + 'static> Body for AccountedBody<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures::StreamExt;
     use http_body_util::BodyExt;
 
     const CHUNK: &str = "data: {\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hi\"},\"logprobs\":null,\"finish_reason\":null}]}\n\n";
@@ -478,6 +553,27 @@ mod tests {
         assert_eq!(usage_of_json(b"not json"), None);
     }
 
+    /// A charger that sends what it charges.
+    fn test_charger(
+        request_bytes: usize,
+    ) -> (Charger, std::sync::mpsc::Receiver<(Usage, Charged)>) {
+        let (sender, receiver) = std::sync::mpsc::channel();
+        let charger = Charger {
+            request_bytes,
+            charge: Box::new(move |usage, charged| sender.send((usage, charged)).unwrap()),
+        };
+        (charger, receiver)
+    }
+
+    /// A body of these frames, then an engine that has not sent the rest yet.
+    fn unfinished(frames: &[&str]) -> AxumBody {
+        let frames: Vec<Result<Bytes, std::io::Error>> = frames
+            .iter()
+            .map(|frame| Ok(Bytes::copy_from_slice(frame.as_bytes())))
+            .collect();
+        AxumBody::from_stream(futures::stream::iter(frames).chain(futures::stream::pending()))
+    }
+
     #[tokio::test]
     async fn body_reports_once_and_strips() {
         let stream = format!("{CHUNK}{LAST}{USAGE}{DONE}");
@@ -487,16 +583,139 @@ mod tests {
             .map(|chunk| Ok(Bytes::copy_from_slice(chunk)))
             .collect();
         let inner = AxumBody::from_stream(futures::stream::iter(frames));
-        let (sender, receiver) = std::sync::mpsc::channel();
+        let (charger, charged) = test_charger(100);
         let body = AccountedBody::new(
             inner,
             Some(Accounting::Stream { strip: true }),
-            Some(Box::new(move |usage: Usage| sender.send(usage).unwrap())),
+            Some(charger),
             (),
         );
         let collected = body.collect().await.unwrap().to_bytes();
         assert_eq!(collected, format!("{CHUNK}{LAST}{DONE}").as_bytes());
-        assert_eq!(receiver.try_recv().unwrap().tokens(), 14);
-        assert!(receiver.try_recv().is_err());
+        let (usage, source) = charged.try_recv().unwrap();
+        assert_eq!((usage.tokens(), source), (14, Charged::Reported));
+        assert!(charged.try_recv().is_err());
+    }
+
+    #[test]
+    fn estimate_from_request_bytes_and_choice_events() {
+        let usage = Usage::estimate(101, 7);
+        assert_eq!(usage.prompt_tokens, 26);
+        assert_eq!(usage.completion_tokens, Some(7));
+        assert_eq!(usage.tokens(), 33);
+        assert_eq!(Usage::estimate(0, 0).tokens(), 0);
+        assert_eq!(Usage::estimate(4, 0).tokens(), 1);
+        assert_eq!(Usage::estimate(usize::MAX, u64::MAX).tokens(), u64::MAX);
+    }
+
+    #[test]
+    fn counts_choice_events_not_the_usage_chunk() {
+        let completion = "data: {\"id\":\"cmpl-1\",\"object\":\"text_completion\",\"created\":1,\"model\":\"m\",\"choices\":[{\"index\":0,\"text\":\" hi\",\"logprobs\":null,\"finish_reason\":null}]}\n\n";
+        let stream = format!("{CHUNK}{CHUNK}{completion}{LAST}{USAGE}{DONE}");
+        for strip in [true, false] {
+            let mut parser = SseUsage::new(strip);
+            let mut out = VecDeque::new();
+            for piece in stream.as_bytes().chunks(5) {
+                parser.push(Bytes::copy_from_slice(piece), &mut out);
+            }
+            assert_eq!(parser.choice_events(), 4);
+        }
+        // Half an event is not counted.
+        let mut parser = SseUsage::new(true);
+        parser.push(
+            Bytes::from(format!("{CHUNK}{}", &CHUNK[..30])),
+            &mut VecDeque::new(),
+        );
+        assert_eq!(parser.choice_events(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_stream_dropped_before_its_usage_is_charged_the_estimate_once() {
+        let (charger, charged) = test_charger(100);
+        let mut body = AccountedBody::new(
+            unfinished(&[CHUNK, CHUNK, CHUNK]),
+            Some(Accounting::Stream { strip: true }),
+            Some(charger),
+            (),
+        );
+        for _ in 0..3 {
+            body.frame().await.unwrap().unwrap();
+        }
+        assert!(charged.try_recv().is_err(), "nothing charged while it runs");
+        drop(body);
+        let (usage, source) = charged.try_recv().unwrap();
+        assert_eq!(source, Charged::Estimated);
+        assert_eq!(usage, Usage::estimate(100, 3));
+        assert_eq!(usage.tokens(), 25 + 3);
+        assert!(charged.try_recv().is_err());
+    }
+
+    #[tokio::test]
+    async fn a_stream_cut_by_the_engine_is_charged_the_estimate() {
+        let frames: Vec<Result<Bytes, std::io::Error>> = vec![
+            Ok(Bytes::from_static(CHUNK.as_bytes())),
+            Err(std::io::Error::other("engine gone")),
+        ];
+        let (charger, charged) = test_charger(40);
+        let body = AccountedBody::new(
+            AxumBody::from_stream(futures::stream::iter(frames)),
+            Some(Accounting::Stream { strip: false }),
+            Some(charger),
+            (),
+        );
+        assert!(body.collect().await.is_err());
+        let (usage, source) = charged.try_recv().unwrap();
+        assert_eq!((usage.tokens(), source), (10 + 1, Charged::Estimated));
+        assert!(charged.try_recv().is_err());
+    }
+
+    #[tokio::test]
+    async fn usage_read_then_dropped_charges_the_reported_usage_only() {
+        let (charger, charged) = test_charger(100);
+        let mut body = AccountedBody::new(
+            unfinished(&[CHUNK, LAST, USAGE]),
+            Some(Accounting::Stream { strip: false }),
+            Some(charger),
+            (),
+        );
+        for _ in 0..3 {
+            body.frame().await.unwrap().unwrap();
+        }
+        // Gone before `[DONE]`.
+        drop(body);
+        let (usage, source) = charged.try_recv().unwrap();
+        assert_eq!((usage.tokens(), source), (14, Charged::Reported));
+        assert!(charged.try_recv().is_err());
+    }
+
+    #[tokio::test]
+    async fn json_cut_before_its_end_is_charged_the_prompt_estimate() {
+        let answer = br#"{"id":"x","choices":[],"usage":{"prompt_tokens":5,"completion_tokens":3,"total_tokens":8}}"#;
+        let (charger, charged) = test_charger(100);
+        let mut body = AccountedBody::new(
+            unfinished(&[std::str::from_utf8(&answer[..20]).unwrap()]),
+            Some(Accounting::Json),
+            Some(charger),
+            (),
+        );
+        body.frame().await.unwrap().unwrap();
+        drop(body);
+        let (usage, source) = charged.try_recv().unwrap();
+        assert_eq!(
+            (usage, source),
+            (Usage::estimate(100, 0), Charged::Estimated)
+        );
+
+        let (charger, charged) = test_charger(100);
+        let body = AccountedBody::new(
+            AxumBody::from(&answer[..]),
+            Some(Accounting::Json),
+            Some(charger),
+            (),
+        );
+        body.collect().await.unwrap();
+        let (usage, source) = charged.try_recv().unwrap();
+        assert_eq!((usage.tokens(), source), (8, Charged::Reported));
+        assert!(charged.try_recv().is_err());
     }
 }

@@ -77,6 +77,9 @@ pub struct AccessMetrics {
     pub rate_limited: Family<LimitLabels, Counter>,
     /// Prompt plus completion tokens counted from `usage` (keys with a token limit only).
     pub tokens: Family<KeyLabels, Counter>,
+    /// Tokens charged by estimate, for responses that ended or were cut before their `usage`
+    /// (not in `tokens`).
+    pub tokens_estimated: Family<KeyLabels, Counter>,
     /// API keys loaded.
     pub keys: Gauge,
 }

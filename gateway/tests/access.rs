@@ -269,6 +269,12 @@ async fn token_limits_count_streams_without_changing_them() {
         .contains_key("x-ratelimit-remaining-tokens"));
     let answer: serde_json::Value = response.json().await.unwrap();
     assert!(answer["usage"]["total_tokens"].as_u64().unwrap() > 0);
+    // Whole responses are charged their usage, never an estimate besides.
+    let metrics = gateway.metrics();
+    assert!(
+        !metrics.contains("kinfer_gateway_key_tokens_estimated_total{"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]
@@ -300,6 +306,121 @@ async fn exhausted_token_budget_is_429_tokens() {
     assert_eq!(response.headers()["x-ratelimit-limit-tokens"], "5");
     let (_, error) = error_of(response).await;
     assert_eq!(error["type"], "tokens");
+}
+
+/// The value of a metric line starting with `prefix`, if there is one.
+fn metric_value(metrics: &str, prefix: &str) -> Option<u64> {
+    metrics
+        .lines()
+        .find(|line| line.starts_with(prefix))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse().ok())
+}
+
+#[tokio::test]
+async fn a_stream_the_client_leaves_before_its_usage_is_charged_an_estimate() {
+    // 1000 tokens, 20 ms apart: the stream would run for 20 s.
+    let replica = sim("m", |config| config.sim.itl_ms = 20.0).await;
+    let gateway = gateway_with_auth().await;
+    gateway.publish(vec![model("m", &[address(&replica)])]);
+    let limits = KeyLimits {
+        tokens_per_minute: Some(20),
+        ..KeyLimits::default()
+    };
+    gateway
+        .state
+        .access
+        .publish_keys("test", vec![key("leaver", "sk-leaver", &[], limits)]);
+    let mut body = chat_body("m", true);
+    body["max_tokens"] = 1000.into();
+    let body = serde_json::to_vec(&body).unwrap();
+    let prompt_estimate = body.len().div_ceil(4) as u64;
+    let response = gateway
+        .client
+        .post(gateway.url("/v1/chat/completions"))
+        .header("authorization", "Bearer sk-leaver")
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    // Read a few events, then hang up.
+    let mut stream = response.bytes_stream();
+    let mut received = Vec::new();
+    while received
+        .windows(7)
+        .filter(|window| *window == b"data: {")
+        .count()
+        < 3
+    {
+        received.extend_from_slice(&stream.next().await.unwrap().unwrap());
+    }
+    drop(stream);
+
+    let estimated = r#"kinfer_gateway_key_tokens_estimated_total{key="leaver"}"#;
+    assert!(
+        eventually(std::time::Duration::from_secs(5), || {
+            metric_value(&gateway.metrics(), estimated).is_some()
+        })
+        .await,
+        "{}",
+        gateway.metrics()
+    );
+    let metrics = gateway.metrics();
+    let charged = metric_value(&metrics, estimated).unwrap();
+    assert!(
+        (prompt_estimate + 3..=prompt_estimate + 1001).contains(&charged),
+        "charged {charged}, prompt estimate {prompt_estimate}"
+    );
+    let reported = r#"kinfer_gateway_key_tokens_total{key="leaver"}"#;
+    assert_eq!(metric_value(&metrics, reported), Some(0), "{metrics}");
+    // The estimate went into the bucket: the key is out of tokens.
+    let response = post_with(
+        &gateway,
+        Some(("authorization", "Bearer sk-leaver")),
+        chat_body("m", false),
+    )
+    .await;
+    assert_eq!(response.status(), 429);
+    let (_, error) = error_of(response).await;
+    assert_eq!(error["type"], "tokens");
+}
+
+#[tokio::test]
+async fn a_stream_the_engine_cuts_is_charged_an_estimate() {
+    let replica = sim("m", |config| config.sim.drop_rate = 1.0).await;
+    let gateway = gateway_with_auth().await;
+    gateway.publish(vec![model("m", &[address(&replica)])]);
+    let limits = KeyLimits {
+        tokens_per_minute: Some(100_000),
+        ..KeyLimits::default()
+    };
+    gateway
+        .state
+        .access
+        .publish_keys("test", vec![key("cut", "sk-cut", &[], limits)]);
+    let mut body = chat_body("m", true);
+    body["max_tokens"] = 16.into();
+    let prompt_estimate = serde_json::to_vec(&body).unwrap().len().div_ceil(4) as u64;
+    let response = post_with(&gateway, Some(("authorization", "Bearer sk-cut")), body).await;
+    assert_eq!(response.status(), 200);
+    let mut stream = response.bytes_stream();
+    while let Some(Ok(_)) = stream.next().await {}
+
+    let estimated = r#"kinfer_gateway_key_tokens_estimated_total{key="cut"}"#;
+    assert!(
+        eventually(std::time::Duration::from_secs(5), || {
+            // The prompt, and the events that came before the cut.
+            metric_value(&gateway.metrics(), estimated)
+                .is_some_and(|tokens| tokens > prompt_estimate)
+        })
+        .await,
+        "{}",
+        gateway.metrics()
+    );
+    let reported = r#"kinfer_gateway_key_tokens_total{key="cut"}"#;
+    assert_eq!(metric_value(&gateway.metrics(), reported), Some(0));
 }
 
 fn placed(address: String, name: &str, zone: &str, node: &str) -> EndpointConfig {

@@ -14,11 +14,12 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::body::{Body, Frame, SizeHint};
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::time::{Instant, Sleep};
 
-use super::pool::PooledConnection;
+use super::h1::{H1Error, ResponseBody};
+use super::pool::Pool;
 use crate::index::Endpoint;
 use crate::metrics::{Metrics, ModelMetrics, UNKNOWN_MODEL};
 
@@ -135,7 +136,7 @@ impl Drop for RequestLog {
 /// Errors of the body stream as the client's connection sees them (it is cut).
 #[derive(Debug)]
 pub enum BodyError {
-    Upstream(hyper::Error),
+    Upstream(H1Error),
     Idle(Duration),
 }
 
@@ -158,7 +159,7 @@ impl std::error::Error for BodyError {
 }
 
 pub struct ProxyBody {
-    inner: Incoming,
+    inner: ResponseBody,
     idle_timeout: Duration,
     /// Fires at most once per `idle_timeout`; frames only move `last_frame`, so a stream of
     /// many small chunks does not touch the timer wheel per chunk. Armed the first time the
@@ -166,18 +167,18 @@ pub struct ProxyBody {
     idle: Option<Pin<Box<Sleep>>>,
     last_frame: Instant,
     first_frame_seen: bool,
-    /// The upstream connection, back to the pool when the body has been read to the end.
-    connection: Option<PooledConnection>,
+    /// Where the upstream connection goes back when the body has been read to the end.
+    pool: Pool,
     inflight: InflightGuard,
     log: RequestLog,
     /// A frame read before the response head was handed to the server; see [`Self::prefetch`].
-    prefetched: Option<Result<Frame<Bytes>, hyper::Error>>,
+    prefetched: Option<Result<Frame<Bytes>, H1Error>>,
 }
 
 impl ProxyBody {
     pub fn new(
-        inner: Incoming,
-        connection: PooledConnection,
+        inner: ResponseBody,
+        pool: Pool,
         idle_timeout: Duration,
         inflight: InflightGuard,
         log: RequestLog,
@@ -189,7 +190,7 @@ impl ProxyBody {
             idle: None,
             last_frame: now,
             first_frame_seen: false,
-            connection: Some(connection),
+            pool,
             inflight,
             log,
             prefetched: None,
@@ -232,8 +233,9 @@ impl Drop for ProxyBody {
         // next request. Anything else (client gone, error, unread body) closes it.
         let ended = self.log.outcome == Outcome::Complete
             || (self.prefetched.is_none() && self.inner.is_end_stream());
-        if let (true, Some(connection)) = (ended, self.connection.take()) {
-            connection.release(self.inflight.endpoint().address());
+        if let Some(connection) = ended.then(|| self.inner.take_reusable()).flatten() {
+            self.pool
+                .release(self.inflight.endpoint().address(), connection);
         }
     }
 }

@@ -4,6 +4,7 @@
 
 mod body;
 mod budget;
+mod h1;
 mod pool;
 pub mod scraper;
 
@@ -14,9 +15,8 @@ use axum::body::Body as AxumBody;
 use bytes::Bytes;
 use http::header::{self, HeaderName};
 use http::uri::PathAndQuery;
-use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http::{HeaderMap, HeaderValue, Method, Response, StatusCode};
 use http_body_util::Full;
-use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -24,7 +24,8 @@ use tokio::time::Instant;
 
 pub use body::{InflightGuard, Outcome, ProxyBody, RequestLog};
 pub use budget::RetryBudget;
-pub use pool::{Pool, PoolConfig, PooledConnection, UpstreamError};
+pub use h1::{H1Error, ResponseBody};
+pub use pool::{Pool, PoolConfig, UpstreamError};
 
 use crate::error::ApiError;
 use crate::index::{EjectionPolicy, Endpoint, ModelEntry};
@@ -108,7 +109,8 @@ pub struct Proxy {
 /// A failure before any response byte that another replica might not have.
 enum Retryable {
     Unreachable(String),
-    Status(Response<Incoming>, PooledConnection, InflightGuard),
+    /// Boxed: the rare path should not make every attempt's future larger.
+    Status(Box<(http::response::Parts, ResponseBody, InflightGuard)>),
 }
 
 impl Proxy {
@@ -198,18 +200,6 @@ impl Proxy {
         mut log: RequestLog,
     ) -> Result<Response<AxumBody>, (ApiError, RequestLog)> {
         self.budget.deposit();
-        let mut request = request;
-        // The client's own content-length goes upstream as it is (no new header value) when it
-        // is the body's; otherwise hyper computes it from the body.
-        let declared = request.headers.get(header::CONTENT_LENGTH).map(|value| {
-            value
-                .to_str()
-                .ok()
-                .and_then(|text| text.parse::<usize>().ok())
-        });
-        if declared.is_some_and(|length| length != Some(request.body.len())) {
-            request.headers.remove(header::CONTENT_LENGTH);
-        }
         let attempts = self.config.max_retries as usize + 1;
         let mut tried: Vec<Arc<Endpoint>> = Vec::new();
         let Some(mut endpoint) = self.choose(entry, &tried, info, Instant::now()) else {
@@ -222,14 +212,17 @@ impl Proxy {
         loop {
             tried.push(endpoint.clone());
             let guard = InflightGuard::new(endpoint.clone(), entry.metrics.inflight.clone());
-            let mut upstream = Request::new(Full::new(request.body.clone()));
-            *upstream.method_mut() = request.method.clone();
-            // Origin form: the pool adds the replica's `Host`.
-            *upstream.uri_mut() = http::Uri::from(request.path_and_query.clone());
-            *upstream.headers_mut() = request.headers.clone();
+            // The request is written from its parts (no copy per attempt); the pool adds the
+            // replica's `Host` and the body's content-length.
             let sent = tokio::time::timeout(
                 self.config.first_byte_timeout,
-                self.pool.send(endpoint.address(), upstream),
+                self.pool.send(
+                    endpoint.address(),
+                    &request.method,
+                    &request.path_and_query,
+                    &request.headers,
+                    &request.body,
+                ),
             )
             .await;
             let failure = match sent {
@@ -252,18 +245,18 @@ impl Proxy {
                     let reason = format!("{} ({error})", endpoint.name());
                     Retryable::Unreachable(reason)
                 }
-                Ok(Ok((response, connection)))
+                Ok(Ok((parts, body)))
                     if matches!(
-                        response.status(),
+                        parts.status,
                         StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE
                     ) =>
                 {
                     self.record_failure(entry, &endpoint, "status");
-                    Retryable::Status(response, connection, guard)
+                    Retryable::Status(Box::new((parts, body, guard)))
                 }
-                Ok(Ok((response, connection))) => {
+                Ok(Ok((parts, body))) => {
                     endpoint.record_success();
-                    return Ok(self.respond(response, connection, guard, log).await);
+                    return Ok(self.respond(parts, body, guard, log).await);
                 }
             };
             let next = if tried.len() < attempts {
@@ -285,8 +278,9 @@ impl Proxy {
                 }
                 _ => {
                     return match failure {
-                        Retryable::Status(response, connection, guard) => {
-                            Ok(self.respond(response, connection, guard, log).await)
+                        Retryable::Status(failed) => {
+                            let (parts, body, guard) = *failed;
+                            Ok(self.respond(parts, body, guard, log).await)
                         }
                         Retryable::Unreachable(reason) => {
                             log.replica = Some(endpoint);
@@ -304,12 +298,11 @@ impl Proxy {
 
     async fn respond(
         &self,
-        response: Response<Incoming>,
-        connection: PooledConnection,
+        mut parts: http::response::Parts,
+        upstream: ResponseBody,
         guard: InflightGuard,
         mut log: RequestLog,
     ) -> Response<AxumBody> {
-        let (mut parts, incoming) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         let endpoint = guard.endpoint().clone();
         parts
@@ -321,7 +314,13 @@ impl Proxy {
         }
         log.status = Some(parts.status.as_u16());
         log.replica = Some(endpoint);
-        let mut body = ProxyBody::new(incoming, connection, self.config.idle_timeout, guard, log);
+        let mut body = ProxyBody::new(
+            upstream,
+            self.pool.clone(),
+            self.config.idle_timeout,
+            guard,
+            log,
+        );
         // Streams (chunked, SSE) go out at once; a sized body is complete or nearly so.
         if parts.headers.contains_key(header::CONTENT_LENGTH) {
             body.prefetch().await;

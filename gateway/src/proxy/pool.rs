@@ -1,11 +1,9 @@
 //! Upstream connections of one serving thread: HTTP/1.1 keep-alive connections per replica
-//! address, on hyper's connection API.
+//! address (see `h1`).
 //!
-//! hyper-util's legacy `Client` spawns a task per request to wait until the connection can
-//! take the next one, and goes through its generic pool, connector and URI rewriting on every
-//! request. Here a connection is given back by the response body when the engine's answer has
-//! been read to the end (see `ProxyBody`), and checked out with a lock that only its own thread
-//! takes: a request costs no task, no allocation and no cross-thread wake-up of its own.
+//! A connection is given back by the response body when the engine's answer has been read to
+//! the end (see `ProxyBody`), and checked out with a lock that only its own thread takes: a
+//! request costs no task, no channel and no cross-thread wake-up of its own.
 //!
 //! A connection whose response was not read to the end (client gone, stream cut, timeout) is
 //! dropped, which closes it: the engine sees the cancel.
@@ -16,15 +14,12 @@ use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderValue, Request, Response};
-use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
+use http::uri::PathAndQuery;
+use http::{HeaderMap, HeaderValue, Method};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-type Sender = http1::SendRequest<Full<Bytes>>;
+use super::h1::{Connection, H1Error, RequestHead, ResponseBody};
 
 /// Why no response came back from a replica.
 #[derive(Debug, thiserror::Error)]
@@ -33,10 +28,8 @@ pub enum UpstreamError {
     Connect(#[source] std::io::Error),
     #[error("cannot connect: no answer within {0:?}")]
     ConnectTimeout(Duration),
-    #[error("HTTP/1.1 handshake failed: {0}")]
-    Handshake(#[source] hyper::Error),
     #[error("{0}")]
-    Request(#[source] hyper::Error),
+    Request(#[source] H1Error),
 }
 
 impl UpstreamError {
@@ -58,6 +51,7 @@ pub struct PoolConfig {
 }
 
 /// The connection pool of one serving thread (see main: one gateway per thread).
+#[derive(Clone)]
 pub struct Pool {
     shared: Arc<Shared>,
 }
@@ -101,22 +95,8 @@ struct Host {
 }
 
 struct Idle {
-    sender: Sender,
+    connection: Connection,
     since: Instant,
-}
-
-/// A connection lent to one request. Give it back with [`PooledConnection::release`] once the
-/// response has been read to the end; dropping it closes the connection.
-pub struct PooledConnection {
-    sender: Sender,
-    shared: Arc<Shared>,
-}
-
-impl PooledConnection {
-    /// Back to the pool of `address`, to be reused by the next request to it.
-    pub fn release(self, address: &str) {
-        self.shared.release(address, self.sender);
-    }
 }
 
 impl Pool {
@@ -133,40 +113,47 @@ impl Pool {
     /// connection, or a new one. A request that a reused connection closed before sending (the
     /// engine timed the idle connection out) is sent again on another one, as hyper's client
     /// does.
+    /// Send a request to `address` on an idle connection or a new one, and read the response
+    /// head. A reused connection that the engine turns out to have closed before answering
+    /// (its keep-alive ended as the request went out) is replaced by a new one once.
     pub async fn send(
         &self,
         address: &str,
-        mut request: Request<Full<Bytes>>,
-    ) -> Result<(Response<Incoming>, PooledConnection), UpstreamError> {
-        loop {
-            let (idle, host) = self.shared.checkout(address);
-            request.headers_mut().insert(http::header::HOST, host);
-            let (mut sender, reused) = match idle {
-                Some(mut sender) => {
-                    if !sender.is_ready() && sender.ready().await.is_err() {
-                        continue;
-                    }
-                    (sender, true)
-                }
-                None => (self.shared.connect(address).await?, false),
-            };
-            match sender.try_send_request(request).await {
-                Ok(response) => {
-                    let connection = PooledConnection {
-                        sender,
-                        shared: self.shared.clone(),
-                    };
-                    return Ok((response, connection));
-                }
-                Err(mut error) => match error.take_message() {
-                    Some(unsent) if reused => request = unsent,
-                    _ => return Err(UpstreamError::Request(error.into_error())),
-                },
+        method: &Method,
+        path_and_query: &PathAndQuery,
+        headers: &HeaderMap,
+        body: &Bytes,
+    ) -> Result<(http::response::Parts, ResponseBody), UpstreamError> {
+        let (idle, host) = self.shared.checkout(address);
+        let request = RequestHead {
+            method,
+            path_and_query,
+            host: &host,
+            headers,
+        };
+        if let Some(connection) = idle {
+            match connection.send(&request, body).await {
+                Err(H1Error::ClosedBeforeResponse) => {}
+                Err(H1Error::Io(error))
+                    if matches!(
+                        error.kind(),
+                        std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+                    ) => {}
+                result => return result.map_err(UpstreamError::Request),
             }
         }
+        let connection = self.shared.connect(address).await?;
+        connection
+            .send(&request, body)
+            .await
+            .map_err(UpstreamError::Request)
     }
 
-    /// Idle connections held, over all addresses (tests and debugging).
+    /// Give back a connection whose response was read to the end.
+    pub fn release(&self, address: &str, connection: Connection) {
+        self.shared.release(address, connection);
+    }
+
     pub fn idle_connections(&self) -> usize {
         self.shared
             .lock()
@@ -184,7 +171,7 @@ impl Shared {
     }
 
     /// A live idle connection to `address` if there is one, and the `Host` header for it.
-    fn checkout(self: &Arc<Self>, address: &str) -> (Option<Sender>, HeaderValue) {
+    fn checkout(self: &Arc<Self>, address: &str) -> (Option<Connection>, HeaderValue) {
         let now = Instant::now();
         let mut hosts = self.lock();
         if !hosts.sweeper_started {
@@ -193,30 +180,27 @@ impl Shared {
         }
         let host = hosts.host(address);
         while let Some(idle) = host.idle.pop() {
-            if !idle.sender.is_closed()
-                && now.saturating_duration_since(idle.since) < self.config.idle_timeout
+            if now.saturating_duration_since(idle.since) < self.config.idle_timeout
+                && !idle.connection.is_stale()
             {
-                return (Some(idle.sender), host.header.clone());
+                return (Some(idle.connection), host.header.clone());
             }
         }
         (None, host.header.clone())
     }
 
-    fn release(&self, address: &str, sender: Sender) {
-        if sender.is_closed() {
-            return;
-        }
+    fn release(&self, address: &str, connection: Connection) {
         let mut hosts = self.lock();
         let host = hosts.host(address);
         if host.idle.len() < self.config.max_idle_per_host {
             host.idle.push(Idle {
-                sender,
+                connection,
                 since: Instant::now(),
             });
         }
     }
 
-    async fn connect(&self, address: &str) -> Result<Sender, UpstreamError> {
+    async fn connect(&self, address: &str) -> Result<Connection, UpstreamError> {
         let timeout = self.config.connect_timeout;
         let stream = tokio::time::timeout(timeout, TcpStream::connect(address))
             .await
@@ -228,16 +212,7 @@ impl Shared {
         if let Err(error) = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive) {
             tracing::debug!(%error, "cannot set TCP keep-alive on an upstream connection");
         }
-        let (sender, connection) = http1::Builder::new()
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(UpstreamError::Handshake)?;
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(%error, "upstream connection closed");
-            }
-        });
-        Ok(sender)
+        Ok(Connection::new(stream))
     }
 }
 
@@ -256,7 +231,8 @@ async fn sweep(shared: Weak<Shared>, idle_timeout: Duration) {
         let mut hosts = shared.lock();
         hosts.by_address.retain(|_, host| {
             host.idle.retain(|idle| {
-                !idle.sender.is_closed() && now.saturating_duration_since(idle.since) < idle_timeout
+                now.saturating_duration_since(idle.since) < idle_timeout
+                    && !idle.connection.is_stale()
             });
             !host.idle.is_empty()
         });
@@ -289,12 +265,12 @@ impl Hasher for Fnv {
 mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    use http_body_util::BodyExt;
+    use http_body_util::{BodyExt, Full};
+    use hyper_util::rt::TokioIo;
     use tokio::net::TcpListener;
 
     use super::*;
 
-    /// An HTTP/1.1 server on port 0 answering "ok" and counting the connections it accepted.
     async fn counting_server() -> (String, Arc<AtomicUsize>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap().to_string();
@@ -305,7 +281,9 @@ mod tests {
                 let (stream, _) = listener.accept().await.unwrap();
                 counter.fetch_add(1, Ordering::SeqCst);
                 let service = hyper::service::service_fn(|_request| async {
-                    Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from("ok"))))
+                    Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(Bytes::from(
+                        "ok",
+                    ))))
                 });
                 tokio::spawn(
                     hyper::server::conn::http1::Builder::new()
@@ -325,10 +303,18 @@ mod tests {
         })
     }
 
-    fn request() -> Request<Full<Bytes>> {
-        let mut request = Request::new(Full::new(Bytes::new()));
-        *request.uri_mut() = http::Uri::from_static("/");
-        request
+    async fn send(pool: &Pool, address: &str) -> Result<ResponseBody, UpstreamError> {
+        let path = PathAndQuery::from_static("/");
+        let (_parts, body) = pool
+            .send(
+                address,
+                &Method::GET,
+                &path,
+                &HeaderMap::new(),
+                &Bytes::new(),
+            )
+            .await?;
+        Ok(body)
     }
 
     #[tokio::test]
@@ -336,10 +322,10 @@ mod tests {
         let (address, accepted) = counting_server().await;
         let pool = pool();
         for _ in 0..3 {
-            let (response, connection) = pool.send(&address, request()).await.unwrap();
-            let body = response.into_body().collect().await.unwrap().to_bytes();
-            assert_eq!(body, "ok");
-            connection.release(&address);
+            let mut body = send(&pool, &address).await.unwrap();
+            let data = body.frame().await.unwrap().unwrap().into_data().unwrap();
+            assert_eq!(data, "ok");
+            pool.release(&address, body.take_reusable().unwrap());
         }
         assert_eq!(
             accepted.load(Ordering::SeqCst),
@@ -349,11 +335,39 @@ mod tests {
         assert_eq!(pool.idle_connections(), 1);
 
         // Not given back (as when the client leaves mid-response): the next request connects.
-        let (_response, connection) = pool.send(&address, request()).await.unwrap();
-        drop(connection);
+        let body = send(&pool, &address).await.unwrap();
+        drop(body);
         assert_eq!(pool.idle_connections(), 0);
-        let (_response, _connection) = pool.send(&address, request()).await.unwrap();
+        let _body = send(&pool, &address).await.unwrap();
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn connection_close_answers_are_not_reused() {
+        // Answers `connection: close`, then closes.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                let service = hyper::service::service_fn(|_request| async {
+                    Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(Bytes::from(
+                        "ok",
+                    ))))
+                });
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .keep_alive(false)
+                        .serve_connection(TokioIo::new(stream), service),
+                );
+            }
+        });
+        let pool = pool();
+        for _ in 0..3 {
+            let body = send(&pool, &address).await.unwrap();
+            let collected = body.collect().await.unwrap().to_bytes();
+            assert_eq!(collected, "ok");
+        }
     }
 
     #[tokio::test]
@@ -361,7 +375,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap().to_string();
         drop(listener);
-        let error = pool().send(&address, request()).await.err().unwrap();
+        let error = send(&pool(), &address).await.err().unwrap();
         assert!(error.is_connect(), "{error}");
     }
 }

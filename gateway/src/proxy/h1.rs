@@ -1,0 +1,715 @@
+//! The HTTP/1.1 client side of the proxy: one keep-alive connection to an engine, driven by the
+//! request that uses it.
+//!
+//! hyper's client connection runs as its own task behind a channel: every request crossed two
+//! channels and woke two tasks, and that side alone was about a quarter of the gateway's
+//! instructions per request (callgrind, docs/benchmarks.md). Here the request task writes the
+//! request and reads the response itself, the response head is parsed with httparse (as hyper
+//! does), header values are slices of the read buffer, and body frames are slices of it too
+//! (no copy). Only what an engine answers is supported: a content-length, chunked or
+//! read-until-close body, with 1xx interim responses skipped.
+
+use std::future::poll_fn;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderName};
+use http::uri::PathAndQuery;
+use http::{HeaderMap, HeaderValue, Method, StatusCode, Version};
+use hyper::body::{Body, Frame, SizeHint};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+/// Read buffer growth step.
+const READ_CHUNK: usize = 8 * 1024;
+/// Largest response head accepted.
+const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// Most response headers accepted.
+const MAX_HEADERS: usize = 100;
+/// Longest chunk-size or trailer line accepted.
+const MAX_LINE_BYTES: usize = 4 * 1024;
+/// Request bodies up to this size are copied behind the head and sent in one write.
+const COALESCE_BODY_BYTES: usize = 64 * 1024;
+
+/// What went wrong on an engine connection.
+#[derive(Debug, thiserror::Error)]
+pub enum H1Error {
+    #[error("the engine closed the connection before answering")]
+    ClosedBeforeResponse,
+    #[error("the engine closed the connection in the middle of the response body")]
+    ClosedMidBody,
+    #[error("invalid response from the engine: {0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A keep-alive connection to one engine address.
+pub struct Connection {
+    stream: TcpStream,
+    buffer: BytesMut,
+    /// Name and value offsets of the response head being parsed (kept for its capacity).
+    spans: Vec<(usize, usize, usize, usize)>,
+}
+
+impl Connection {
+    pub fn new(stream: TcpStream) -> Self {
+        Self {
+            stream,
+            buffer: BytesMut::new(),
+            spans: Vec::new(),
+        }
+    }
+
+    /// Whether an idle connection can no longer take a request: the engine closed it (or sent
+    /// bytes nobody asked for). Costs no system call while nothing arrived on it.
+    pub fn is_stale(&self) -> bool {
+        if !self.buffer.is_empty() {
+            return true;
+        }
+        let mut context = Context::from_waker(std::task::Waker::noop());
+        match self.stream.poll_read_ready(&mut context) {
+            Poll::Pending => false,
+            Poll::Ready(Err(_)) => true,
+            // Readable: end of stream or stray bytes, unless the readiness is an old one.
+            Poll::Ready(Ok(())) => {
+                let mut byte = [0_u8; 1];
+                !matches!(
+                    self.stream.try_read(&mut byte),
+                    Err(error) if error.kind() == std::io::ErrorKind::WouldBlock
+                )
+            }
+        }
+    }
+
+    /// Send a request and read the response head. The connection travels on in the body,
+    /// which gives it back (see [`ResponseBody::take_reusable`]) once read to the end.
+    pub async fn send(
+        mut self,
+        request: &RequestHead<'_>,
+        body: &Bytes,
+    ) -> Result<(http::response::Parts, ResponseBody), H1Error> {
+        let mut head = encode_head(request, body.len());
+        if body.len() <= COALESCE_BODY_BYTES {
+            head.extend_from_slice(body);
+            self.stream.write_all(&head).await?;
+        } else {
+            self.stream.write_all(&head).await?;
+            self.stream.write_all(body).await?;
+        }
+        loop {
+            if let Some((parts, framing)) = self.parse_head(request.method)? {
+                let state = match framing {
+                    Framing::Empty => BodyState::Done,
+                    Framing::Length(0) => BodyState::Done,
+                    Framing::Length(length) => BodyState::Length(length),
+                    Framing::Chunked => BodyState::Chunked(Chunk::Size),
+                    Framing::UntilClose => BodyState::UntilClose,
+                };
+                let reusable = keeps_alive(&parts) && !matches!(framing, Framing::UntilClose);
+                let body = ResponseBody {
+                    connection: Some(self),
+                    state,
+                    reusable,
+                };
+                return Ok((parts, body));
+            }
+            if self.buffer.len() > MAX_HEAD_BYTES {
+                return Err(H1Error::Invalid(format!(
+                    "response head larger than {MAX_HEAD_BYTES} bytes"
+                )));
+            }
+            if poll_fn(|context| self.poll_read(context)).await? == 0 {
+                return Err(if self.buffer.is_empty() {
+                    H1Error::ClosedBeforeResponse
+                } else {
+                    H1Error::Invalid("the connection closed inside the response head".into())
+                });
+            }
+        }
+    }
+
+    fn poll_read(&mut self, context: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
+        if self.buffer.capacity() - self.buffer.len() < READ_CHUNK / 4 {
+            self.buffer.reserve(READ_CHUNK);
+        }
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.stream), context, &mut self.buffer)
+    }
+
+    /// The response head, once the buffer holds all of it (1xx interim responses skipped).
+    fn parse_head(
+        &mut self,
+        method: &Method,
+    ) -> Result<Option<(http::response::Parts, Framing)>, H1Error> {
+        loop {
+            // Parse, then keep only offsets, so the head can become shared `Bytes` that the
+            // header values slice. Neither array is initialized: a response has a few headers.
+            let spans = &mut self.spans;
+            spans.clear();
+            let (length, code, minor) = {
+                let mut headers = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() };
+                    MAX_HEADERS];
+                let mut response = httparse::Response::new(&mut []);
+                let base = self.buffer.as_ptr() as usize;
+                match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+                    &mut response,
+                    &self.buffer,
+                    &mut headers,
+                ) {
+                    Ok(httparse::Status::Complete(length)) => {
+                        for header in response.headers.iter() {
+                            let name = header.name.as_ptr() as usize - base;
+                            let value = header.value.as_ptr() as usize - base;
+                            spans.push((
+                                name,
+                                name + header.name.len(),
+                                value,
+                                value + header.value.len(),
+                            ));
+                        }
+                        let code = response.code.unwrap_or(0);
+                        (length, code, response.version.unwrap_or(1))
+                    }
+                    Ok(httparse::Status::Partial) => return Ok(None),
+                    Err(error) => return Err(H1Error::Invalid(error.to_string())),
+                }
+            };
+            let head = self.buffer.split_to(length).freeze();
+            let status = StatusCode::from_u16(code)
+                .map_err(|_| H1Error::Invalid(format!("status code {code}")))?;
+            if status.is_informational() {
+                if status == StatusCode::SWITCHING_PROTOCOLS {
+                    return Err(H1Error::Invalid(
+                        "unexpected 101 Switching Protocols".into(),
+                    ));
+                }
+                continue;
+            }
+            let mut headers = HeaderMap::with_capacity(self.spans.len());
+            for &(name_start, name_end, value_start, value_end) in &self.spans {
+                let name = HeaderName::from_bytes(&head[name_start..name_end])
+                    .map_err(|error| H1Error::Invalid(format!("header name: {error}")))?;
+                let value = HeaderValue::from_maybe_shared(head.slice(value_start..value_end))
+                    .map_err(|error| H1Error::Invalid(format!("header {name}: {error}")))?;
+                headers.append(name, value);
+            }
+            let (mut parts, ()) = http::Response::new(()).into_parts();
+            parts.status = status;
+            parts.version = if minor == 0 {
+                Version::HTTP_10
+            } else {
+                Version::HTTP_11
+            };
+            let framing = framing(method, status, &headers)?;
+            parts.headers = headers;
+            return Ok(Some((parts, framing)));
+        }
+    }
+}
+
+/// The parts of a request written upstream.
+pub struct RequestHead<'a> {
+    pub method: &'a Method,
+    pub path_and_query: &'a PathAndQuery,
+    pub host: &'a HeaderValue,
+    /// Sent as they are, except `host`, `content-length` and `transfer-encoding`, which the
+    /// connection writes itself.
+    pub headers: &'a HeaderMap,
+}
+
+/// The request line and headers, with a content-length for the body.
+fn encode_head(request: &RequestHead<'_>, body_length: usize) -> Vec<u8> {
+    let mut head = Vec::with_capacity(256 + request.headers.len() * 48 + body_length);
+    head.extend_from_slice(request.method.as_str().as_bytes());
+    head.push(b' ');
+    head.extend_from_slice(request.path_and_query.as_str().as_bytes());
+    head.extend_from_slice(b" HTTP/1.1\r\nhost: ");
+    head.extend_from_slice(request.host.as_bytes());
+    head.extend_from_slice(b"\r\n");
+    for (name, value) in request.headers {
+        if name == header::HOST
+            || name == header::CONTENT_LENGTH
+            || name == header::TRANSFER_ENCODING
+        {
+            continue;
+        }
+        head.extend_from_slice(name.as_str().as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    head.extend_from_slice(b"content-length: ");
+    head.extend_from_slice(body_length.to_string().as_bytes());
+    head.extend_from_slice(b"\r\n\r\n");
+    head
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Framing {
+    Empty,
+    Length(u64),
+    Chunked,
+    UntilClose,
+}
+
+/// How the response body is delimited (RFC 9112 section 6.3).
+fn framing(method: &Method, status: StatusCode, headers: &HeaderMap) -> Result<Framing, H1Error> {
+    if method == Method::HEAD
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        return Ok(Framing::Empty);
+    }
+    if let Some(encoding) = headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .next_back()
+    {
+        let chunked = encoding
+            .to_str()
+            .ok()
+            .and_then(|codings| codings.rsplit(',').next())
+            .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"));
+        return Ok(if chunked {
+            Framing::Chunked
+        } else {
+            Framing::UntilClose
+        });
+    }
+    let mut length = None;
+    for value in headers.get_all(header::CONTENT_LENGTH) {
+        let parsed = value
+            .to_str()
+            .ok()
+            .and_then(|text| text.trim().parse::<u64>().ok())
+            .ok_or_else(|| H1Error::Invalid("content-length is not a number".into()))?;
+        if length.is_some_and(|previous| previous != parsed) {
+            return Err(H1Error::Invalid(
+                "conflicting content-length headers".into(),
+            ));
+        }
+        length = Some(parsed);
+    }
+    Ok(length.map_or(Framing::UntilClose, Framing::Length))
+}
+
+/// Whether the connection may take another request after this response.
+fn keeps_alive(parts: &http::response::Parts) -> bool {
+    let connection = |token: &str| {
+        parts
+            .headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .any(|item| item.trim().eq_ignore_ascii_case(token))
+    };
+    match parts.version {
+        Version::HTTP_11 => !connection("close"),
+        _ => connection("keep-alive"),
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum BodyState {
+    /// Bytes still to come.
+    Length(u64),
+    Chunked(Chunk),
+    UntilClose,
+    Done,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Chunk {
+    /// Expecting a chunk-size line.
+    Size,
+    /// Inside a chunk: its bytes still to come.
+    Data(u64),
+    /// Expecting the CRLF after a chunk's data.
+    DataEnd,
+    /// After the last chunk: trailer lines until an empty one.
+    Trailers,
+}
+
+/// A response body read from its connection as the client reads it.
+pub struct ResponseBody {
+    connection: Option<Connection>,
+    state: BodyState,
+    reusable: bool,
+}
+
+impl ResponseBody {
+    /// The connection, if the body was read to its end and the engine keeps it alive.
+    pub fn take_reusable(&mut self) -> Option<Connection> {
+        let connection = self.connection.take()?;
+        (self.state == BodyState::Done && self.reusable && connection.buffer.is_empty())
+            .then_some(connection)
+    }
+
+    /// Decode what the buffer holds: a data frame, the end, or `None` when more bytes are
+    /// needed.
+    fn decode(&mut self) -> Result<Option<Option<Bytes>>, H1Error> {
+        let Some(connection) = self.connection.as_mut() else {
+            return Ok(Some(None));
+        };
+        let buffer = &mut connection.buffer;
+        loop {
+            match self.state {
+                BodyState::Done => return Ok(Some(None)),
+                BodyState::Length(remaining) => {
+                    if buffer.is_empty() {
+                        return Ok(None);
+                    }
+                    let take = usize::try_from(remaining)
+                        .map_or(buffer.len(), |remaining| remaining.min(buffer.len()));
+                    let left = remaining - take as u64;
+                    self.state = if left == 0 {
+                        BodyState::Done
+                    } else {
+                        BodyState::Length(left)
+                    };
+                    return Ok(Some(Some(buffer.split_to(take).freeze())));
+                }
+                BodyState::UntilClose => {
+                    if buffer.is_empty() {
+                        return Ok(None);
+                    }
+                    return Ok(Some(Some(buffer.split().freeze())));
+                }
+                BodyState::Chunked(Chunk::Size) => {
+                    let Some(line) = take_line(buffer)? else {
+                        return Ok(None);
+                    };
+                    let size = chunk_size(&line)?;
+                    self.state = BodyState::Chunked(if size == 0 {
+                        Chunk::Trailers
+                    } else {
+                        Chunk::Data(size)
+                    });
+                }
+                BodyState::Chunked(Chunk::Data(remaining)) => {
+                    if buffer.is_empty() {
+                        return Ok(None);
+                    }
+                    let take = usize::try_from(remaining)
+                        .map_or(buffer.len(), |remaining| remaining.min(buffer.len()));
+                    let left = remaining - take as u64;
+                    self.state = BodyState::Chunked(if left == 0 {
+                        Chunk::DataEnd
+                    } else {
+                        Chunk::Data(left)
+                    });
+                    return Ok(Some(Some(buffer.split_to(take).freeze())));
+                }
+                BodyState::Chunked(Chunk::DataEnd) => {
+                    if buffer.len() < 2 {
+                        return Ok(None);
+                    }
+                    if &buffer[..2] != b"\r\n" {
+                        return Err(H1Error::Invalid("chunk data not followed by CRLF".into()));
+                    }
+                    buffer.advance(2);
+                    self.state = BodyState::Chunked(Chunk::Size);
+                }
+                BodyState::Chunked(Chunk::Trailers) => {
+                    let Some(line) = take_line(buffer)? else {
+                        return Ok(None);
+                    };
+                    if line.is_empty() {
+                        self.state = BodyState::Done;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One CRLF-terminated line (without the CRLF), if the buffer holds all of it.
+fn take_line(buffer: &mut BytesMut) -> Result<Option<Bytes>, H1Error> {
+    match memchr::memchr(b'\n', buffer) {
+        Some(end) => {
+            let mut line = buffer.split_to(end + 1).freeze();
+            line.truncate(end);
+            if line.last() == Some(&b'\r') {
+                line.truncate(end - 1);
+            }
+            Ok(Some(line))
+        }
+        None if buffer.len() > MAX_LINE_BYTES => Err(H1Error::Invalid(
+            "chunk-size or trailer line too long".into(),
+        )),
+        None => Ok(None),
+    }
+}
+
+/// The size of a chunk-size line (`1a;extension=x`).
+fn chunk_size(line: &[u8]) -> Result<u64, H1Error> {
+    let digits = line.split(|&byte| byte == b';').next().unwrap_or_default();
+    let digits = std::str::from_utf8(digits)
+        .map(str::trim)
+        .ok()
+        .filter(|digits| !digits.is_empty() && digits.len() <= 15);
+    digits
+        .and_then(|digits| u64::from_str_radix(digits, 16).ok())
+        .ok_or_else(|| H1Error::Invalid("invalid chunk size".into()))
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = H1Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        context: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, H1Error>>> {
+        let this = self.get_mut();
+        loop {
+            match this.decode() {
+                Ok(Some(Some(data))) => return Poll::Ready(Some(Ok(Frame::data(data)))),
+                Ok(Some(None)) => return Poll::Ready(None),
+                Ok(None) => {}
+                Err(error) => {
+                    this.connection = None;
+                    return Poll::Ready(Some(Err(error)));
+                }
+            }
+            let Some(connection) = this.connection.as_mut() else {
+                return Poll::Ready(None);
+            };
+            match connection.poll_read(context) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(0)) => {
+                    if this.state == BodyState::UntilClose {
+                        this.state = BodyState::Done;
+                        this.reusable = false;
+                        return Poll::Ready(None);
+                    }
+                    this.connection = None;
+                    return Poll::Ready(Some(Err(H1Error::ClosedMidBody)));
+                }
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(error)) => {
+                    this.connection = None;
+                    return Poll::Ready(Some(Err(H1Error::Io(error))));
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.state == BodyState::Done
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.state {
+            BodyState::Length(remaining) => SizeHint::with_exact(remaining),
+            BodyState::Done => SizeHint::with_exact(0),
+            _ => SizeHint::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+    use tokio::io::AsyncReadExt;
+    use tokio::net::TcpListener;
+
+    /// A server that answers each request on one connection with the next of `responses`, in
+    /// pieces of `piece` bytes, and hands back what it read.
+    async fn scripted(
+        responses: Vec<&'static [u8]>,
+        piece: usize,
+    ) -> (String, tokio::task::JoinHandle<Vec<u8>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let server = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut seen = Vec::new();
+            for response in responses {
+                let mut chunk = vec![0; 65536];
+                let read = stream.read(&mut chunk).await.unwrap();
+                seen.extend_from_slice(&chunk[..read]);
+                for part in response.chunks(piece.max(1)) {
+                    stream.write_all(part).await.unwrap();
+                    stream.flush().await.unwrap();
+                    tokio::task::yield_now().await;
+                }
+            }
+            seen
+        });
+        (address, server)
+    }
+
+    async fn connect(address: &str) -> Connection {
+        Connection::new(TcpStream::connect(address).await.unwrap())
+    }
+
+    fn head<'a>(
+        method: &'a Method,
+        path: &'a PathAndQuery,
+        host: &'a HeaderValue,
+        headers: &'a HeaderMap,
+    ) -> RequestHead<'a> {
+        RequestHead {
+            method,
+            path_and_query: path,
+            host,
+            headers,
+        }
+    }
+
+    #[tokio::test]
+    async fn writes_the_request_and_reads_length_and_chunked_bodies_in_any_pieces() {
+        let chunked: &[u8] = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-type: text/event-stream\r\n\r\n5;x=y\r\nhello\r\n1\r\n \r\n5\r\nworld\r\n0\r\ntrailer: t\r\n\r\n";
+        let sized: &[u8] =
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\ncontent-length: 2\r\nx-a: 1\r\nx-a: 2\r\n\r\nok";
+        for piece in [1, 3, 7, 1000] {
+            let (address, server) = scripted(vec![chunked, sized], piece).await;
+            let mut headers = HeaderMap::new();
+            headers.insert("x-request-id", HeaderValue::from_static("r1"));
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("999"));
+            let host = HeaderValue::from_static("engine:8000");
+            let method = Method::POST;
+            let path = PathAndQuery::from_static("/v1/chat/completions?a=1");
+            let request = head(&method, &path, &host, &headers);
+
+            let (parts, mut body) = connect(&address)
+                .await
+                .send(&request, &Bytes::from_static(b"{}"))
+                .await
+                .unwrap();
+            assert_eq!(parts.status, 200);
+            assert_eq!(parts.headers["content-type"], "text/event-stream");
+            let mut frames = Vec::new();
+            while let Some(frame) = body.frame().await {
+                frames.push(frame.unwrap().into_data().unwrap());
+            }
+            assert_eq!(frames.concat(), b"hello world", "pieces of {piece}");
+            assert!(body.is_end_stream());
+            let connection = body.take_reusable().expect("kept alive");
+
+            let (parts, mut body) = connection
+                .send(&request, &Bytes::from_static(b"{\"b\":1}"))
+                .await
+                .unwrap();
+            assert_eq!(parts.status, 201, "1xx skipped");
+            let values: Vec<_> = parts.headers.get_all("x-a").iter().collect();
+            assert_eq!(values, ["1", "2"]);
+            let data = body.frame().await.unwrap().unwrap().into_data().unwrap();
+            assert_eq!(data, "ok");
+            assert!(body.is_end_stream(), "ends with its last byte");
+            assert!(body.take_reusable().is_some());
+
+            let seen = String::from_utf8(server.await.unwrap()).unwrap();
+            assert!(
+                seen.starts_with(
+                    "POST /v1/chat/completions?a=1 HTTP/1.1\r\nhost: engine:8000\r\nx-request-id: r1\r\ncontent-length: 2\r\n\r\n{}"
+                ),
+                "{seen}"
+            );
+            assert!(
+                !seen.contains("999"),
+                "the client's content-length is replaced"
+            );
+            assert!(
+                seen.ends_with("content-length: 7\r\n\r\n{\"b\":1}"),
+                "{seen}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn closes_and_malformed_responses_are_errors() {
+        let cases: [(&[u8], &str); 5] = [
+            (b"", "closed the connection before answering"),
+            (b"HTTP/1.1 200 OK\r\ncontent-le", "inside the response head"),
+            (
+                b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nshort",
+                "middle of the response body",
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n",
+                "invalid chunk size",
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\nab",
+                "conflicting",
+            ),
+        ];
+        for (response, expected) in cases {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let address = listener.local_addr().unwrap().to_string();
+            tokio::spawn(async move {
+                let (mut stream, _) = listener.accept().await.unwrap();
+                let mut buffer = vec![0; 4096];
+                let _ = stream.read(&mut buffer).await;
+                stream.write_all(response).await.unwrap();
+                // Dropping the stream closes the connection.
+            });
+            let headers = HeaderMap::new();
+            let host = HeaderValue::from_static("h");
+            let method = Method::POST;
+            let path = PathAndQuery::from_static("/");
+            let request = head(&method, &path, &host, &headers);
+            let error = match connect(&address).await.send(&request, &Bytes::new()).await {
+                Err(error) => error,
+                Ok((_parts, body)) => match body.collect().await {
+                    Err(error) => error,
+                    Ok(_) => panic!("the body should fail: {expected}"),
+                },
+            };
+            assert!(error.to_string().contains(expected), "{error} / {expected}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_body_until_close_is_not_reusable_and_close_is_seen_when_idle() {
+        let (address, server) = scripted(
+            vec![b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok"],
+            1000,
+        )
+        .await;
+        let headers = HeaderMap::new();
+        let host = HeaderValue::from_static("h");
+        let method = Method::GET;
+        let path = PathAndQuery::from_static("/");
+        let request = head(&method, &path, &host, &headers);
+        let (_parts, mut body) = connect(&address)
+            .await
+            .send(&request, &Bytes::new())
+            .await
+            .unwrap();
+        while body.frame().await.is_some() {}
+        assert!(body.take_reusable().is_none(), "connection: close");
+        server.await.unwrap();
+
+        // An idle connection the engine closed is stale.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let accept = tokio::spawn(async move { listener.accept().await.unwrap() });
+        let connection = connect(&address).await;
+        assert!(!connection.is_stale());
+        drop(accept.await.unwrap());
+        let mut stale = false;
+        for _ in 0..100 {
+            if connection.is_stale() {
+                stale = true;
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert!(stale, "the engine's close is noticed");
+    }
+
+    #[test]
+    fn chunk_sizes() {
+        assert_eq!(chunk_size(b"1a").unwrap(), 26);
+        assert_eq!(chunk_size(b"FF;name=value").unwrap(), 255);
+        assert!(chunk_size(b"").is_err());
+        assert!(chunk_size(b"-1").is_err());
+        assert!(chunk_size(b"1234567890abcdef0").is_err());
+    }
+}

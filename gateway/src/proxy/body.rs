@@ -1,4 +1,4 @@
-//! The response body handed to the client: the engine's hyper body, frame by frame, unchanged.
+//! The response body handed to the client: the engine's body (see `h1`), frame by frame, unchanged.
 //!
 //! The wrapper adds what a pass-through needs and nothing else: an idle timeout between
 //! frames, the time-to-first-byte measurement, and guards whose `Drop` ends the in-flight count

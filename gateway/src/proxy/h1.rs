@@ -214,7 +214,7 @@ pub struct RequestHead<'a> {
     pub path_and_query: &'a PathAndQuery,
     pub host: &'a HeaderValue,
     /// Sent as they are, except `host`, `content-length` and `transfer-encoding`, which the
-    /// connection writes itself.
+    /// connection writes itself, and `expect` (the body goes with the head).
     pub headers: &'a HeaderMap,
 }
 
@@ -231,6 +231,7 @@ fn encode_head(request: &RequestHead<'_>, body_length: usize) -> Vec<u8> {
         if name == header::HOST
             || name == header::CONTENT_LENGTH
             || name == header::TRANSFER_ENCODING
+            || name == header::EXPECT
         {
             continue;
         }
@@ -571,6 +572,8 @@ mod tests {
             let mut headers = HeaderMap::new();
             headers.insert("x-request-id", HeaderValue::from_static("r1"));
             headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("999"));
+            headers.insert(header::HOST, HeaderValue::from_static("gateway"));
+            headers.insert(header::EXPECT, HeaderValue::from_static("100-continue"));
             let host = HeaderValue::from_static("engine:8000");
             let method = Method::POST;
             let path = PathAndQuery::from_static("/v1/chat/completions?a=1");
@@ -614,6 +617,8 @@ mod tests {
                 !seen.contains("999"),
                 "the client's content-length is replaced"
             );
+            assert!(!seen.contains("gateway"), "the client's host is replaced");
+            assert!(!seen.contains("100-continue"), "no expect");
             assert!(
                 seen.ends_with("content-length: 7\r\n\r\n{\"b\":1}"),
                 "{seen}"

@@ -51,6 +51,8 @@ fi
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/../.." && pwd)
+# shellcheck source=lib/nginx.sh
+source "$here/lib/nginx.sh"
 target=${CARGO_TARGET_DIR:-$root/target}
 cache=${KINFER_CACHE:-$HOME/.cache/kinfer}
 mkdir -p "$cache/bin" "$cache/bench"
@@ -158,36 +160,7 @@ if has_setup kinfer-base; then start_kinfer kinfer-base "$baseline"; fi
 
 if has_setup nginx; then
     port=$(free_port)
-    mkdir -p "$work/nginx/logs"
-    cat >"$work/nginx/nginx.conf" <<CONF
-worker_processes auto;
-daemon off;
-pid $work/nginx/nginx.pid;
-error_log $work/nginx/logs/error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    client_body_temp_path $work/nginx/body;
-    proxy_temp_path $work/nginx/proxy;
-    fastcgi_temp_path $work/nginx/fastcgi;
-    uwsgi_temp_path $work/nginx/uwsgi;
-    scgi_temp_path $work/nginx/scgi;
-    upstream engines {
-        server 127.0.0.1:$sim_a;
-        server 127.0.0.1:$sim_b;
-        keepalive 128;
-    }
-    server {
-        listen 127.0.0.1:$port;
-        location / {
-            proxy_pass http://engines;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_buffering off;
-        }
-    }
-}
-CONF
+    write_nginx_conf "$work/nginx" "$port" "$sim_a" "$sim_b"
     "$nginx_bin" -p "$work/nginx" -c "$work/nginx/nginx.conf" 2>"$work/nginx.log" &
     pids+=($!)
     pid_of[nginx]=$!

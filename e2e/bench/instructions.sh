@@ -30,6 +30,8 @@ short=$((requests / 3))
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/../.." && pwd)
+# shellcheck source=lib/nginx.sh
+source "$here/lib/nginx.sh"
 target=${CARGO_TARGET_DIR:-$root/target}
 cache=${KINFER_CACHE:-$HOME/.cache/kinfer}
 export PATH="$cache/bin:$HOME/.cargo/bin:$PATH"
@@ -90,33 +92,8 @@ count_instructions() {  # setup, count
                 --worker-threads 1 --engine-metrics-interval 0s >"$work/$setup.log" 2>&1 &
             ;;
         nginx)
-            mkdir -p "$work/nginx/logs"
-            cat >"$work/nginx/nginx.conf" <<CONF
-worker_processes 1;
-daemon off;
-master_process off;
-pid $work/nginx/nginx.pid;
-error_log $work/nginx/logs/error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    client_body_temp_path $work/nginx/body;
-    proxy_temp_path $work/nginx/proxy;
-    fastcgi_temp_path $work/nginx/fastcgi;
-    uwsgi_temp_path $work/nginx/uwsgi;
-    scgi_temp_path $work/nginx/scgi;
-    upstream engines { server 127.0.0.1:$sim_a; server 127.0.0.1:$sim_b; keepalive 128; }
-    server {
-        listen 127.0.0.1:$port;
-        location / {
-            proxy_pass http://engines;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_buffering off;
-        }
-    }
-}
-CONF
+            write_nginx_conf "$work/nginx" "$port" "$sim_a" "$sim_b" \
+                "worker_processes 1; master_process off;"
             valgrind --tool=callgrind --callgrind-out-file="$out" \
                 "$(command -v nginx || echo /usr/sbin/nginx)" -p "$work/nginx" \
                 -c "$work/nginx/nginx.conf" >"$work/$setup.log" 2>&1 &

@@ -362,15 +362,13 @@ impl ResponseBody {
                     if buffer.is_empty() {
                         return Ok(None);
                     }
-                    let take = usize::try_from(remaining)
-                        .map_or(buffer.len(), |remaining| remaining.min(buffer.len()));
-                    let left = remaining - take as u64;
+                    let (data, left) = take_up_to(buffer, remaining);
                     self.state = if left == 0 {
                         BodyState::Done
                     } else {
                         BodyState::Length(left)
                     };
-                    return Ok(Some(Some(buffer.split_to(take).freeze())));
+                    return Ok(Some(Some(data)));
                 }
                 BodyState::UntilClose => {
                     if buffer.is_empty() {
@@ -393,15 +391,13 @@ impl ResponseBody {
                     if buffer.is_empty() {
                         return Ok(None);
                     }
-                    let take = usize::try_from(remaining)
-                        .map_or(buffer.len(), |remaining| remaining.min(buffer.len()));
-                    let left = remaining - take as u64;
+                    let (data, left) = take_up_to(buffer, remaining);
                     self.state = BodyState::Chunked(if left == 0 {
                         Chunk::DataEnd
                     } else {
                         Chunk::Data(left)
                     });
-                    return Ok(Some(Some(buffer.split_to(take).freeze())));
+                    return Ok(Some(Some(data)));
                 }
                 BodyState::Chunked(Chunk::DataEnd) => {
                     if buffer.len() < 2 {
@@ -424,6 +420,14 @@ impl ResponseBody {
             }
         }
     }
+}
+
+/// The buffered bytes, at most `remaining` of them (a frame, no copy), and how many are still
+/// to come after them.
+fn take_up_to(buffer: &mut BytesMut, remaining: u64) -> (Bytes, u64) {
+    let take =
+        usize::try_from(remaining).map_or(buffer.len(), |remaining| remaining.min(buffer.len()));
+    (buffer.split_to(take).freeze(), remaining - take as u64)
 }
 
 /// One CRLF-terminated line (without the CRLF), if the buffer holds all of it.

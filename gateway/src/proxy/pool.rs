@@ -364,9 +364,11 @@ mod tests {
         });
         let pool = pool();
         for _ in 0..3 {
-            let body = send(&pool, &address).await.unwrap();
-            let collected = body.collect().await.unwrap().to_bytes();
-            assert_eq!(collected, "ok");
+            let mut body = send(&pool, &address).await.unwrap();
+            let data = body.frame().await.unwrap().unwrap().into_data().unwrap();
+            assert_eq!(data, "ok");
+            assert!(body.frame().await.is_none());
+            assert!(body.take_reusable().is_none(), "connection: close");
         }
     }
 

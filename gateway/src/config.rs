@@ -192,6 +192,13 @@ pub struct LimitArgs {
     /// Retry-After of 503 answers.
     #[arg(long, env = "KINFER_GATEWAY_RETRY_AFTER", default_value = "10s", value_parser = parse_duration)]
     pub retry_after: Duration,
+    /// Once a request head has started to arrive, the rest of it must arrive within this; so
+    /// must each next part of a request body. The connection is closed after it.
+    #[arg(long, env = "KINFER_GATEWAY_CLIENT_HEADER_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub client_header_timeout: Duration,
+    /// A client keep-alive connection with no request for this long is closed.
+    #[arg(long, env = "KINFER_GATEWAY_CLIENT_KEEPALIVE_TIMEOUT", default_value = "75s", value_parser = parse_duration)]
+    pub client_keepalive_timeout: Duration,
 }
 
 #[derive(Debug, Args)]
@@ -285,6 +292,8 @@ impl LimitArgs {
             hold_queue_limit: self.hold_queue_limit,
             hold_keepalive_interval: self.hold_keepalive_interval,
             retry_after: self.retry_after,
+            client_header_timeout: self.client_header_timeout,
+            client_keepalive_timeout: self.client_keepalive_timeout,
         }
     }
 }

@@ -103,6 +103,15 @@ pub enum ApiError {
 
     #[error("method {method} is not allowed on {path}")]
     MethodNotAllowed { method: String, path: String },
+
+    /// A request the HTTP server refuses before any handler sees it (malformed head, head too
+    /// large, unsupported transfer coding): see [`crate::http1::server`].
+    #[error("{message}")]
+    Protocol {
+        status: StatusCode,
+        code: &'static str,
+        message: String,
+    },
 }
 
 fn kind_text(kind: LimitKind) -> &'static str {
@@ -151,6 +160,7 @@ impl ApiError {
             ApiError::NoReplicaInPlacement { .. }
             | ApiError::ModelQueueFull { .. }
             | ApiError::ModelQueueTimeout { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Protocol { status, .. } => *status,
         }
     }
 
@@ -176,6 +186,7 @@ impl ApiError {
             ApiError::NoReplicaInPlacement { .. } => "no_replica_in_placement",
             ApiError::ModelQueueFull { .. } => "model_queue_full",
             ApiError::ModelQueueTimeout { .. } => "model_queue_timeout",
+            ApiError::Protocol { code, .. } => code,
         }
     }
 

@@ -17,6 +17,7 @@ pub mod auth;
 pub mod config;
 pub mod error;
 pub mod hold;
+pub mod http1;
 pub mod index;
 pub mod limits;
 pub mod metrics;

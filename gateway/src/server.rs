@@ -17,6 +17,7 @@ use crate::auth::keys::{ApiKey, API_KEY_HEADER};
 use crate::auth::{Access, LimitLabels, ReasonLabels};
 use crate::error::{insert_rate_headers, ApiError};
 use crate::hold::{self, HoldDefaults};
+use crate::http1::server::{accept_failed, ServerConfig};
 use crate::index::{Index, ModelEntry};
 use crate::limits::{ConcurrencySlot, ModelSlot, QueueError, RateStatus};
 use crate::metrics::Metrics;
@@ -40,6 +41,11 @@ pub struct Limits {
     pub hold_keepalive_interval: Duration,
     /// `Retry-After` of 503 answers.
     pub retry_after: Duration,
+    /// The rest of a request head, and each next part of a request body, must arrive within
+    /// this (see [`crate::http1::server::ServerConfig`]).
+    pub client_header_timeout: Duration,
+    /// An idle client keep-alive connection is closed after this.
+    pub client_keepalive_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -50,6 +56,8 @@ impl Default for Limits {
             hold_queue_limit: 1000,
             hold_keepalive_interval: Duration::from_secs(15),
             retry_after: Duration::from_secs(10),
+            client_header_timeout: Duration::from_secs(30),
+            client_keepalive_timeout: Duration::from_secs(75),
         }
     }
 }
@@ -115,7 +123,7 @@ fn is_proxied(method: &http::Method, path: &str) -> bool {
 pub fn api_service(
     gateway: AppState,
 ) -> impl hyper::service::Service<
-    http::Request<hyper::body::Incoming>,
+    Request,
     Response = Response,
     Error = std::convert::Infallible,
     Future: Send + 'static,
@@ -125,8 +133,7 @@ pub fn api_service(
     use futures::future::Either;
     use tower::ServiceExt;
     let router = build_router(gateway.clone());
-    hyper::service::service_fn(move |request: http::Request<hyper::body::Incoming>| {
-        let request = request.map(Body::new);
+    hyper::service::service_fn(move |request: Request| {
         if is_proxied(request.method(), request.uri().path()) {
             let gateway = gateway.clone();
             Either::Left(async move { Ok(proxy_request(gateway, request).await) })
@@ -136,48 +143,33 @@ pub fn api_service(
     })
 }
 
-/// Serve the API (see [`api_service`]) on `listener` until `shutdown` completes, then wait for
-/// open connections (streams included) to finish. Used by main and by tests.
+/// Serve the API (see [`api_service`]) on `listener` with the gateway's own HTTP/1.1 server
+/// ([`crate::http1::server`]) until `shutdown` completes, then wait for open connections
+/// (streams included) to finish. Used by main and by tests.
 pub async fn serve_api(
     listener: tokio::net::TcpListener,
     gateway: AppState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    serve_service(listener, api_service(gateway), shutdown).await
+    let config = ServerConfig {
+        header_timeout: gateway.limits.client_header_timeout,
+        keep_alive_timeout: gateway.limits.client_keepalive_timeout,
+        max_body_bytes: gateway.limits.max_body_bytes,
+    };
+    crate::http1::server::serve(listener, api_service(gateway), config, shutdown).await
 }
 
-/// Serve `router` (the admin port) like [`serve_api`].
+/// Serve `router` (the admin port: metrics and probes) with hyper until `shutdown` completes.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     router: Router,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    use hyper_util::rt::TokioIo;
     use tower::ServiceExt;
     let service =
         router.map_request(|request: http::Request<hyper::body::Incoming>| request.map(Body::new));
     let service = hyper_util::service::TowerToHyperService::new(service);
-    serve_service(listener, service, shutdown).await
-}
-
-async fn serve_service<S>(
-    listener: tokio::net::TcpListener,
-    service: S,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()>
-where
-    S: hyper::service::Service<
-            http::Request<hyper::body::Incoming>,
-            Response = Response,
-            Error = std::convert::Infallible,
-        > + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-{
-    // hyper's HTTP/1.1 connection directly, not `axum::serve`: no protocol sniffing, no
-    // per-connection make-service, one spawned task per connection (HTTP/1.1 only, like the
-    // engines behind the gateway).
-    use hyper_util::rt::TokioIo;
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let builder = hyper::server::conn::http1::Builder::new();
     let mut shutdown = std::pin::pin!(shutdown);
@@ -192,35 +184,17 @@ where
             },
             () = &mut shutdown => break,
         };
-        // Without TCP_NODELAY, small SSE frames wait for the client's delayed ACK (about 40 ms).
-        if let Err(error) = stream.set_nodelay(true) {
-            tracing::debug!(%error, "cannot set TCP_NODELAY");
-        }
         let connection = builder.serve_connection(TokioIo::new(stream), service.clone());
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
             if let Err(error) = connection.await {
-                tracing::trace!(%error, "client connection ended");
+                tracing::trace!(%error, "admin connection ended");
             }
         });
     }
     drop(listener);
     graceful.shutdown().await;
     Ok(())
-}
-
-/// Like hyper 0.14's server: a reset before accept is the client's business; anything else
-/// (out of file descriptors) is logged and accepting pauses for a second.
-async fn accept_failed(error: std::io::Error) {
-    use std::io::ErrorKind;
-    if matches!(
-        error.kind(),
-        ErrorKind::ConnectionRefused | ErrorKind::ConnectionAborted | ErrorKind::ConnectionReset
-    ) {
-        return;
-    }
-    tracing::error!(%error, "cannot accept a connection");
-    tokio::time::sleep(Duration::from_secs(1)).await;
 }
 
 /// Prometheus metrics and the gateway's own probes.

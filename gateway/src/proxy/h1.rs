@@ -13,7 +13,7 @@ use std::future::poll_fn;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderName};
 use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderValue, Method, StatusCode, Version};
@@ -21,14 +21,14 @@ use hyper::body::{Body, Frame, SizeHint};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
+use crate::http1::{content_length, Decoded, Decoder};
+
 /// Read buffer growth step.
 const READ_CHUNK: usize = 8 * 1024;
 /// Largest response head accepted.
 const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// Most response headers accepted.
 const MAX_HEADERS: usize = 100;
-/// Longest chunk-size or trailer line accepted.
-const MAX_LINE_BYTES: usize = 4 * 1024;
 /// Request bodies up to this size are copied behind the head and sent in one write.
 const COALESCE_BODY_BYTES: usize = 64 * 1024;
 
@@ -101,11 +101,10 @@ impl Connection {
         loop {
             if let Some((parts, framing)) = self.parse_head(request.method)? {
                 let state = match framing {
-                    Framing::Empty => BodyState::Done,
-                    Framing::Length(0) => BodyState::Done,
-                    Framing::Length(length) => BodyState::Length(length),
-                    Framing::Chunked => BodyState::Chunked(Chunk::Size),
-                    Framing::UntilClose => BodyState::UntilClose,
+                    Framing::Empty => Decoder::Done,
+                    Framing::Length(length) => Decoder::length(length),
+                    Framing::Chunked => Decoder::chunked(),
+                    Framing::UntilClose => Decoder::UntilClose,
                 };
                 let reusable = keeps_alive(&parts) && !matches!(framing, Framing::UntilClose);
                 let body = ResponseBody {
@@ -186,7 +185,9 @@ impl Connection {
                 }
                 continue;
             }
-            let mut headers = HeaderMap::with_capacity(self.spans.len());
+            // Room for the headers the gateway adds (replica, placement, request id, rate
+            // limits) without growing the map.
+            let mut headers = HeaderMap::with_capacity(self.spans.len() + 8);
             for &(name_start, name_end, value_start, value_end) in &self.spans {
                 let name = HeaderName::from_bytes(&head[name_start..name_end])
                     .map_err(|error| H1Error::Invalid(format!("header name: {error}")))?;
@@ -278,20 +279,8 @@ fn framing(method: &Method, status: StatusCode, headers: &HeaderMap) -> Result<F
             Framing::UntilClose
         });
     }
-    let mut length = None;
-    for value in headers.get_all(header::CONTENT_LENGTH) {
-        let parsed = value
-            .to_str()
-            .ok()
-            .and_then(|text| text.trim().parse::<u64>().ok())
-            .ok_or_else(|| H1Error::Invalid("content-length is not a number".into()))?;
-        if length.is_some_and(|previous| previous != parsed) {
-            return Err(H1Error::Invalid(
-                "conflicting content-length headers".into(),
-            ));
-        }
-        length = Some(parsed);
-    }
+    let length = content_length(headers.get_all(header::CONTENT_LENGTH).iter())
+        .map_err(|reason| H1Error::Invalid(reason.into()))?;
     Ok(length.map_or(Framing::UntilClose, Framing::Length))
 }
 
@@ -312,31 +301,10 @@ fn keeps_alive(parts: &http::response::Parts) -> bool {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum BodyState {
-    /// Bytes still to come.
-    Length(u64),
-    Chunked(Chunk),
-    UntilClose,
-    Done,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Chunk {
-    /// Expecting a chunk-size line.
-    Size,
-    /// Inside a chunk: its bytes still to come.
-    Data(u64),
-    /// Expecting the CRLF after a chunk's data.
-    DataEnd,
-    /// After the last chunk: trailer lines until an empty one.
-    Trailers,
-}
-
 /// A response body read from its connection as the client reads it.
 pub struct ResponseBody {
     connection: Option<Connection>,
-    state: BodyState,
+    state: Decoder,
     reusable: bool,
 }
 
@@ -344,120 +312,9 @@ impl ResponseBody {
     /// The connection, if the body was read to its end and the engine keeps it alive.
     pub fn take_reusable(&mut self) -> Option<Connection> {
         let connection = self.connection.take()?;
-        (self.state == BodyState::Done && self.reusable && connection.buffer.is_empty())
+        (self.state == Decoder::Done && self.reusable && connection.buffer.is_empty())
             .then_some(connection)
     }
-
-    /// Decode what the buffer holds: a data frame, the end, or `None` when more bytes are
-    /// needed.
-    fn decode(&mut self) -> Result<Option<Option<Bytes>>, H1Error> {
-        let Some(connection) = self.connection.as_mut() else {
-            return Ok(Some(None));
-        };
-        let buffer = &mut connection.buffer;
-        loop {
-            match self.state {
-                BodyState::Done => return Ok(Some(None)),
-                BodyState::Length(remaining) => {
-                    if buffer.is_empty() {
-                        return Ok(None);
-                    }
-                    let (data, left) = take_up_to(buffer, remaining);
-                    self.state = if left == 0 {
-                        BodyState::Done
-                    } else {
-                        BodyState::Length(left)
-                    };
-                    return Ok(Some(Some(data)));
-                }
-                BodyState::UntilClose => {
-                    if buffer.is_empty() {
-                        return Ok(None);
-                    }
-                    return Ok(Some(Some(buffer.split().freeze())));
-                }
-                BodyState::Chunked(Chunk::Size) => {
-                    let Some(line) = take_line(buffer)? else {
-                        return Ok(None);
-                    };
-                    let size = chunk_size(&line)?;
-                    self.state = BodyState::Chunked(if size == 0 {
-                        Chunk::Trailers
-                    } else {
-                        Chunk::Data(size)
-                    });
-                }
-                BodyState::Chunked(Chunk::Data(remaining)) => {
-                    if buffer.is_empty() {
-                        return Ok(None);
-                    }
-                    let (data, left) = take_up_to(buffer, remaining);
-                    self.state = BodyState::Chunked(if left == 0 {
-                        Chunk::DataEnd
-                    } else {
-                        Chunk::Data(left)
-                    });
-                    return Ok(Some(Some(data)));
-                }
-                BodyState::Chunked(Chunk::DataEnd) => {
-                    if buffer.len() < 2 {
-                        return Ok(None);
-                    }
-                    if &buffer[..2] != b"\r\n" {
-                        return Err(H1Error::Invalid("chunk data not followed by CRLF".into()));
-                    }
-                    buffer.advance(2);
-                    self.state = BodyState::Chunked(Chunk::Size);
-                }
-                BodyState::Chunked(Chunk::Trailers) => {
-                    let Some(line) = take_line(buffer)? else {
-                        return Ok(None);
-                    };
-                    if line.is_empty() {
-                        self.state = BodyState::Done;
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// The buffered bytes, at most `remaining` of them (a frame, no copy), and how many are still
-/// to come after them.
-fn take_up_to(buffer: &mut BytesMut, remaining: u64) -> (Bytes, u64) {
-    let take =
-        usize::try_from(remaining).map_or(buffer.len(), |remaining| remaining.min(buffer.len()));
-    (buffer.split_to(take).freeze(), remaining - take as u64)
-}
-
-/// One CRLF-terminated line (without the CRLF), if the buffer holds all of it.
-fn take_line(buffer: &mut BytesMut) -> Result<Option<Bytes>, H1Error> {
-    match memchr::memchr(b'\n', buffer) {
-        Some(end) => {
-            let mut line = buffer.split_to(end + 1).freeze();
-            line.truncate(end);
-            if line.last() == Some(&b'\r') {
-                line.truncate(end - 1);
-            }
-            Ok(Some(line))
-        }
-        None if buffer.len() > MAX_LINE_BYTES => Err(H1Error::Invalid(
-            "chunk-size or trailer line too long".into(),
-        )),
-        None => Ok(None),
-    }
-}
-
-/// The size of a chunk-size line (`1a;extension=x`).
-fn chunk_size(line: &[u8]) -> Result<u64, H1Error> {
-    let digits = line.split(|&byte| byte == b';').next().unwrap_or_default();
-    let digits = std::str::from_utf8(digits)
-        .map(str::trim)
-        .ok()
-        .filter(|digits| !digits.is_empty() && digits.len() <= 15);
-    digits
-        .and_then(|digits| u64::from_str_radix(digits, 16).ok())
-        .ok_or_else(|| H1Error::Invalid("invalid chunk size".into()))
 }
 
 impl Body for ResponseBody {
@@ -470,23 +327,23 @@ impl Body for ResponseBody {
     ) -> Poll<Option<Result<Frame<Bytes>, H1Error>>> {
         let this = self.get_mut();
         loop {
-            match this.decode() {
-                Ok(Some(Some(data))) => return Poll::Ready(Some(Ok(Frame::data(data)))),
-                Ok(Some(None)) => return Poll::Ready(None),
-                Ok(None) => {}
-                Err(error) => {
-                    this.connection = None;
-                    return Poll::Ready(Some(Err(error)));
-                }
-            }
             let Some(connection) = this.connection.as_mut() else {
                 return Poll::Ready(None);
             };
+            match this.state.decode(&mut connection.buffer) {
+                Ok(Decoded::Data(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),
+                Ok(Decoded::End) => return Poll::Ready(None),
+                Ok(Decoded::More) => {}
+                Err(error) => {
+                    this.connection = None;
+                    return Poll::Ready(Some(Err(H1Error::Invalid(error.to_string()))));
+                }
+            }
             match connection.poll_read(context) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Ok(0)) => {
-                    if this.state == BodyState::UntilClose {
-                        this.state = BodyState::Done;
+                    if this.state == Decoder::UntilClose {
+                        this.state = Decoder::Done;
                         this.reusable = false;
                         return Poll::Ready(None);
                     }
@@ -503,15 +360,13 @@ impl Body for ResponseBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.state == BodyState::Done
+        self.state == Decoder::Done
     }
 
     fn size_hint(&self) -> SizeHint {
-        match self.state {
-            BodyState::Length(remaining) => SizeHint::with_exact(remaining),
-            BodyState::Done => SizeHint::with_exact(0),
-            _ => SizeHint::default(),
-        }
+        self.state
+            .remaining()
+            .map_or_else(SizeHint::default, SizeHint::with_exact)
     }
 }
 
@@ -711,14 +566,5 @@ mod tests {
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
         assert!(stale, "the engine's close is noticed");
-    }
-
-    #[test]
-    fn chunk_sizes() {
-        assert_eq!(chunk_size(b"1a").unwrap(), 26);
-        assert_eq!(chunk_size(b"FF;name=value").unwrap(), 255);
-        assert!(chunk_size(b"").is_err());
-        assert!(chunk_size(b"-1").is_err());
-        assert!(chunk_size(b"1234567890abcdef0").is_err());
     }
 }

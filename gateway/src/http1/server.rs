@@ -1,0 +1,889 @@
+//! The HTTP/1.1 server of the API port: one task per client connection that reads each request
+//! head, calls the service, and writes the response itself.
+//!
+//! hyper's server connection was about 14k of the gateway's ~37k instructions per proxied
+//! request (callgrind, docs/benchmarks.md): a dispatcher state machine, a body channel, and
+//! a header map encoded through several layers. Here the connection task parses the head
+//! with httparse (as hyper does) into an `http::Request` whose header values are slices of the
+//! read buffer, hands a body that is already in the buffer over without a copy, and writes
+//! the response head and the frames that are ready in one write.
+//!
+//! What a client gets (RFC 9112):
+//! - keep-alive by default on HTTP/1.1, on request on HTTP/1.0; pipelined requests are
+//!   answered in order;
+//! - request bodies with a content-length or `transfer-encoding: chunked` (other codings:
+//!   501; both headers, or a bad length: 400); `Expect: 100-continue` is answered before the
+//!   body is read;
+//! - responses with a content-length when the size is known, chunked otherwise (HTTP/1.0:
+//!   until close), and a `date` header;
+//! - a client that closes its connection, or resets it, while its request is being served
+//!   drops the request (the proxy then aborts the engine request);
+//! - limits: a head of at most 64 KiB and 100 headers (431 above), the rest of a head or of a
+//!   body must arrive within [`ServerConfig::header_timeout`] of the previous bytes, an idle
+//!   connection is closed after [`ServerConfig::keep_alive_timeout`];
+//! - on shutdown, idle connections close at once and busy ones after their response.
+
+use std::future::{poll_fn, Future};
+use std::pin::{pin, Pin};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
+
+use axum::body::Body;
+use axum::response::{IntoResponse, Response};
+use bytes::{Bytes, BytesMut};
+use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Version};
+use hyper::body::{Body as HttpBody, Frame, SizeHint};
+use hyper::service::Service;
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::{Instant, Sleep};
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+
+use super::{content_length, Decoded, Decoder, FramingError};
+use crate::error::ApiError;
+
+/// Read buffer growth step.
+const READ_CHUNK: usize = 8 * 1024;
+/// Largest request head accepted.
+const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// Most request headers accepted.
+const MAX_HEADERS: usize = 100;
+/// Bytes of later (pipelined) requests read while a response is in progress; beyond this the
+/// connection stops reading until the response is written.
+const MAX_PIPELINED_BYTES: usize = 64 * 1024;
+/// Response data frames up to this size are copied behind the head (one write for a whole
+/// small response); bigger ones are written on their own.
+const COPY_FRAME_BYTES: usize = 16 * 1024;
+
+/// Limits of client connections.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// Longest wait for the rest of a request head once its first byte arrived, and between
+    /// two reads of a request body.
+    pub header_timeout: Duration,
+    /// Longest wait for the next request on an idle keep-alive connection.
+    pub keep_alive_timeout: Duration,
+    /// `Expect: 100-continue` is answered only for bodies up to this size (the service
+    /// answers 413 to larger ones without reading them).
+    pub max_body_bytes: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            header_timeout: Duration::from_secs(30),
+            keep_alive_timeout: Duration::from_secs(75),
+            max_body_bytes: 32 << 20,
+        }
+    }
+}
+
+/// Serve `service` on `listener` until `shutdown` completes, then wait for open connections
+/// (streams included) to finish their current response.
+pub async fn serve<S>(
+    listener: TcpListener,
+    service: S,
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()>
+where
+    S: Service<Request<Body>, Response = Response, Error = std::convert::Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let config = Arc::new(config);
+    let stopping = CancellationToken::new();
+    // Every connection task holds a sender: `recv` returns `None` once all have ended.
+    let (open, mut all_closed) = tokio::sync::mpsc::channel::<()>(1);
+    let mut shutdown = pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _peer)) => stream,
+                Err(error) => {
+                    accept_failed(error).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let connection = Connection::new(stream, service.clone(), config.clone(), &stopping);
+        let open = open.clone();
+        tokio::spawn(async move {
+            connection.run().await;
+            drop(open);
+        });
+    }
+    drop(listener);
+    stopping.cancel();
+    drop(open);
+    let _ = all_closed.recv().await;
+    Ok(())
+}
+
+/// Like hyper 0.14's server: a reset before accept is the client's business; anything else
+/// (out of file descriptors) is logged and accepting pauses for a second.
+pub async fn accept_failed(error: std::io::Error) {
+    use std::io::ErrorKind;
+    if matches!(
+        error.kind(),
+        ErrorKind::ConnectionRefused | ErrorKind::ConnectionAborted | ErrorKind::ConnectionReset
+    ) {
+        return;
+    }
+    tracing::error!(%error, "cannot accept a connection");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+}
+
+/// The read side of a client connection and the bytes read but not yet used.
+pub struct Reader {
+    stream: OwnedReadHalf,
+    buffer: BytesMut,
+}
+
+impl Reader {
+    fn poll_read(&mut self, context: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
+        if self.buffer.capacity() - self.buffer.len() < READ_CHUNK / 4 {
+            self.buffer.reserve(READ_CHUNK);
+        }
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.stream), context, &mut self.buffer)
+    }
+
+    /// Read what arrives while a response is in progress (the next pipelined requests), and
+    /// say whether the client closed or reset the connection.
+    fn poll_client_gone(&mut self, context: &mut Context<'_>) -> bool {
+        while self.buffer.len() < MAX_PIPELINED_BYTES {
+            match self.poll_read(context) {
+                Poll::Pending => return false,
+                Poll::Ready(Ok(0) | Err(_)) => return true,
+                Poll::Ready(Ok(_)) => {}
+            }
+        }
+        false
+    }
+}
+
+/// A request the connection cannot hand to the service.
+#[derive(Debug, thiserror::Error)]
+enum HeadError {
+    #[error("{0}")]
+    Malformed(String),
+    #[error("the request head is larger than {MAX_HEAD_BYTES} bytes or has more than {MAX_HEADERS} headers")]
+    TooLarge,
+    #[error(
+        "transfer-encoding `{0}` is not supported: send the body with a content-length or chunked"
+    )]
+    UnsupportedEncoding(String),
+}
+
+impl HeadError {
+    fn response(&self) -> Response {
+        let (status, code) = match self {
+            HeadError::Malformed(_) => (StatusCode::BAD_REQUEST, "malformed_request"),
+            HeadError::TooLarge => (
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "request_head_too_large",
+            ),
+            HeadError::UnsupportedEncoding(_) => {
+                (StatusCode::NOT_IMPLEMENTED, "unsupported_transfer_encoding")
+            }
+        };
+        ApiError::Protocol {
+            status,
+            code,
+            message: self.to_string(),
+        }
+        .into_response()
+    }
+}
+
+/// A parsed request head.
+struct Head {
+    parts: http::request::Parts,
+    body: Decoder,
+    keep_alive: bool,
+    expect_continue: bool,
+}
+
+/// How a response body is delimited on the wire.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    None,
+    Length(u64),
+    Chunked,
+    UntilClose,
+}
+
+struct Connection<S> {
+    /// `None` while a request body that was not yet in the buffer has it.
+    reader: Option<Reader>,
+    writer: OwnedWriteHalf,
+    /// The response bytes not yet written.
+    output: Vec<u8>,
+    /// Name and value offsets of the request head being parsed (kept for its capacity).
+    spans: Vec<(usize, usize, usize, usize)>,
+    service: S,
+    config: Arc<ServerConfig>,
+    stopping: CancellationToken,
+    stopped: Pin<Box<WaitForCancellationFutureOwned>>,
+    /// The head and idle timeouts; one timer per connection, moved for each wait.
+    timer: Pin<Box<Sleep>>,
+}
+
+enum Wait {
+    Read(std::io::Result<usize>),
+    Stop,
+    Timeout,
+}
+
+impl<S> Connection<S>
+where
+    S: Service<Request<Body>, Response = Response, Error = std::convert::Infallible>,
+{
+    fn new(
+        stream: TcpStream,
+        service: S,
+        config: Arc<ServerConfig>,
+        stopping: &CancellationToken,
+    ) -> Self {
+        // Without TCP_NODELAY, small SSE frames wait for the client's delayed ACK (about 40 ms).
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::debug!(%error, "cannot set TCP_NODELAY");
+        }
+        let (read, writer) = stream.into_split();
+        Self {
+            reader: Some(Reader {
+                stream: read,
+                buffer: BytesMut::with_capacity(READ_CHUNK),
+            }),
+            writer,
+            output: Vec::with_capacity(READ_CHUNK),
+            spans: Vec::new(),
+            timer: Box::pin(tokio::time::sleep(config.keep_alive_timeout)),
+            service,
+            config,
+            stopping: stopping.clone(),
+            stopped: Box::pin(stopping.clone().cancelled_owned()),
+        }
+    }
+
+    async fn run(mut self) {
+        loop {
+            let head = match self.read_head().await {
+                Ok(Some(head)) => head,
+                Ok(None) => return,
+                Err(error) => {
+                    tracing::debug!(%error, "rejected a client request");
+                    let _ = self
+                        .write_response(error.response(), Version::HTTP_11, false, false)
+                        .await;
+                    return;
+                }
+            };
+            if !self.exchange(head).await {
+                return;
+            }
+        }
+    }
+
+    /// The next request head; `None` when the connection should close quietly (the client
+    /// closed it, it stayed idle too long, the server is stopping).
+    async fn read_head(&mut self) -> Result<Option<Head>, HeadError> {
+        let Some(reader) = self.reader.as_mut() else {
+            return Ok(None);
+        };
+        let mut idle = reader.buffer.is_empty();
+        let mut armed = false;
+        loop {
+            if !reader.buffer.is_empty() {
+                if let Some(head) = parse_head(&mut reader.buffer, &mut self.spans)? {
+                    return Ok(Some(head));
+                }
+                if reader.buffer.len() > MAX_HEAD_BYTES {
+                    return Err(HeadError::TooLarge);
+                }
+            }
+            let config = &self.config;
+            let timer = &mut self.timer;
+            let stopped = &mut self.stopped;
+            let event = poll_fn(|context| {
+                if let Poll::Ready(read) = reader.poll_read(context) {
+                    return Poll::Ready(Wait::Read(read));
+                }
+                if idle && stopped.as_mut().poll(context).is_ready() {
+                    return Poll::Ready(Wait::Stop);
+                }
+                // The clock is read only when the connection has to wait.
+                if !armed {
+                    let wait = if idle {
+                        config.keep_alive_timeout
+                    } else {
+                        config.header_timeout
+                    };
+                    timer.as_mut().reset(Instant::now() + wait);
+                    armed = true;
+                }
+                match timer.as_mut().poll(context) {
+                    Poll::Ready(()) => Poll::Ready(Wait::Timeout),
+                    Poll::Pending => Poll::Pending,
+                }
+            })
+            .await;
+            match event {
+                Wait::Read(Ok(0)) | Wait::Read(Err(_)) | Wait::Stop | Wait::Timeout => {
+                    return Ok(None)
+                }
+                Wait::Read(Ok(_)) => {
+                    if idle {
+                        // The head's own deadline starts with its first bytes.
+                        idle = false;
+                        armed = false;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Serve one request; whether the connection takes another.
+    async fn exchange(&mut self, head: Head) -> bool {
+        let Head {
+            parts,
+            body: decoder,
+            keep_alive,
+            expect_continue,
+        } = head;
+        let version = parts.version;
+        let head_request = parts.method == Method::HEAD;
+        let Some(reader) = self.reader.as_mut() else {
+            return false;
+        };
+        let mut lent = None;
+        let body = match decoder {
+            Decoder::Done => RequestBody::Full(None),
+            Decoder::Length(length) if reader.buffer.len() as u64 >= length => {
+                // The usual case: the whole body came with the head.
+                RequestBody::Full(Some(reader.buffer.split_to(length as usize).freeze()))
+            }
+            decoder => {
+                let wanted = decoder
+                    .remaining()
+                    .is_none_or(|length| length <= self.config.max_body_bytes as u64);
+                if expect_continue && wanted {
+                    let interim = b"HTTP/1.1 100 Continue\r\n\r\n";
+                    if self.writer.write_all(interim).await.is_err() {
+                        return false;
+                    }
+                }
+                let home = Arc::new(Mutex::new(None));
+                lent = Some(home.clone());
+                RequestBody::Stream(Box::new(StreamingBody {
+                    reader: self.reader.take(),
+                    decoder,
+                    home,
+                    timeout: self.config.header_timeout,
+                    timer: None,
+                }))
+            }
+        };
+        let request = Request::from_parts(parts, Body::new(body));
+        let future = self.service.call(request);
+        let Some(Ok(response)) = self.until_ready(pin!(future)).await else {
+            return false;
+        };
+        if let Some(home) = lent {
+            // Back from the body, if it was read to its end; otherwise the rest of the body
+            // is still on the connection, which then closes after the response.
+            self.reader = home.lock().ok().and_then(|mut slot| slot.take());
+        }
+        let keep_alive = keep_alive && self.reader.is_some() && !self.stopping.is_cancelled();
+        self.write_response(response, version, head_request, keep_alive)
+            .await
+    }
+
+    /// Wait for `future` while watching the client: `None` if it closed the connection.
+    async fn until_ready<T>(&mut self, mut future: Pin<&mut impl Future<Output = T>>) -> Option<T> {
+        let mut reader = self.reader.as_mut();
+        poll_fn(|context| {
+            if let Poll::Ready(value) = future.as_mut().poll(context) {
+                return Poll::Ready(Some(value));
+            }
+            if reader
+                .as_mut()
+                .is_some_and(|reader| reader.poll_client_gone(context))
+            {
+                return Poll::Ready(None);
+            }
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// Write `response`; whether the connection stays open for another request.
+    async fn write_response(
+        &mut self,
+        response: Response,
+        version: Version,
+        head_request: bool,
+        mut keep_alive: bool,
+    ) -> bool {
+        let (parts, mut body) = response.into_parts();
+        let status = parts.status;
+        let bodyless = head_request
+            || status.is_informational()
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED;
+        let declared = match content_length(parts.headers.get_all(header::CONTENT_LENGTH).iter()) {
+            Ok(declared) => declared,
+            Err(_) => {
+                tracing::warn!("a response with an invalid content-length was not sent");
+                return false;
+            }
+        };
+        let (framing, add_length) = if bodyless {
+            (Framing::None, None)
+        } else if let Some(length) = declared {
+            (Framing::Length(length), None)
+        } else if let Some(length) = body.size_hint().exact() {
+            (Framing::Length(length), Some(length))
+        } else if version == Version::HTTP_11 {
+            (Framing::Chunked, None)
+        } else {
+            keep_alive = false;
+            (Framing::UntilClose, None)
+        };
+        encode_head(
+            &mut self.output,
+            status,
+            &parts.headers,
+            add_length,
+            framing == Framing::Chunked,
+            keep_alive,
+            version,
+        );
+        if framing == Framing::None {
+            drop(body);
+            return self.flush().await.is_ok() && keep_alive;
+        }
+        let mut written: u64 = 0;
+        loop {
+            // Frames that are ready go into the same write; the bytes so far are written
+            // before waiting for more (so each streamed event leaves at once).
+            let mut next =
+                poll_fn(|context| Poll::Ready(Pin::new(&mut body).poll_frame(context))).await;
+            if next.is_pending() {
+                if self.flush().await.is_err() {
+                    return false;
+                }
+                let frame = poll_fn(|context| Pin::new(&mut body).poll_frame(context));
+                match self.until_ready(pin!(frame)).await {
+                    Some(frame) => next = Poll::Ready(frame),
+                    None => return false,
+                }
+            }
+            let data = match next {
+                Poll::Ready(None) => break,
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(data) if !data.is_empty() => data,
+                    // Empty frames and trailers.
+                    _ => continue,
+                },
+                Poll::Ready(Some(Err(error))) => {
+                    // The client sees a cut response (no final chunk, or fewer bytes than
+                    // announced), never a complete-looking one.
+                    tracing::debug!(%error, "response body failed; closing the connection");
+                    let _ = self.flush().await;
+                    return false;
+                }
+                Poll::Pending => continue,
+            };
+            written += data.len() as u64;
+            if let Framing::Length(length) = framing {
+                if written > length {
+                    tracing::warn!("a response body was longer than its content-length");
+                    let _ = self.flush().await;
+                    return false;
+                }
+            }
+            if framing == Framing::Chunked {
+                write_chunk_size(&mut self.output, data.len());
+            }
+            if data.len() <= COPY_FRAME_BYTES {
+                self.output.extend_from_slice(&data);
+            } else if self.flush().await.is_err() || self.writer.write_all(&data).await.is_err() {
+                return false;
+            }
+            if framing == Framing::Chunked {
+                self.output.extend_from_slice(b"\r\n");
+            }
+        }
+        drop(body);
+        match framing {
+            Framing::Chunked => self.output.extend_from_slice(b"0\r\n\r\n"),
+            Framing::Length(length) if written != length => {
+                tracing::warn!("a response body was shorter than its content-length");
+                keep_alive = false;
+            }
+            Framing::UntilClose => keep_alive = false,
+            _ => {}
+        }
+        self.flush().await.is_ok() && keep_alive
+    }
+
+    async fn flush(&mut self) -> std::io::Result<()> {
+        if !self.output.is_empty() {
+            let written = self.writer.write_all(&self.output).await;
+            self.output.clear();
+            written?;
+        }
+        Ok(())
+    }
+}
+
+/// Parse a request head from `buffer`, taking it out of the buffer when complete.
+fn parse_head(
+    buffer: &mut BytesMut,
+    spans: &mut Vec<(usize, usize, usize, usize)>,
+) -> Result<Option<Head>, HeadError> {
+    // Parse, then keep only offsets, so the head can become shared `Bytes` that the header
+    // values slice. The header array is not initialized: a request has a few headers.
+    spans.clear();
+    let (length, method, target, minor) = {
+        let mut headers =
+            [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+        let mut request = httparse::Request::new(&mut []);
+        let base = buffer.as_ptr() as usize;
+        let parsed = httparse::ParserConfig::default().parse_request_with_uninit_headers(
+            &mut request,
+            buffer,
+            &mut headers,
+        );
+        match parsed {
+            Ok(httparse::Status::Complete(length)) => {
+                for header in request.headers.iter() {
+                    let name = header.name.as_ptr() as usize - base;
+                    let value = header.value.as_ptr() as usize - base;
+                    spans.push((
+                        name,
+                        name + header.name.len(),
+                        value,
+                        value + header.value.len(),
+                    ));
+                }
+                let method = Method::from_bytes(request.method.unwrap_or("").as_bytes())
+                    .map_err(|_| HeadError::Malformed("invalid method".into()))?;
+                let path = request.path.unwrap_or("");
+                let target = path.as_ptr() as usize - base;
+                (
+                    length,
+                    method,
+                    (target, target + path.len()),
+                    request.version.unwrap_or(1),
+                )
+            }
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
+            Err(error) => {
+                return Err(HeadError::Malformed(format!(
+                    "malformed HTTP request: {error}"
+                )))
+            }
+        }
+    };
+    let head = buffer.split_to(length).freeze();
+    let uri = http::Uri::from_maybe_shared(head.slice(target.0..target.1))
+        .map_err(|error| HeadError::Malformed(format!("invalid request target: {error}")))?;
+    // Room for the request id the proxy adds without growing the map.
+    let mut headers = HeaderMap::with_capacity(spans.len() + 2);
+    // The headers that change how the request is read, noted in the same pass.
+    let mut framing_headers = false;
+    let mut connection_header = false;
+    let mut expect_header = false;
+    for &(name_start, name_end, value_start, value_end) in spans.iter() {
+        let name = HeaderName::from_bytes(&head[name_start..name_end])
+            .map_err(|_| HeadError::Malformed("invalid header name".into()))?;
+        let value = HeaderValue::from_maybe_shared(head.slice(value_start..value_end))
+            .map_err(|_| HeadError::Malformed(format!("invalid value of header {name}")))?;
+        if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
+            framing_headers = true;
+        } else if name == header::CONNECTION {
+            connection_header = true;
+        } else if name == header::EXPECT {
+            expect_header = true;
+        }
+        headers.append(name, value);
+    }
+    let version = if minor == 0 {
+        Version::HTTP_10
+    } else {
+        Version::HTTP_11
+    };
+    let body = if framing_headers {
+        body_framing(version, &headers)?
+    } else {
+        Decoder::Done
+    };
+    let keep_alive = match version {
+        Version::HTTP_11 => {
+            !(connection_header && has_token(&headers, header::CONNECTION, "close"))
+        }
+        _ => connection_header && has_token(&headers, header::CONNECTION, "keep-alive"),
+    };
+    let expect_continue = expect_header && has_token(&headers, header::EXPECT, "100-continue");
+    let (mut parts, ()) = Request::new(()).into_parts();
+    parts.method = method;
+    parts.uri = uri;
+    parts.version = version;
+    parts.headers = headers;
+    Ok(Some(Head {
+        parts,
+        body,
+        keep_alive,
+        expect_continue,
+    }))
+}
+
+/// How the request body is delimited (RFC 9112 section 6.3). A request that could be read
+/// two ways (both transfer-encoding and content-length) is refused: it is how requests are
+/// smuggled past proxies.
+fn body_framing(version: Version, headers: &HeaderMap) -> Result<Decoder, HeadError> {
+    let mut codings = headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|value| value.as_bytes().split(|&byte| byte == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|coding| !coding.is_empty())
+        .peekable();
+    if codings.peek().is_some() || headers.contains_key(header::TRANSFER_ENCODING) {
+        if version == Version::HTTP_10 {
+            return Err(HeadError::Malformed(
+                "transfer-encoding is not allowed in an HTTP/1.0 request".into(),
+            ));
+        }
+        if headers.contains_key(header::CONTENT_LENGTH) {
+            return Err(HeadError::Malformed(
+                "the request has both transfer-encoding and content-length".into(),
+            ));
+        }
+        let codings: Vec<&[u8]> = codings.collect();
+        return match codings.as_slice() {
+            [only] if only.eq_ignore_ascii_case(b"chunked") => Ok(Decoder::chunked()),
+            [.., last] if !last.eq_ignore_ascii_case(b"chunked") => Err(HeadError::Malformed(
+                "the last transfer-encoding of a request must be chunked".into(),
+            )),
+            _ => Err(HeadError::UnsupportedEncoding(
+                codings
+                    .iter()
+                    .map(|coding| String::from_utf8_lossy(coding))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            )),
+        };
+    }
+    let length = content_length(headers.get_all(header::CONTENT_LENGTH).iter())
+        .map_err(|reason| HeadError::Malformed(reason.into()))?;
+    Ok(Decoder::length(length.unwrap_or(0)))
+}
+
+/// Whether a comma-separated header lists `token` (case-insensitive).
+fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .flat_map(|value| value.as_bytes().split(|&byte| byte == b','))
+        .any(|item| item.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+}
+
+/// The status line and headers. Connection-level headers are the connection's own:
+/// `connection`, `keep-alive` and `transfer-encoding` of the response are not sent.
+fn encode_head(
+    output: &mut Vec<u8>,
+    status: StatusCode,
+    headers: &HeaderMap,
+    add_length: Option<u64>,
+    chunked: bool,
+    keep_alive: bool,
+    version: Version,
+) {
+    output.extend_from_slice(b"HTTP/1.1 ");
+    output.extend_from_slice(status.as_str().as_bytes());
+    output.push(b' ');
+    output.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    output.extend_from_slice(b"\r\n");
+    let mut has_date = false;
+    for (name, value) in headers {
+        if name == header::CONNECTION
+            || name == header::TRANSFER_ENCODING
+            || name.as_str() == "keep-alive"
+        {
+            continue;
+        }
+        has_date |= name == header::DATE;
+        output.extend_from_slice(name.as_str().as_bytes());
+        output.extend_from_slice(b": ");
+        output.extend_from_slice(value.as_bytes());
+        output.extend_from_slice(b"\r\n");
+    }
+    if !has_date {
+        output.extend_from_slice(b"date: ");
+        write_date(output);
+        output.extend_from_slice(b"\r\n");
+    }
+    if let Some(length) = add_length {
+        output.extend_from_slice(b"content-length: ");
+        output.extend_from_slice(itoa::Buffer::new().format(length).as_bytes());
+        output.extend_from_slice(b"\r\n");
+    }
+    if chunked {
+        output.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    }
+    if !keep_alive {
+        output.extend_from_slice(b"connection: close\r\n");
+    } else if version == Version::HTTP_10 {
+        output.extend_from_slice(b"connection: keep-alive\r\n");
+    }
+    output.extend_from_slice(b"\r\n");
+}
+
+fn write_chunk_size(output: &mut Vec<u8>, size: usize) {
+    use std::io::Write;
+    // Writing to a Vec cannot fail.
+    let _ = write!(output, "{size:x}\r\n");
+}
+
+/// The current time as an HTTP date, formatted once per second per thread.
+fn write_date(output: &mut Vec<u8>) {
+    use std::cell::RefCell;
+    thread_local! {
+        static DATE: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+    }
+    let now = SystemTime::now();
+    let second = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs());
+    DATE.with_borrow_mut(|(cached, text)| {
+        if *cached != second {
+            *cached = second;
+            *text = httpdate::fmt_http_date(now);
+        }
+        output.extend_from_slice(text.as_bytes());
+    });
+}
+
+/// What went wrong reading a request body that was not all in the buffer with its head.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestBodyError {
+    #[error("the client closed the connection in the middle of the request body")]
+    Closed,
+    #[error("no part of the request body arrived for {}s", .0.as_secs_f64())]
+    Timeout(Duration),
+    #[error("the request body is not valid chunked encoding: {0}")]
+    Framing(#[from] FramingError),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A request body as the service reads it.
+pub enum RequestBody {
+    /// All of it (or nothing left): it came with the head.
+    Full(Option<Bytes>),
+    /// Read from the connection as the service asks for it.
+    Stream(Box<StreamingBody>),
+}
+
+/// A request body still on the connection. It holds the connection's reader, and gives it
+/// back (to `home`) when dropped after the body's end.
+pub struct StreamingBody {
+    reader: Option<Reader>,
+    decoder: Decoder,
+    home: Arc<Mutex<Option<Reader>>>,
+    timeout: Duration,
+    timer: Option<Pin<Box<Sleep>>>,
+}
+
+impl StreamingBody {
+    fn poll_data(
+        &mut self,
+        context: &mut Context<'_>,
+    ) -> Poll<Option<Result<Bytes, RequestBodyError>>> {
+        let Some(reader) = self.reader.as_mut() else {
+            return Poll::Ready(None);
+        };
+        loop {
+            match self.decoder.decode(&mut reader.buffer) {
+                Ok(Decoded::Data(data)) => return Poll::Ready(Some(Ok(data))),
+                Ok(Decoded::End) => return Poll::Ready(None),
+                Ok(Decoded::More) => {}
+                Err(error) => return Poll::Ready(Some(Err(error.into()))),
+            }
+            match reader.poll_read(context) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Some(Err(RequestBodyError::Closed))),
+                Poll::Ready(Ok(_)) => {
+                    self.timer = None;
+                }
+                Poll::Ready(Err(error)) => return Poll::Ready(Some(Err(error.into()))),
+                Poll::Pending => {
+                    let timeout = self.timeout;
+                    let timer = self
+                        .timer
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                    return match timer.as_mut().poll(context) {
+                        Poll::Ready(()) => {
+                            Poll::Ready(Some(Err(RequestBodyError::Timeout(timeout))))
+                        }
+                        Poll::Pending => Poll::Pending,
+                    };
+                }
+            }
+        }
+    }
+}
+
+impl Drop for StreamingBody {
+    fn drop(&mut self) {
+        if self.decoder == Decoder::Done {
+            if let Ok(mut home) = self.home.lock() {
+                *home = self.reader.take();
+            }
+        }
+    }
+}
+
+impl HttpBody for RequestBody {
+    type Data = Bytes;
+    type Error = RequestBodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        context: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, RequestBodyError>>> {
+        match self.get_mut() {
+            RequestBody::Full(data) => Poll::Ready(data.take().map(|data| Ok(Frame::data(data)))),
+            RequestBody::Stream(body) => body
+                .poll_data(context)
+                .map(|data| data.map(|data| data.map(Frame::data))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            RequestBody::Full(data) => data.is_none(),
+            RequestBody::Stream(body) => body.decoder == Decoder::Done,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            RequestBody::Full(data) => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |data| data.len() as u64))
+            }
+            RequestBody::Stream(body) => body
+                .decoder
+                .remaining()
+                .map_or_else(SizeHint::default, SizeHint::with_exact),
+        }
+    }
+}

@@ -9,8 +9,8 @@
 //! (no copy). Only what an engine answers is supported: a content-length, chunked or
 //! read-until-close body, with 1xx interim responses skipped.
 
-use std::future::poll_fn;
-use std::pin::Pin;
+use std::future::{poll_fn, Future};
+use std::pin::{pin, Pin};
 use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
@@ -20,6 +20,7 @@ use http::{HeaderMap, HeaderValue, Method, StatusCode, Version};
 use hyper::body::{Body, Frame, SizeHint};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
+use tokio::time::{Instant, Sleep};
 
 use crate::http1::{content_length, Decoded, Decoder};
 
@@ -41,6 +42,8 @@ pub enum H1Error {
     ClosedMidBody,
     #[error("invalid response from the engine: {0}")]
     Invalid(String),
+    #[error("no response head before the deadline")]
+    Timeout,
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
@@ -51,6 +54,10 @@ pub struct Connection {
     buffer: BytesMut,
     /// Name and value offsets of the response head being parsed (kept for its capacity).
     spans: Vec<(usize, usize, usize, usize)>,
+    /// The first-byte deadline, one timer for the connection's life: moving a registered
+    /// timer later is an atomic store, while a new timer per request is registered in and
+    /// removed from the timer wheel.
+    timer: Option<Pin<Box<Sleep>>>,
 }
 
 impl Connection {
@@ -59,6 +66,7 @@ impl Connection {
             stream,
             buffer: BytesMut::new(),
             spans: Vec::new(),
+            timer: None,
         }
     }
 
@@ -83,13 +91,55 @@ impl Connection {
         }
     }
 
-    /// Send a request and read the response head. The connection travels on in the body,
-    /// which gives it back (see [`ResponseBody::take_reusable`]) once read to the end.
+    /// Send a request and read the response head, all before `deadline`. The connection
+    /// travels on in the body, which gives it back (see [`ResponseBody::take_reusable`]) once
+    /// read to the end.
     pub async fn send(
         mut self,
         request: &RequestHead<'_>,
         body: &Bytes,
+        deadline: Instant,
     ) -> Result<(http::response::Parts, ResponseBody), H1Error> {
+        let mut timer = match self.timer.take() {
+            Some(mut timer) => {
+                timer.as_mut().reset(deadline);
+                timer
+            }
+            None => Box::pin(tokio::time::sleep_until(deadline)),
+        };
+        let head = {
+            let mut exchange = pin!(self.exchange(request, body));
+            poll_fn(|context| {
+                if let Poll::Ready(head) = exchange.as_mut().poll(context) {
+                    return Poll::Ready(head);
+                }
+                timer.as_mut().poll(context).map(|()| Err(H1Error::Timeout))
+            })
+            .await
+        };
+        self.timer = Some(timer);
+        let (parts, framing) = head?;
+        let state = match framing {
+            Framing::Empty => Decoder::Done,
+            Framing::Length(length) => Decoder::length(length),
+            Framing::Chunked => Decoder::chunked(),
+            Framing::UntilClose => Decoder::UntilClose,
+        };
+        let reusable = keeps_alive(&parts) && !matches!(framing, Framing::UntilClose);
+        let body = ResponseBody {
+            connection: Some(self),
+            state,
+            reusable,
+        };
+        Ok((parts, body))
+    }
+
+    /// Write the request and read the response head.
+    async fn exchange(
+        &mut self,
+        request: &RequestHead<'_>,
+        body: &Bytes,
+    ) -> Result<(http::response::Parts, Framing), H1Error> {
         let mut head = encode_head(request, body.len());
         if body.len() <= COALESCE_BODY_BYTES {
             head.extend_from_slice(body);
@@ -99,20 +149,8 @@ impl Connection {
             self.stream.write_all(body).await?;
         }
         loop {
-            if let Some((parts, framing)) = self.parse_head(request.method)? {
-                let state = match framing {
-                    Framing::Empty => Decoder::Done,
-                    Framing::Length(length) => Decoder::length(length),
-                    Framing::Chunked => Decoder::chunked(),
-                    Framing::UntilClose => Decoder::UntilClose,
-                };
-                let reusable = keeps_alive(&parts) && !matches!(framing, Framing::UntilClose);
-                let body = ResponseBody {
-                    connection: Some(self),
-                    state,
-                    reusable,
-                };
-                return Ok((parts, body));
+            if let Some(head) = self.parse_head(request.method)? {
+                return Ok(head);
             }
             if self.buffer.len() > MAX_HEAD_BYTES {
                 return Err(H1Error::Invalid(format!(
@@ -403,6 +441,10 @@ mod tests {
         (address, server)
     }
 
+    fn later() -> Instant {
+        Instant::now() + std::time::Duration::from_secs(10)
+    }
+
     async fn connect(address: &str) -> Connection {
         Connection::new(TcpStream::connect(address).await.unwrap())
     }
@@ -440,7 +482,7 @@ mod tests {
 
             let (parts, mut body) = connect(&address)
                 .await
-                .send(&request, &Bytes::from_static(b"{}"))
+                .send(&request, &Bytes::from_static(b"{}"), later())
                 .await
                 .unwrap();
             assert_eq!(parts.status, 200);
@@ -454,7 +496,7 @@ mod tests {
             let connection = body.take_reusable().expect("kept alive");
 
             let (parts, mut body) = connection
-                .send(&request, &Bytes::from_static(b"{\"b\":1}"))
+                .send(&request, &Bytes::from_static(b"{\"b\":1}"), later())
                 .await
                 .unwrap();
             assert_eq!(parts.status, 201, "1xx skipped");
@@ -518,7 +560,11 @@ mod tests {
             let method = Method::POST;
             let path = PathAndQuery::from_static("/");
             let request = head(&method, &path, &host, &headers);
-            let error = match connect(&address).await.send(&request, &Bytes::new()).await {
+            let error = match connect(&address)
+                .await
+                .send(&request, &Bytes::new(), later())
+                .await
+            {
                 Err(error) => error,
                 Ok((_parts, body)) => match body.collect().await {
                     Err(error) => error,
@@ -543,7 +589,7 @@ mod tests {
         let request = head(&method, &path, &host, &headers);
         let (_parts, mut body) = connect(&address)
             .await
-            .send(&request, &Bytes::new())
+            .send(&request, &Bytes::new(), later())
             .await
             .unwrap();
         while body.frame().await.is_some() {}
@@ -566,5 +612,40 @@ mod tests {
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
         assert!(stale, "the engine's close is noticed");
+    }
+
+    #[tokio::test]
+    async fn no_response_head_before_the_deadline_is_a_timeout() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let server = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut buffer = vec![0; 4096];
+            let _ = stream.read(&mut buffer).await;
+            // Answers only after the client's deadline.
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                .await;
+        });
+        let headers = HeaderMap::new();
+        let host = HeaderValue::from_static("h");
+        let method = Method::POST;
+        let path = PathAndQuery::from_static("/");
+        let request = head(&method, &path, &host, &headers);
+        let started = Instant::now();
+        let deadline = started + std::time::Duration::from_millis(100);
+        let result = connect(&address)
+            .await
+            .send(&request, &Bytes::new(), deadline)
+            .await;
+        assert!(matches!(result, Err(H1Error::Timeout)), "a timeout");
+        let waited = started.elapsed();
+        assert!(
+            waited >= std::time::Duration::from_millis(100)
+                && waited < std::time::Duration::from_millis(450),
+            "{waited:?}"
+        );
+        server.abort();
     }
 }

@@ -214,28 +214,28 @@ impl Proxy {
             let guard = InflightGuard::new(endpoint.clone(), entry.metrics.inflight.clone());
             // The request is written from its parts (no copy per attempt); the pool adds the
             // replica's `Host` and the body's content-length.
-            let sent = tokio::time::timeout(
-                self.config.first_byte_timeout,
-                self.pool.send(
+            let sent = self
+                .pool
+                .send(
                     endpoint.address(),
                     &request.method,
                     &request.path_and_query,
                     &request.headers,
                     &request.body,
-                ),
-            )
-            .await;
+                    self.config.first_byte_timeout,
+                )
+                .await;
             let failure = match sent {
-                Err(_elapsed) => {
+                Err(UpstreamError::Timeout(after)) => {
                     self.record_failure(entry, &endpoint, "timeout");
                     log.replica = Some(endpoint);
                     let error = ApiError::BackendTimeout {
                         model: entry.id.clone(),
-                        after: self.config.first_byte_timeout,
+                        after,
                     };
                     return Err((error, log));
                 }
-                Ok(Err(error)) => {
+                Err(error) => {
                     let kind = if error.is_connect() {
                         "connect"
                     } else {
@@ -245,7 +245,7 @@ impl Proxy {
                     let reason = format!("{} ({error})", endpoint.name());
                     Retryable::Unreachable(reason)
                 }
-                Ok(Ok((parts, body)))
+                Ok((parts, body))
                     if matches!(
                         parts.status,
                         StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE
@@ -254,7 +254,7 @@ impl Proxy {
                     self.record_failure(entry, &endpoint, "status");
                     Retryable::Status(Box::new((parts, body, guard)))
                 }
-                Ok(Ok((parts, body))) => {
+                Ok((parts, body)) => {
                     endpoint.record_success();
                     return Ok(self.respond(parts, body, guard, log).await);
                 }

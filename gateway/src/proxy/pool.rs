@@ -28,6 +28,8 @@ pub enum UpstreamError {
     Connect(#[source] std::io::Error),
     #[error("cannot connect: no answer within {0:?}")]
     ConnectTimeout(Duration),
+    #[error("no response within {0:?}")]
+    Timeout(Duration),
     #[error("{0}")]
     Request(#[source] H1Error),
 }
@@ -36,7 +38,7 @@ impl UpstreamError {
     /// Failed before the request could be sent (the `connect` kind of the upstream error
     /// metric), as opposed to a connection that broke while the request was in flight.
     pub fn is_connect(&self) -> bool {
-        !matches!(self, UpstreamError::Request(_))
+        !matches!(self, UpstreamError::Request(_) | UpstreamError::Timeout(_))
     }
 }
 
@@ -109,13 +111,11 @@ impl Pool {
         }
     }
 
-    /// Send `request` (origin-form URI, without `Host`) to `address` (`host:port`) on an idle
-    /// connection, or a new one. A request that a reused connection closed before sending (the
-    /// engine timed the idle connection out) is sent again on another one, as hyper's client
-    /// does.
-    /// Send a request to `address` on an idle connection or a new one, and read the response
-    /// head. A reused connection that the engine turns out to have closed before answering
-    /// (its keep-alive ended as the request went out) is replaced by a new one once.
+    /// Send a request (origin-form URI, without `Host`) to `address` (`host:port`) on an idle
+    /// connection or a new one, and read the response head within `first_byte_timeout`
+    /// (connecting included). A reused connection that the engine turns out to have closed
+    /// before answering (its keep-alive ended as the request went out) is replaced by a new
+    /// one once, as hyper's client does.
     pub async fn send(
         &self,
         address: &str,
@@ -123,7 +123,13 @@ impl Pool {
         path_and_query: &PathAndQuery,
         headers: &HeaderMap,
         body: &Bytes,
+        first_byte_timeout: Duration,
     ) -> Result<(http::response::Parts, ResponseBody), UpstreamError> {
+        let deadline = Instant::now() + first_byte_timeout;
+        let failed = |error| match error {
+            H1Error::Timeout => UpstreamError::Timeout(first_byte_timeout),
+            error => UpstreamError::Request(error),
+        };
         let (idle, host) = self.shared.checkout(address);
         let request = RequestHead {
             method,
@@ -132,21 +138,21 @@ impl Pool {
             headers,
         };
         if let Some(connection) = idle {
-            match connection.send(&request, body).await {
+            match connection.send(&request, body, deadline).await {
                 Err(H1Error::ClosedBeforeResponse) => {}
                 Err(H1Error::Io(error))
                     if matches!(
                         error.kind(),
                         std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
                     ) => {}
-                result => return result.map_err(UpstreamError::Request),
+                result => return result.map_err(failed),
             }
         }
         let connection = self.shared.connect(address).await?;
         connection
-            .send(&request, body)
+            .send(&request, body, deadline)
             .await
-            .map_err(UpstreamError::Request)
+            .map_err(failed)
     }
 
     /// Give back a connection whose response was read to the end.
@@ -312,6 +318,7 @@ mod tests {
                 &path,
                 &HeaderMap::new(),
                 &Bytes::new(),
+                Duration::from_secs(10),
             )
             .await?;
         Ok(body)

@@ -892,9 +892,6 @@ async fn heads_at_the_limits_are_accepted() {
 }
 
 #[tokio::test]
-#[ignore = "bug: a complete head over 64 KiB is accepted when it is all in the buffer at the \
-            first parse after the buffer passed 64 KiB (read_head checks the size only after \
-            an incomplete parse)"]
 async fn complete_head_over_64_kib_is_rejected() {
     let server = start(relaxed()).await;
     let mut client = server.connect().await;
@@ -1105,8 +1102,6 @@ async fn shutdown_closes_idle_connections_and_finishes_requests_in_progress() {
 }
 
 #[tokio::test]
-#[ignore = "bug: a 100 Continue is sent to an HTTP/1.0 request with `Expect: 100-continue`, \
-            which RFC 9110 section 10.1.1 says must be ignored"]
 async fn http10_expect_continue_is_ignored() {
     let server = start(relaxed()).await;
     let mut client = server.connect().await;

@@ -18,9 +18,10 @@
 //!   until close), and a `date` header;
 //! - a client that closes its connection, or resets it, while its request is being served
 //!   drops the request (the proxy then aborts the engine request);
-//! - limits: a head of at most 64 KiB and 100 headers (431 above), the rest of a head or of a
-//!   body must arrive within [`ServerConfig::header_timeout`] of the previous bytes, an idle
-//!   connection is closed after [`ServerConfig::keep_alive_timeout`];
+//! - limits: a head of at most 64 KiB and 100 headers (431 above); a head must be complete
+//!   within [`ServerConfig::header_timeout`] of its first byte, and each next part of a body
+//!   must arrive within it; an idle connection is closed after
+//!   [`ServerConfig::keep_alive_timeout`];
 //! - on shutdown, idle connections close at once and busy ones after their response.
 
 use std::future::{poll_fn, Future};
@@ -562,6 +563,9 @@ fn parse_head(
             &mut headers,
         );
         match parsed {
+            Ok(httparse::Status::Complete(length)) if length > MAX_HEAD_BYTES => {
+                return Err(HeadError::TooLarge)
+            }
             Ok(httparse::Status::Complete(length)) => {
                 for header in request.headers.iter() {
                     let name = header.name.as_ptr() as usize - base;
@@ -632,7 +636,10 @@ fn parse_head(
         }
         _ => connection_header && has_token(&headers, header::CONNECTION, "keep-alive"),
     };
-    let expect_continue = expect_header && has_token(&headers, header::EXPECT, "100-continue");
+    // An HTTP/1.0 client cannot take an interim response (RFC 9110 section 10.1.1).
+    let expect_continue = expect_header
+        && version == Version::HTTP_11
+        && has_token(&headers, header::EXPECT, "100-continue");
     let (mut parts, ()) = Request::new(()).into_parts();
     parts.method = method;
     parts.uri = uri;

@@ -8,6 +8,8 @@ use serde::Deserialize;
 
 use crate::error::ApiError;
 
+mod json;
+
 /// Longest request id accepted from a client; longer ones are replaced by a generated id.
 const MAX_REQUEST_ID_LENGTH: usize = 128;
 
@@ -47,9 +49,16 @@ impl<'de: 'a, 'a> Deserialize<'de> for BorrowedStr<'a> {
 
 /// Read the model id of a JSON request body.
 ///
+/// A validating scan answers for the usual bodies; serde_json for the rest (and for every
+/// error, so the messages are serde_json's).
+///
 /// serde_json's recursion limit (128) bounds the cost of deeply nested bodies, and invalid
 /// UTF-8 is rejected as a syntax error.
 pub fn model_of(body: &[u8]) -> Result<Cow<'_, str>, ApiError> {
+    // The usual request: one validating scan, no allocation (see `json`).
+    if let Some(model) = json::top_level_model(body).filter(|model| !model.trim().is_empty()) {
+        return Ok(Cow::Borrowed(model));
+    }
     let fields: RoutingFields<'_> = serde_json::from_slice(body).map_err(|error| {
         if error.is_data() {
             ApiError::InvalidBody(error)

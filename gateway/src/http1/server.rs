@@ -602,8 +602,10 @@ fn parse_head(
         .map_err(|error| HeadError::Malformed(format!("invalid request target: {error}")))?;
     // Room for the request id the proxy adds without growing the map.
     let mut headers = HeaderMap::with_capacity(spans.len() + 2);
-    // The headers that change how the request is read, noted in the same pass.
-    let mut framing_headers = false;
+    // The headers that change how the request is read, noted in the same pass (the
+    // content-length read here, so the map is not searched again).
+    let mut transfer_encoding = false;
+    let mut length = None;
     let mut connection_header = false;
     let mut expect_header = false;
     for &(name_start, name_end, value_start, value_end) in spans.iter() {
@@ -611,8 +613,17 @@ fn parse_head(
             .map_err(|_| HeadError::Malformed("invalid header name".into()))?;
         let value = HeaderValue::from_maybe_shared(head.slice(value_start..value_end))
             .map_err(|_| HeadError::Malformed(format!("invalid value of header {name}")))?;
-        if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
-            framing_headers = true;
+        if name == header::CONTENT_LENGTH {
+            let this = content_length(std::iter::once(&value))
+                .map_err(|reason| HeadError::Malformed(reason.into()))?;
+            if length.is_some() && length != this {
+                return Err(HeadError::Malformed(
+                    "conflicting content-length values".into(),
+                ));
+            }
+            length = this;
+        } else if name == header::TRANSFER_ENCODING {
+            transfer_encoding = true;
         } else if name == header::CONNECTION {
             connection_header = true;
         } else if name == header::EXPECT {
@@ -625,10 +636,10 @@ fn parse_head(
     } else {
         Version::HTTP_11
     };
-    let body = if framing_headers {
-        body_framing(version, &headers)?
+    let body = if transfer_encoding {
+        transfer_coding(version, length.is_some(), &headers)?
     } else {
-        Decoder::Done
+        Decoder::length(length.unwrap_or(0))
     };
     let keep_alive = match version {
         Version::HTTP_11 => {
@@ -653,46 +664,45 @@ fn parse_head(
     }))
 }
 
-/// How the request body is delimited (RFC 9112 section 6.3). A request that could be read
-/// two ways (both transfer-encoding and content-length) is refused: it is how requests are
-/// smuggled past proxies.
-fn body_framing(version: Version, headers: &HeaderMap) -> Result<Decoder, HeadError> {
-    let mut codings = headers
+/// The body of a request with a transfer-encoding (RFC 9112 section 6.3): chunked is the
+/// only coding accepted. A request that could be read two ways (with a content-length too)
+/// is refused: it is how requests are smuggled past proxies.
+fn transfer_coding(
+    version: Version,
+    has_length: bool,
+    headers: &HeaderMap,
+) -> Result<Decoder, HeadError> {
+    if version == Version::HTTP_10 {
+        return Err(HeadError::Malformed(
+            "transfer-encoding is not allowed in an HTTP/1.0 request".into(),
+        ));
+    }
+    if has_length {
+        return Err(HeadError::Malformed(
+            "the request has both transfer-encoding and content-length".into(),
+        ));
+    }
+    let codings: Vec<&[u8]> = headers
         .get_all(header::TRANSFER_ENCODING)
         .iter()
         .flat_map(|value| value.as_bytes().split(|&byte| byte == b','))
         .map(<[u8]>::trim_ascii)
         .filter(|coding| !coding.is_empty())
-        .peekable();
-    if codings.peek().is_some() || headers.contains_key(header::TRANSFER_ENCODING) {
-        if version == Version::HTTP_10 {
-            return Err(HeadError::Malformed(
-                "transfer-encoding is not allowed in an HTTP/1.0 request".into(),
-            ));
-        }
-        if headers.contains_key(header::CONTENT_LENGTH) {
-            return Err(HeadError::Malformed(
-                "the request has both transfer-encoding and content-length".into(),
-            ));
-        }
-        let codings: Vec<&[u8]> = codings.collect();
-        return match codings.as_slice() {
-            [only] if only.eq_ignore_ascii_case(b"chunked") => Ok(Decoder::chunked()),
-            [.., last] if !last.eq_ignore_ascii_case(b"chunked") => Err(HeadError::Malformed(
-                "the last transfer-encoding of a request must be chunked".into(),
-            )),
-            _ => Err(HeadError::UnsupportedEncoding(
-                codings
-                    .iter()
-                    .map(|coding| String::from_utf8_lossy(coding))
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            )),
-        };
+        .collect();
+    match codings.as_slice() {
+        [only] if only.eq_ignore_ascii_case(b"chunked") => Ok(Decoder::chunked()),
+        [.., last] if !last.eq_ignore_ascii_case(b"chunked") => Err(HeadError::Malformed(
+            "the last transfer-encoding of a request must be chunked".into(),
+        )),
+        [] => Err(HeadError::Malformed("empty transfer-encoding".into())),
+        _ => Err(HeadError::UnsupportedEncoding(
+            codings
+                .iter()
+                .map(|coding| String::from_utf8_lossy(coding))
+                .collect::<Vec<_>>()
+                .join(", "),
+        )),
     }
-    let length = content_length(headers.get_all(header::CONTENT_LENGTH).iter())
-        .map_err(|reason| HeadError::Malformed(reason.into()))?;
-    Ok(Decoder::length(length.unwrap_or(0)))
 }
 
 /// Whether a comma-separated header lists `token` (case-insensitive).

@@ -118,14 +118,14 @@ impl Connection {
             .await
         };
         self.timer = Some(timer);
-        let (parts, framing) = head?;
+        let (parts, framing, keeps_alive) = head?;
         let state = match framing {
             Framing::Empty => Decoder::Done,
             Framing::Length(length) => Decoder::length(length),
             Framing::Chunked => Decoder::chunked(),
-            Framing::UntilClose => Decoder::UntilClose,
+            Framing::UntilClose | Framing::UntilCloseEncoded => Decoder::UntilClose,
         };
-        let reusable = keeps_alive(&parts) && !matches!(framing, Framing::UntilClose);
+        let reusable = keeps_alive && framing != Framing::UntilClose;
         let body = ResponseBody {
             connection: Some(self),
             state,
@@ -139,7 +139,7 @@ impl Connection {
         &mut self,
         request: &RequestHead<'_>,
         body: &Bytes,
-    ) -> Result<(http::response::Parts, Framing), H1Error> {
+    ) -> Result<(http::response::Parts, Framing, bool), H1Error> {
         let mut head = encode_head(request, body.len());
         if body.len() <= COALESCE_BODY_BYTES {
             head.extend_from_slice(body);
@@ -178,7 +178,7 @@ impl Connection {
     fn parse_head(
         &mut self,
         method: &Method,
-    ) -> Result<Option<(http::response::Parts, Framing)>, H1Error> {
+    ) -> Result<Option<(http::response::Parts, Framing, bool)>, H1Error> {
         loop {
             // Parse, then keep only offsets, so the head can become shared `Bytes` that the
             // header values slice. Neither array is initialized: a response has a few headers.
@@ -226,23 +226,68 @@ impl Connection {
             // Room for the headers the gateway adds (replica, placement, request id, rate
             // limits) without growing the map.
             let mut headers = HeaderMap::with_capacity(self.spans.len() + 8);
+            // What delimits the body and whether the connection stays open, noted in the same
+            // pass (the map is not searched again).
+            let mut framing = Framing::UntilClose;
+            let mut close = false;
+            let mut keep_alive = false;
             for &(name_start, name_end, value_start, value_end) in &self.spans {
                 let name = HeaderName::from_bytes(&head[name_start..name_end])
                     .map_err(|error| H1Error::Invalid(format!("header name: {error}")))?;
                 let value = HeaderValue::from_maybe_shared(head.slice(value_start..value_end))
                     .map_err(|error| H1Error::Invalid(format!("header {name}: {error}")))?;
+                if name == header::TRANSFER_ENCODING {
+                    // The last coding of the last header decides; chunked wins over a length.
+                    let last = value.as_bytes().rsplit(|&byte| byte == b',').next();
+                    framing = if last
+                        .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"))
+                    {
+                        Framing::Chunked
+                    } else {
+                        Framing::UntilCloseEncoded
+                    };
+                } else if name == header::CONTENT_LENGTH {
+                    let length = content_length(std::iter::once(&value))
+                        .map_err(|reason| H1Error::Invalid(reason.into()))?
+                        .unwrap_or(0);
+                    framing = match framing {
+                        Framing::UntilClose => Framing::Length(length),
+                        Framing::Length(previous) if previous != length => {
+                            return Err(H1Error::Invalid(
+                                "conflicting content-length values".into(),
+                            ))
+                        }
+                        other => other,
+                    };
+                } else if name == header::CONNECTION {
+                    for token in value.as_bytes().split(|&byte| byte == b',') {
+                        let token = token.trim_ascii();
+                        close |= token.eq_ignore_ascii_case(b"close");
+                        keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+                    }
+                }
                 headers.append(name, value);
             }
             let (mut parts, ()) = http::Response::new(()).into_parts();
             parts.status = status;
-            parts.version = if minor == 0 {
-                Version::HTTP_10
+            let reusable = if minor == 0 {
+                parts.version = Version::HTTP_10;
+                keep_alive && !close
             } else {
-                Version::HTTP_11
+                parts.version = Version::HTTP_11;
+                !close
             };
-            let framing = framing(method, status, &headers)?;
+            if method == Method::HEAD
+                || status == StatusCode::NO_CONTENT
+                || status == StatusCode::NOT_MODIFIED
+            {
+                framing = Framing::Empty;
+            }
+            if framing == Framing::UntilCloseEncoded {
+                framing = Framing::UntilClose;
+            }
             parts.headers = headers;
-            return Ok(Some((parts, framing)));
+            return Ok(Some((parts, framing, reusable)));
         }
     }
 }
@@ -285,58 +330,15 @@ fn encode_head(request: &RequestHead<'_>, body_length: usize) -> Vec<u8> {
     head
 }
 
+/// How a response body is delimited (RFC 9112 section 6.3).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Framing {
     Empty,
     Length(u64),
     Chunked,
     UntilClose,
-}
-
-/// How the response body is delimited (RFC 9112 section 6.3).
-fn framing(method: &Method, status: StatusCode, headers: &HeaderMap) -> Result<Framing, H1Error> {
-    if method == Method::HEAD
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED
-    {
-        return Ok(Framing::Empty);
-    }
-    if let Some(encoding) = headers
-        .get_all(header::TRANSFER_ENCODING)
-        .iter()
-        .next_back()
-    {
-        let chunked = encoding
-            .to_str()
-            .ok()
-            .and_then(|codings| codings.rsplit(',').next())
-            .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"));
-        return Ok(if chunked {
-            Framing::Chunked
-        } else {
-            Framing::UntilClose
-        });
-    }
-    let length = content_length(headers.get_all(header::CONTENT_LENGTH).iter())
-        .map_err(|reason| H1Error::Invalid(reason.into()))?;
-    Ok(length.map_or(Framing::UntilClose, Framing::Length))
-}
-
-/// Whether the connection may take another request after this response.
-fn keeps_alive(parts: &http::response::Parts) -> bool {
-    let connection = |token: &str| {
-        parts
-            .headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|value| value.to_str().ok())
-            .flat_map(|value| value.split(','))
-            .any(|item| item.trim().eq_ignore_ascii_case(token))
-    };
-    match parts.version {
-        Version::HTTP_11 => !connection("close"),
-        _ => connection("keep-alive"),
-    }
+    /// A transfer coding other than chunked last: until close, whatever the length says.
+    UntilCloseEncoded,
 }
 
 /// A response body read from its connection as the client reads it.

@@ -689,6 +689,47 @@ async fn oversized_body_with_expect_continue_gets_no_100_and_the_connection_clos
     client.assert_closed().await;
 }
 
+/// A client that sends a large body without `Expect`, slowly, and reads only when it is done
+/// still gets the 413: the server stops writing and discards what arrives for a while before
+/// closing (a lingering close), instead of resetting the connection under the client's writes
+/// and the unread answer.
+#[tokio::test]
+async fn a_refused_body_still_arriving_does_not_reset_the_answer() {
+    let server = start(config(WAIT, WAIT, LIMIT)).await;
+    let stream = timeout(WAIT, TcpStream::connect(server.addr))
+        .await
+        .expect("connect timed out")
+        .expect("connect");
+    let (mut read, mut write) = stream.into_split();
+    let chunk = vec![b'x'; 128 << 10];
+    let chunks = 8;
+    let sender = tokio::spawn(async move {
+        let length = chunk.len() * chunks;
+        let head =
+            format!("POST /limited HTTP/1.1\r\nhost: test\r\ncontent-length: {length}\r\n\r\n");
+        write.write_all(head.as_bytes()).await?;
+        for _ in 0..chunks {
+            // The server has answered and closed its side by the later chunks.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            write.write_all(&chunk).await?;
+        }
+        Ok::<_, std::io::Error>(())
+    });
+    let sent = timeout(WAIT, sender)
+        .await
+        .expect("the body was neither taken nor refused")
+        .expect("sender task");
+    assert!(sent.is_ok(), "the body's sending was reset: {sent:?}");
+    let mut answer = Vec::new();
+    let read_all = timeout(WAIT, read.read_to_end(&mut answer))
+        .await
+        .expect("the server did not close");
+    assert!(read_all.is_ok(), "the answer was reset: {read_all:?}");
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 413 "), "{text}");
+    assert!(text.contains("connection: close"), "{text}");
+}
+
 // ---------------------------------------------------------------------------------------
 // HTTP/1.0 and connection closes.
 

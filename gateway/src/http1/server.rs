@@ -54,6 +54,10 @@ const MAX_HEADERS: usize = 100;
 /// Bytes of later (pipelined) requests read while a response is in progress; beyond this the
 /// connection stops reading until the response is written.
 const MAX_PIPELINED_BYTES: usize = 64 * 1024;
+/// How long, and how many bytes, a connection closed before the client finished sending
+/// still reads what arrives (see `Connection::linger`).
+const LINGER_TIME: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 16 << 20;
 /// Response data frames up to this size are copied behind the head (one write for a whole
 /// small response); bigger ones are written on their own.
 const COPY_FRAME_BYTES: usize = 16 * 1024;
@@ -282,6 +286,9 @@ where
                     let _ = self
                         .write_response(error.response(), Version::HTTP_11, false, false)
                         .await;
+                    if let Some(reader) = self.reader.take() {
+                        self.linger(reader).await;
+                    }
                     return;
                 }
             };
@@ -395,14 +402,40 @@ where
         let Some(Ok(response)) = self.until_ready(pin!(future)).await else {
             return false;
         };
-        if let Some(home) = lent {
-            // Back from the body, if it was read to its end; otherwise the rest of the body
-            // is still on the connection, which then closes after the response.
-            self.reader = home.lock().ok().and_then(|mut slot| slot.take());
+        // The reader back from the body. If the body was not read to its end (413, 401), the
+        // rest of it may still be arriving: the connection closes after the response.
+        let mut unread = None;
+        match lent.and_then(|home| home.lock().ok().and_then(|mut slot| slot.take())) {
+            Some((reader, true)) => self.reader = Some(reader),
+            Some((reader, false)) => unread = Some(reader),
+            None => {}
         }
         let keep_alive = keep_alive && self.reader.is_some() && !self.stopping.is_cancelled();
-        self.write_response(response, version, head_request, keep_alive)
-            .await
+        let kept = self
+            .write_response(response, version, head_request, keep_alive)
+            .await;
+        if let Some(reader) = unread {
+            self.linger(reader).await;
+        }
+        kept
+    }
+
+    /// Close while the client may still be sending (a body not read, a rejected head): stop
+    /// writing, then read and discard for a while, so that the client gets to read the
+    /// response instead of a connection reset (nginx's lingering close).
+    async fn linger(&mut self, mut reader: Reader) {
+        let _ = self.writer.shutdown().await;
+        let drain = async {
+            let mut discarded = 0;
+            while discarded < LINGER_BYTES {
+                reader.buffer.clear();
+                match poll_fn(|context| reader.poll_read(context)).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(read) => discarded += read,
+                }
+            }
+        };
+        let _ = tokio::time::timeout(LINGER_TIME, drain).await;
     }
 
     /// Wait for `future` while watching the client: `None` if it closed the connection.
@@ -812,11 +845,13 @@ pub enum RequestBody {
 }
 
 /// A request body still on the connection. It holds the connection's reader, and gives it
-/// back (to `home`) when dropped after the body's end.
+/// back (to `home`) when dropped.
 pub struct StreamingBody {
     reader: Option<Reader>,
     decoder: Decoder,
-    home: Arc<Mutex<Option<Reader>>>,
+    /// Where the reader goes back to when the body is dropped, with whether the body was
+    /// read to its end.
+    home: Arc<Mutex<Option<(Reader, bool)>>>,
     timeout: Duration,
     timer: Option<Pin<Box<Sleep>>>,
 }
@@ -861,10 +896,8 @@ impl StreamingBody {
 
 impl Drop for StreamingBody {
     fn drop(&mut self) {
-        if self.decoder == Decoder::Done {
-            if let Ok(mut home) = self.home.lock() {
-                *home = self.reader.take();
-            }
+        if let (Some(reader), Ok(mut home)) = (self.reader.take(), self.home.lock()) {
+            *home = Some((reader, self.decoder == Decoder::Done));
         }
     }
 }

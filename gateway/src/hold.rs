@@ -330,8 +330,10 @@ pub struct Release<'a> {
 /// a non-stream request gets the engine's response head only when its generation ends, and a
 /// reservation kept until then would count the request twice for that long (in flight and in
 /// transit), hiding a free slot from the held requests.
-pub async fn hand_over<F: std::future::Future>(forward: F, release: Release<'_>) -> F::Output {
-    let mut forward = std::pin::pin!(forward);
+pub async fn hand_over<F: std::future::Future>(
+    mut forward: std::pin::Pin<&mut F>,
+    release: Release<'_>,
+) -> F::Output {
     let mut release = Some(release);
     std::future::poll_fn(|context| {
         let polled = forward.as_mut().poll(context);
@@ -714,6 +716,7 @@ mod tests {
             endpoint.begin_request();
             answered.await.unwrap();
         };
+        let forward = std::pin::pin!(forward);
         let handed_over = hand_over(forward, released.release.unwrap());
         let mut handed_over = std::pin::pin!(handed_over);
         assert!(futures::poll!(handed_over.as_mut()).is_pending());

@@ -396,6 +396,17 @@ impl Gateway {
         if !entry.endpoints.is_empty() && !self.index.holds().is_holding(&entry.id) {
             return self.dispatch(entry, None, request).await;
         }
+        // Boxed: the held path's state is large, and would otherwise be part of (and moved
+        // with) every request's future.
+        Box::pin(self.route_held(entry, request)).await
+    }
+
+    /// A request for a model with no ready replica, or behind requests already held for it.
+    async fn route_held(
+        self: &Arc<Self>,
+        entry: Arc<ModelEntry>,
+        request: Admitted,
+    ) -> Result<Response, (ApiError, RequestLog)> {
         let interval = self.limits.hold_keepalive_interval;
         if interval.is_zero() || !hold::stream::is_stream(&request.body) {
             let released = match self.wait_for_replica(entry).await {
@@ -490,10 +501,12 @@ impl Gateway {
             headers: proxy::upstream_headers(std::mem::take(&mut parts.headers), &log.request_id),
             body,
         };
-        let forward = self.proxy.forward(&entry, upstream, &info, log);
+        // Pinned here, and lent to `hand_over`: the forward future is large, and a copy of it
+        // per request (a move into another future) measured as a tenth of the instructions.
+        let mut forward = std::pin::pin!(self.proxy.forward(&entry, upstream, &info, log));
         let response = match release {
             None => forward.await?,
-            Some(release) => hold::hand_over(forward, release).await?,
+            Some(release) => hold::hand_over(forward.as_mut(), release).await?,
         };
         if admitted.is_none() && model_slot.is_none() && accounting.is_none() {
             return Ok(response);

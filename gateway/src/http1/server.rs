@@ -398,8 +398,10 @@ where
             }
         };
         let request = Request::from_parts(parts, Body::new(body));
-        let future = self.service.call(request);
-        let Some(Ok(response)) = self.until_ready(pin!(future)).await else {
+        // Pinned where it is made: the service future is several KiB, and a move of it was a
+        // copy per request.
+        let future = pin!(self.service.call(request));
+        let Some(Ok(response)) = self.until_ready(future).await else {
             return false;
         };
         // The reader back from the body. If the body was not read to its end (413, 401), the

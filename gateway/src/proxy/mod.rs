@@ -329,43 +329,42 @@ impl Proxy {
     }
 }
 
-const HOP_BY_HOP: [HeaderName; 7] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::UPGRADE,
-];
+/// The hop-by-hop headers of RFC 9110 section 7.6.1 (and `transfer-encoding`, which the
+/// connections write themselves).
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    // `as_str` of a standard header is a static string: this is a few length and byte
+    // comparisons, not a hash (a `const` array of names was built and dropped per call).
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "upgrade"
+            | "transfer-encoding"
+    )
+}
 
 /// Remove the headers that describe one connection, not the message (RFC 9110 7.6.1),
-/// including those the `Connection` header names. `transfer-encoding` is left to hyper.
+/// including those the `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Usually there is none: one pass over the names instead of a hashed removal per name.
-    let any = headers.keys().any(|name| {
-        name == header::CONNECTION
-            || name == header::TRANSFER_ENCODING
-            || HOP_BY_HOP.iter().any(|hop| hop == name)
-    });
-    if !any {
+    if !headers.keys().any(is_hop_by_hop) {
         return;
     }
-    if let Some(connection) = headers.get(header::CONNECTION) {
-        let named: Vec<HeaderName> = connection
-            .to_str()
-            .unwrap_or_default()
-            .split(',')
-            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-            .collect();
-        for name in named {
-            headers.remove(name);
-        }
-    }
-    for name in &HOP_BY_HOP {
+    let mut named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    named.extend(headers.keys().filter(|name| is_hop_by_hop(name)).cloned());
+    for name in named {
         headers.remove(name);
     }
-    headers.remove(header::TRANSFER_ENCODING);
 }
 
 /// Headers of the client's request that go upstream: all but hop-by-hop ones, with the

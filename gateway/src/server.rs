@@ -17,7 +17,7 @@ use crate::auth::keys::{ApiKey, API_KEY_HEADER};
 use crate::auth::{Access, LimitLabels, ReasonLabels};
 use crate::error::{insert_rate_headers, ApiError};
 use crate::hold::{self, HoldDefaults};
-use crate::http1::server::{accept_failed, ServerConfig};
+use crate::http1::server::{accept, ServerConfig};
 use crate::index::{Index, ModelEntry};
 use crate::limits::{ConcurrencySlot, ModelSlot, QueueError, RateStatus};
 use crate::metrics::Metrics;
@@ -173,17 +173,7 @@ pub async fn serve(
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let builder = hyper::server::conn::http1::Builder::new();
     let mut shutdown = std::pin::pin!(shutdown);
-    loop {
-        let stream = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _peer)) => stream,
-                Err(error) => {
-                    accept_failed(error).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => break,
-        };
+    while let Some(stream) = accept(&listener, shutdown.as_mut()).await {
         let connection = builder.serve_connection(TokioIo::new(stream), service.clone());
         let connection = graceful.watch(connection);
         tokio::spawn(async move {

@@ -178,6 +178,26 @@ fn chunk_size(line: &[u8]) -> Result<u64, FramingError> {
         .ok_or(FramingError::ChunkSize)
 }
 
+/// Offsets of a header's name and value in the parsed buffer: (name start, name end, value
+/// start, value end).
+pub type Span = (usize, usize, usize, usize);
+
+/// Note where each header parsed by httparse lies in the buffer that starts at `base`, so the
+/// head can then become shared `Bytes` that the header values slice (no copy).
+pub fn header_spans(headers: &[httparse::Header<'_>], base: usize, spans: &mut Vec<Span>) {
+    spans.clear();
+    for header in headers {
+        let name = header.name.as_ptr() as usize - base;
+        let value = header.value.as_ptr() as usize - base;
+        spans.push((
+            name,
+            name + header.name.len(),
+            value,
+            value + header.value.len(),
+        ));
+    }
+}
+
 /// The one value of the `content-length` headers: repeated headers (or a comma-separated
 /// list) must agree, and each must be a plain decimal number.
 pub fn content_length<'a>(

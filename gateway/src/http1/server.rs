@@ -42,7 +42,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
-use super::{content_length, Decoded, Decoder, FramingError};
+use super::{content_length, header_spans, Decoded, Decoder, FramingError, Span};
 use crate::error::ApiError;
 
 /// Read buffer growth step.
@@ -105,17 +105,7 @@ where
     // Every connection task holds a sender: `recv` returns `None` once all have ended.
     let (open, mut all_closed) = tokio::sync::mpsc::channel::<()>(1);
     let mut shutdown = pin!(shutdown);
-    loop {
-        let stream = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _peer)) => stream,
-                Err(error) => {
-                    accept_failed(error).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => break,
-        };
+    while let Some(stream) = accept(&listener, shutdown.as_mut()).await {
         let connection = Connection::new(stream, service.clone(), config.clone(), &stopping);
         let open = open.clone();
         tokio::spawn(async move {
@@ -130,9 +120,25 @@ where
     Ok(())
 }
 
+/// The next connection, or `None` once `shutdown` completes.
+pub async fn accept(
+    listener: &TcpListener,
+    mut shutdown: Pin<&mut impl Future<Output = ()>>,
+) -> Option<TcpStream> {
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _peer)) => return Some(stream),
+                Err(error) => accept_failed(error).await,
+            },
+            () = shutdown.as_mut() => return None,
+        }
+    }
+}
+
 /// Like hyper 0.14's server: a reset before accept is the client's business; anything else
 /// (out of file descriptors) is logged and accepting pauses for a second.
-pub async fn accept_failed(error: std::io::Error) {
+async fn accept_failed(error: std::io::Error) {
     use std::io::ErrorKind;
     if matches!(
         error.kind(),
@@ -230,7 +236,7 @@ struct Connection<S> {
     /// The response bytes not yet written.
     output: Vec<u8>,
     /// Name and value offsets of the request head being parsed (kept for its capacity).
-    spans: Vec<(usize, usize, usize, usize)>,
+    spans: Vec<Span>,
     service: S,
     config: Arc<ServerConfig>,
     stopping: CancellationToken,
@@ -580,13 +586,9 @@ where
 }
 
 /// Parse a request head from `buffer`, taking it out of the buffer when complete.
-fn parse_head(
-    buffer: &mut BytesMut,
-    spans: &mut Vec<(usize, usize, usize, usize)>,
-) -> Result<Option<Head>, HeadError> {
+fn parse_head(buffer: &mut BytesMut, spans: &mut Vec<Span>) -> Result<Option<Head>, HeadError> {
     // Parse, then keep only offsets, so the head can become shared `Bytes` that the header
     // values slice. The header array is not initialized: a request has a few headers.
-    spans.clear();
     let (length, method, target, minor) = {
         let mut headers =
             [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
@@ -602,16 +604,7 @@ fn parse_head(
                 return Err(HeadError::TooLarge)
             }
             Ok(httparse::Status::Complete(length)) => {
-                for header in request.headers.iter() {
-                    let name = header.name.as_ptr() as usize - base;
-                    let value = header.value.as_ptr() as usize - base;
-                    spans.push((
-                        name,
-                        name + header.name.len(),
-                        value,
-                        value + header.value.len(),
-                    ));
-                }
+                header_spans(request.headers, base, spans);
                 let method = Method::from_bytes(request.method.unwrap_or("").as_bytes())
                     .map_err(|_| HeadError::Malformed("invalid method".into()))?;
                 let path = request.path.unwrap_or("");

@@ -22,7 +22,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
-use crate::http1::{content_length, Decoded, Decoder};
+use crate::http1::{content_length, header_spans, Decoded, Decoder, Span};
 
 /// Read buffer growth step.
 const READ_CHUNK: usize = 8 * 1024;
@@ -53,7 +53,7 @@ pub struct Connection {
     stream: TcpStream,
     buffer: BytesMut,
     /// Name and value offsets of the response head being parsed (kept for its capacity).
-    spans: Vec<(usize, usize, usize, usize)>,
+    spans: Vec<Span>,
     /// The first-byte deadline, one timer for the connection's life: moving a registered
     /// timer later is an atomic store, while a new timer per request is registered in and
     /// removed from the timer wheel.
@@ -183,7 +183,6 @@ impl Connection {
             // Parse, then keep only offsets, so the head can become shared `Bytes` that the
             // header values slice. Neither array is initialized: a response has a few headers.
             let spans = &mut self.spans;
-            spans.clear();
             let (length, code, minor) = {
                 let mut headers = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() };
                     MAX_HEADERS];
@@ -195,16 +194,7 @@ impl Connection {
                     &mut headers,
                 ) {
                     Ok(httparse::Status::Complete(length)) => {
-                        for header in response.headers.iter() {
-                            let name = header.name.as_ptr() as usize - base;
-                            let value = header.value.as_ptr() as usize - base;
-                            spans.push((
-                                name,
-                                name + header.name.len(),
-                                value,
-                                value + header.value.len(),
-                            ));
-                        }
+                        header_spans(response.headers, base, spans);
                         let code = response.code.unwrap_or(0);
                         (length, code, response.version.unwrap_or(1))
                     }

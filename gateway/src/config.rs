@@ -199,6 +199,10 @@ pub struct LimitArgs {
     /// A client keep-alive connection with no request for this long is closed.
     #[arg(long, env = "KINFER_GATEWAY_CLIENT_KEEPALIVE_TIMEOUT", default_value = "75s", value_parser = parse_duration)]
     pub client_keepalive_timeout: Duration,
+    /// A client that takes no byte of its response for this long (it stopped reading) is
+    /// disconnected, which cancels the engine's request.
+    #[arg(long, env = "KINFER_GATEWAY_CLIENT_SEND_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub client_send_timeout: Duration,
 }
 
 #[derive(Debug, Args)]
@@ -294,6 +298,7 @@ impl LimitArgs {
             retry_after: self.retry_after,
             client_header_timeout: self.client_header_timeout,
             client_keepalive_timeout: self.client_keepalive_timeout,
+            client_send_timeout: self.client_send_timeout,
         }
     }
 }

@@ -46,6 +46,8 @@ pub struct Limits {
     pub client_header_timeout: Duration,
     /// An idle client keep-alive connection is closed after this.
     pub client_keepalive_timeout: Duration,
+    /// A client that takes no byte of its response for this long is disconnected.
+    pub client_send_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -58,6 +60,7 @@ impl Default for Limits {
             retry_after: Duration::from_secs(10),
             client_header_timeout: Duration::from_secs(30),
             client_keepalive_timeout: Duration::from_secs(75),
+            client_send_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -154,6 +157,7 @@ pub async fn serve_api(
     let config = ServerConfig {
         header_timeout: gateway.limits.client_header_timeout,
         keep_alive_timeout: gateway.limits.client_keepalive_timeout,
+        send_timeout: gateway.limits.client_send_timeout,
         max_body_bytes: gateway.limits.max_body_bytes,
     };
     crate::http1::server::serve(listener, api_service(gateway), config, shutdown).await

@@ -79,6 +79,18 @@ impl TestService {
                 });
                 Response::new(Body::from_stream(frames))
             }
+            // As fast as the connection takes it, forever.
+            "/flood" => {
+                let guard = DropGuard {
+                    events: self.events.clone(),
+                    event: "flood dropped",
+                };
+                let frames = futures::stream::unfold(guard, |guard| async move {
+                    let frame = Bytes::from(vec![b'x'; 64 << 10]);
+                    Some((Ok::<_, Infallible>(frame), guard))
+                });
+                Response::new(Body::from_stream(frames))
+            }
             "/wait" => {
                 let _guard = DropGuard {
                     events: self.events.clone(),
@@ -204,6 +216,7 @@ fn config(
     ServerConfig {
         header_timeout,
         keep_alive_timeout,
+        send_timeout: keep_alive_timeout,
         max_body_bytes,
     }
 }
@@ -985,6 +998,25 @@ async fn client_disconnect_drops_a_streamed_response() {
 
 // ---------------------------------------------------------------------------------------
 // Timeouts.
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_disconnected_after_the_send_timeout() {
+    let mut server = start(ServerConfig {
+        send_timeout: SHORT,
+        ..relaxed()
+    })
+    .await;
+    let mut client = server.connect().await;
+    client.send(get("/flood")).await;
+    // The client reads nothing more: the socket buffers fill and the writes stall.
+    let dropped = timeout(WAIT, server.events.recv()).await;
+    assert_eq!(
+        dropped.ok().flatten(),
+        Some("flood dropped"),
+        "the response (and with it the engine request) is dropped"
+    );
+    drop(client);
+}
 
 #[tokio::test]
 async fn idle_connections_close_after_the_keep_alive_timeout() {

@@ -22,6 +22,8 @@
 //!   within [`ServerConfig::header_timeout`] of its first byte, and each next part of a body
 //!   must arrive within it; an idle connection is closed after
 //!   [`ServerConfig::keep_alive_timeout`];
+//! - a client that reads nothing of its response for [`ServerConfig::send_timeout`] is
+//!   disconnected;
 //! - on shutdown, idle connections close at once and busy ones after their response.
 
 use std::future::{poll_fn, Future};
@@ -70,6 +72,9 @@ pub struct ServerConfig {
     pub header_timeout: Duration,
     /// Longest wait for the next request on an idle keep-alive connection.
     pub keep_alive_timeout: Duration,
+    /// A client that takes no byte of a response for this long is disconnected (nginx's
+    /// `send_timeout`): a stalled reader must not hold an engine's slot forever.
+    pub send_timeout: Duration,
     /// `Expect: 100-continue` is answered only for bodies up to this size (the service
     /// answers 413 to larger ones without reading them).
     pub max_body_bytes: usize,
@@ -80,6 +85,7 @@ impl Default for ServerConfig {
         Self {
             header_timeout: Duration::from_secs(30),
             keep_alive_timeout: Duration::from_secs(75),
+            send_timeout: Duration::from_secs(60),
             max_body_bytes: 32 << 20,
         }
     }
@@ -388,7 +394,8 @@ where
                     .is_none_or(|length| length <= self.config.max_body_bytes as u64);
                 if expect_continue && wanted {
                     let interim = b"HTTP/1.1 100 Continue\r\n\r\n";
-                    if self.writer.write_all(interim).await.is_err() {
+                    let timeout = self.config.send_timeout;
+                    if send(&mut self.writer, interim, timeout).await.is_err() {
                         return false;
                     }
                 }
@@ -555,7 +562,11 @@ where
             }
             if data.len() <= COPY_FRAME_BYTES {
                 self.output.extend_from_slice(&data);
-            } else if self.flush().await.is_err() || self.writer.write_all(&data).await.is_err() {
+            } else if self.flush().await.is_err()
+                || send(&mut self.writer, &data, self.config.send_timeout)
+                    .await
+                    .is_err()
+            {
                 return false;
             }
             if framing == Framing::Chunked {
@@ -577,12 +588,32 @@ where
 
     async fn flush(&mut self) -> std::io::Result<()> {
         if !self.output.is_empty() {
-            let written = self.writer.write_all(&self.output).await;
+            let written = send(&mut self.writer, &self.output, self.config.send_timeout).await;
             self.output.clear();
             written?;
         }
         Ok(())
     }
+}
+
+/// Write all of `bytes`, unless the client takes none of them for `timeout`. The timer is armed
+/// only when the write has to wait (the socket buffer is full): most writes complete at once.
+async fn send(writer: &mut OwnedWriteHalf, bytes: &[u8], timeout: Duration) -> std::io::Result<()> {
+    let mut written = 0;
+    while written < bytes.len() {
+        let mut write = pin!(writer.write(&bytes[written..]));
+        let result = match poll_fn(|context| Poll::Ready(write.as_mut().poll(context))).await {
+            Poll::Ready(result) => result,
+            Poll::Pending => tokio::time::timeout(timeout, write)
+                .await
+                .unwrap_or_else(|_elapsed| Err(std::io::ErrorKind::TimedOut.into())),
+        };
+        match result? {
+            0 => return Err(std::io::ErrorKind::WriteZero.into()),
+            count => written += count,
+        }
+    }
+    Ok(())
 }
 
 /// Parse a request head from `buffer`, taking it out of the buffer when complete.

@@ -39,14 +39,27 @@ trap cleanup EXIT
 # Nine free ports: three replicas, one port nothing listens on, the gateway and its admin,
 # a second gateway with authentication on (test_auth.py) and its admin, and the replica that
 # late-model gets while a request is held (test_sdk.py).
+# They are taken below the kernel's ephemeral range: a port from bind(0) is free only until some
+# outgoing connection (another test, a build) gets it as its source port before the server
+# binds it.
 read -r sim_a sim_b sim_embed dead listen admin auth_listen auth_admin sim_late < <("$venv/bin/python" - <<'PY'
-import socket
-sockets = [socket.socket() for _ in range(9)]
-for s in sockets:
-    s.bind(("127.0.0.1", 0))
-print(" ".join(str(s.getsockname()[1]) for s in sockets))
-for s in sockets:
-    s.close()
+import random, socket
+try:
+    low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+except (OSError, ValueError, IndexError):
+    low = 32768
+ports = []
+while len(ports) < 9:
+    port = random.randrange(max(1024, low - 12000), low)
+    if port in ports:
+        continue
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+    ports.append(port)
+print(" ".join(map(str, ports)))
 PY
 )
 

@@ -79,6 +79,14 @@ impl TestService {
                 });
                 Response::new(Body::from_stream(frames))
             }
+            // 1 MB in 10,000 frames that are all ready at once.
+            "/many" => {
+                let frames =
+                    futures::stream::iter((0..10_000).map(|index: u32| {
+                        Ok::<_, Infallible>(Bytes::from(format!("{index:099}\n")))
+                    }));
+                Response::new(Body::from_stream(frames))
+            }
             // As fast as the connection takes it, forever.
             "/flood" => {
                 let guard = DropGuard {
@@ -560,6 +568,22 @@ async fn keep_alive_connection_frames_sized_streamed_and_empty_responses() {
     // this response's status line).
     client.send(get("/sized")).await;
     assert_eq!(client.read_response().await.text(), "hello, world");
+}
+
+#[tokio::test]
+async fn a_large_body_of_ready_frames_arrives_whole() {
+    let server = start(relaxed()).await;
+    let mut client = server.connect().await;
+    client.send(get("/many")).await;
+    let response = client.read_response().await;
+    assert_eq!(response.status, 200);
+    assert_eq!(response.header("transfer-encoding"), Some("chunked"));
+    let text = response.text();
+    assert_eq!(text.len(), 1_000_000);
+    assert!(text.starts_with(&format!("{:099}\n", 0)));
+    assert!(text.ends_with(&format!("{:099}\n", 9_999)));
+    client.send(get("/sized")).await;
+    assert_eq!(client.read_response().await.status, 200, "still usable");
 }
 
 #[tokio::test]

@@ -60,6 +60,8 @@ const MAX_PIPELINED_BYTES: usize = 64 * 1024;
 /// still reads what arrives (see `Connection::linger`).
 const LINGER_TIME: Duration = Duration::from_secs(2);
 const LINGER_BYTES: usize = 16 << 20;
+/// Response bytes gathered before a write even when more frames are ready.
+const FLUSH_BYTES: usize = 64 * 1024;
 /// Response data frames up to this size are copied behind the head (one write for a whole
 /// small response); bigger ones are written on their own.
 const COPY_FRAME_BYTES: usize = 16 * 1024;
@@ -572,6 +574,11 @@ where
             if framing == Framing::Chunked {
                 self.output.extend_from_slice(b"\r\n");
             }
+            // A body whose frames are all ready (a large answer read quickly) is written as
+            // it goes, not gathered whole.
+            if self.output.len() >= FLUSH_BYTES && self.flush().await.is_err() {
+                return false;
+            }
         }
         drop(body);
         match framing {
@@ -590,6 +597,8 @@ where
         if !self.output.is_empty() {
             let written = send(&mut self.writer, &self.output, self.config.send_timeout).await;
             self.output.clear();
+            // An idle connection keeps a small buffer, whatever its largest answer was.
+            self.output.shrink_to(READ_CHUNK);
             written?;
         }
         Ok(())

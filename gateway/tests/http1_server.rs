@@ -99,6 +99,20 @@ impl TestService {
                 });
                 Response::new(Body::from_stream(frames))
             }
+            // Reads the whole body, then waits forever (a long generation after an upload).
+            "/read-then-wait" => {
+                let _guard = DropGuard {
+                    events: self.events.clone(),
+                    event: "read-then-wait dropped",
+                };
+                let body = request.into_body().collect().await;
+                let _ = self.events.send(if body.is_ok() {
+                    "body read"
+                } else {
+                    "body failed"
+                });
+                std::future::pending().await
+            }
             "/wait" => {
                 let _guard = DropGuard {
                     events: self.events.clone(),
@@ -1000,6 +1014,25 @@ async fn client_disconnect_drops_the_request_in_progress() {
         dropped.ok().flatten(),
         Some("wait dropped"),
         "the service future is dropped when the client goes away"
+    );
+}
+
+#[tokio::test]
+async fn client_disconnect_after_a_body_in_pieces_drops_the_request() {
+    let mut server = start(relaxed()).await;
+    let mut client = server.connect().await;
+    client
+        .send("POST /read-then-wait HTTP/1.1\r\nhost: test\r\ncontent-length: 10\r\n\r\nhello")
+        .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    client.send("world").await;
+    assert_eq!(server.next_event().await, "body read");
+    drop(client);
+    let dropped = timeout(Duration::from_secs(2), server.events.recv()).await;
+    assert_eq!(
+        dropped.ok().flatten(),
+        Some("read-then-wait dropped"),
+        "the connection is watched again once the body that came in pieces is read"
     );
 }
 

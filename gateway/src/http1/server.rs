@@ -415,12 +415,39 @@ where
         let request = Request::from_parts(parts, Body::new(body));
         // Pinned where it is made: the service future is several KiB, and a move of it was a
         // copy per request.
-        let future = pin!(self.service.call(request));
-        let Some(Ok(response)) = self.until_ready(future).await else {
+        let mut future = pin!(self.service.call(request));
+        // Wait for the response while watching the client, as `until_ready` does; a body that
+        // was read from the connection gives the reader back once read to its end, and the
+        // watch starts then (a generation can outlast its upload by minutes).
+        let reader = &mut self.reader;
+        let response = poll_fn(|context| {
+            if let Poll::Ready(response) = future.as_mut().poll(context) {
+                return Poll::Ready(Some(response));
+            }
+            if reader.is_none() {
+                if let Some(home) = &lent {
+                    *reader = home
+                        .lock()
+                        .ok()
+                        .and_then(|mut slot| slot.take_if(|(_, complete)| *complete))
+                        .map(|(returned, _)| returned);
+                }
+            }
+            if reader
+                .as_mut()
+                .is_some_and(|reader| reader.poll_client_gone(context))
+            {
+                return Poll::Ready(None);
+            }
+            Poll::Pending
+        })
+        .await;
+        let Some(Ok(response)) = response else {
             return false;
         };
-        // The reader back from the body. If the body was not read to its end (413, 401), the
-        // rest of it may still be arriving: the connection closes after the response.
+        // The reader back from the body, if not taken back above. If the body was not read to
+        // its end (413, 401), the rest of it may still be arriving: the connection closes
+        // after the response.
         let mut unread = None;
         match lent.and_then(|home| home.lock().ok().and_then(|mut slot| slot.take())) {
             Some((reader, true)) => self.reader = Some(reader),

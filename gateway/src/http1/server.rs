@@ -543,8 +543,9 @@ where
             version,
         );
         if framing == Framing::None {
+            let kept = self.flush().await.is_ok() && keep_alive;
             drop(body);
-            return self.flush().await.is_ok() && keep_alive;
+            return kept;
         }
         let mut written: u64 = 0;
         loop {
@@ -607,7 +608,6 @@ where
                 return false;
             }
         }
-        drop(body);
         match framing {
             Framing::Chunked => self.output.extend_from_slice(b"0\r\n\r\n"),
             Framing::Length(length) if written != length => {
@@ -617,7 +617,12 @@ where
             Framing::UntilClose => keep_alive = false,
             _ => {}
         }
-        self.flush().await.is_ok() && keep_alive
+        let kept = self.flush().await.is_ok() && keep_alive;
+        // Dropped after the last write: what the body does when it ends (the engine connection
+        // back to the pool, the access log line, the metrics) is then off the client's wait.
+        drop(body);
+        drop(parts);
+        kept
     }
 
     async fn flush(&mut self) -> std::io::Result<()> {

@@ -205,19 +205,29 @@ pub fn content_length<'a>(
 ) -> Result<Option<u64>, &'static str> {
     let mut length = None;
     for value in values {
-        for item in value.as_bytes().split(|&byte| byte == b',') {
-            let item = item.trim_ascii();
-            if item.is_empty() || item.len() > 19 || !item.iter().all(u8::is_ascii_digit) {
-                return Err("content-length is not a number");
-            }
-            let parsed = item
-                .iter()
-                .fold(0_u64, |total, digit| total * 10 + u64::from(digit - b'0'));
-            if length.is_some_and(|previous| previous != parsed) {
-                return Err("conflicting content-length values");
-            }
-            length = Some(parsed);
+        length = add_content_length(length, value)?;
+    }
+    Ok(length)
+}
+
+/// [`content_length`] one header at a time, for parsers that meet the headers in a loop: the
+/// length so far and the next `content-length` value.
+pub fn add_content_length(
+    mut length: Option<u64>,
+    value: &http::HeaderValue,
+) -> Result<Option<u64>, &'static str> {
+    for item in value.as_bytes().split(|&byte| byte == b',') {
+        let item = item.trim_ascii();
+        if item.is_empty() || item.len() > 19 || !item.iter().all(u8::is_ascii_digit) {
+            return Err("content-length is not a number");
         }
+        let parsed = item
+            .iter()
+            .fold(0_u64, |total, digit| total * 10 + u64::from(digit - b'0'));
+        if length.is_some_and(|previous| previous != parsed) {
+            return Err("conflicting content-length values");
+        }
+        length = Some(parsed);
     }
     Ok(length)
 }

@@ -44,7 +44,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
-use super::{content_length, header_spans, Decoded, Decoder, FramingError, Span};
+use super::{
+    add_content_length, content_length, header_spans, Decoded, Decoder, FramingError, Span,
+};
 use crate::error::ApiError;
 
 /// Read buffer growth step.
@@ -80,17 +82,6 @@ pub struct ServerConfig {
     /// `Expect: 100-continue` is answered only for bodies up to this size (the service
     /// answers 413 to larger ones without reading them).
     pub max_body_bytes: usize,
-}
-
-impl Default for ServerConfig {
-    fn default() -> Self {
-        Self {
-            header_timeout: Duration::from_secs(30),
-            keep_alive_timeout: Duration::from_secs(75),
-            send_timeout: Duration::from_secs(60),
-            max_body_bytes: 32 << 20,
-        }
-    }
 }
 
 /// Serve `service` on `listener` until `shutdown` completes, then wait for open connections
@@ -383,7 +374,7 @@ where
         let Some(reader) = self.reader.as_mut() else {
             return false;
         };
-        let mut lent = None;
+        let mut lent: Option<Home> = None;
         let body = match decoder {
             Decoder::Done => RequestBody::Full(None),
             Decoder::Length(length) if reader.buffer.len() as u64 >= length => {
@@ -415,33 +406,8 @@ where
         let request = Request::from_parts(parts, Body::new(body));
         // Pinned where it is made: the service future is several KiB, and a move of it was a
         // copy per request.
-        let mut future = pin!(self.service.call(request));
-        // Wait for the response while watching the client, as `until_ready` does; a body that
-        // was read from the connection gives the reader back once read to its end, and the
-        // watch starts then (a generation can outlast its upload by minutes).
-        let reader = &mut self.reader;
-        let response = poll_fn(|context| {
-            if let Poll::Ready(response) = future.as_mut().poll(context) {
-                return Poll::Ready(Some(response));
-            }
-            if reader.is_none() {
-                if let Some(home) = &lent {
-                    *reader = home
-                        .lock()
-                        .ok()
-                        .and_then(|mut slot| slot.take_if(|(_, complete)| *complete))
-                        .map(|(returned, _)| returned);
-                }
-            }
-            if reader
-                .as_mut()
-                .is_some_and(|reader| reader.poll_client_gone(context))
-            {
-                return Poll::Ready(None);
-            }
-            Poll::Pending
-        })
-        .await;
+        let future = pin!(self.service.call(request));
+        let response = self.until_ready(future, lent.as_ref()).await;
         let Some(Ok(response)) = response else {
             return false;
         };
@@ -482,12 +448,25 @@ where
         let _ = tokio::time::timeout(LINGER_TIME, drain).await;
     }
 
-    /// Wait for `future` while watching the client: `None` if it closed the connection.
-    async fn until_ready<T>(&mut self, mut future: Pin<&mut impl Future<Output = T>>) -> Option<T> {
-        let mut reader = self.reader.as_mut();
+    /// Wait for `future` while watching the client: `None` if it closed the connection. While
+    /// a request body has the reader (`lent`), the watch starts when the body gives it back
+    /// read to its end (a generation can outlast its upload by minutes).
+    async fn until_ready<T>(
+        &mut self,
+        mut future: Pin<&mut impl Future<Output = T>>,
+        lent: Option<&Home>,
+    ) -> Option<T> {
+        let reader = &mut self.reader;
         poll_fn(|context| {
             if let Poll::Ready(value) = future.as_mut().poll(context) {
                 return Poll::Ready(Some(value));
+            }
+            if let (None, Some(home)) = (&reader, lent) {
+                *reader = home
+                    .lock()
+                    .ok()
+                    .and_then(|mut slot| slot.take_if(|(_, complete)| *complete))
+                    .map(|(returned, _)| returned);
             }
             if reader
                 .as_mut()
@@ -558,7 +537,7 @@ where
                     return false;
                 }
                 let frame = poll_fn(|context| Pin::new(&mut body).poll_frame(context));
-                match self.until_ready(pin!(frame)).await {
+                match self.until_ready(pin!(frame), None).await {
                     Some(frame) => next = Poll::Ready(frame),
                     None => return false,
                 }
@@ -714,14 +693,8 @@ fn parse_head(buffer: &mut BytesMut, spans: &mut Vec<Span>) -> Result<Option<Hea
         let value = HeaderValue::from_maybe_shared(head.slice(value_start..value_end))
             .map_err(|_| HeadError::Malformed(format!("invalid value of header {name}")))?;
         if name == header::CONTENT_LENGTH {
-            let this = content_length(std::iter::once(&value))
+            length = add_content_length(length, &value)
                 .map_err(|reason| HeadError::Malformed(reason.into()))?;
-            if length.is_some() && length != this {
-                return Err(HeadError::Malformed(
-                    "conflicting content-length values".into(),
-                ));
-            }
-            length = this;
         } else if name == header::TRANSFER_ENCODING {
             transfer_encoding = true;
         } else if name == header::CONNECTION {
@@ -911,6 +884,10 @@ pub enum RequestBody {
     Stream(Box<StreamingBody>),
 }
 
+/// Where a streamed request body leaves the connection's reader when dropped, with whether
+/// the body was read to its end.
+type Home = Arc<Mutex<Option<(Reader, bool)>>>;
+
 /// A request body still on the connection. It holds the connection's reader, and gives it
 /// back (to `home`) when dropped.
 pub struct StreamingBody {
@@ -918,7 +895,7 @@ pub struct StreamingBody {
     decoder: Decoder,
     /// Where the reader goes back to when the body is dropped, with whether the body was
     /// read to its end.
-    home: Arc<Mutex<Option<(Reader, bool)>>>,
+    home: Home,
     timeout: Duration,
     timer: Option<Pin<Box<Sleep>>>,
 }

@@ -22,7 +22,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
-use crate::http1::{content_length, header_spans, Decoded, Decoder, Span};
+use crate::http1::{add_content_length, header_spans, Decoded, Decoder, Span};
 
 /// Read buffer growth step.
 const READ_CHUNK: usize = 8 * 1024;
@@ -118,14 +118,8 @@ impl Connection {
             .await
         };
         self.timer = Some(timer);
-        let (parts, framing, keeps_alive) = head?;
-        let state = match framing {
-            Framing::Empty => Decoder::Done,
-            Framing::Length(length) => Decoder::length(length),
-            Framing::Chunked => Decoder::chunked(),
-            Framing::UntilClose | Framing::UntilCloseEncoded => Decoder::UntilClose,
-        };
-        let reusable = keeps_alive && framing != Framing::UntilClose;
+        let (parts, state, keeps_alive) = head?;
+        let reusable = keeps_alive && state != Decoder::UntilClose;
         let body = ResponseBody {
             connection: Some(self),
             state,
@@ -139,7 +133,7 @@ impl Connection {
         &mut self,
         request: &RequestHead<'_>,
         body: &Bytes,
-    ) -> Result<(http::response::Parts, Framing, bool), H1Error> {
+    ) -> Result<(http::response::Parts, Decoder, bool), H1Error> {
         let mut head = encode_head(request, body.len());
         if body.len() <= COALESCE_BODY_BYTES {
             head.extend_from_slice(body);
@@ -178,7 +172,7 @@ impl Connection {
     fn parse_head(
         &mut self,
         method: &Method,
-    ) -> Result<Option<(http::response::Parts, Framing, bool)>, H1Error> {
+    ) -> Result<Option<(http::response::Parts, Decoder, bool)>, H1Error> {
         loop {
             // Parse, then keep only offsets, so the head can become shared `Bytes` that the
             // header values slice. Neither array is initialized: a response has a few headers.
@@ -218,7 +212,9 @@ impl Connection {
             let mut headers = HeaderMap::with_capacity(self.spans.len() + 8);
             // What delimits the body and whether the connection stays open, noted in the same
             // pass (the map is not searched again).
-            let mut framing = Framing::UntilClose;
+            // Some when there is a transfer-encoding: whether its last coding is chunked.
+            let mut chunked = None;
+            let mut length = None;
             let mut close = false;
             let mut keep_alive = false;
             for &(name_start, name_end, value_start, value_end) in &self.spans {
@@ -227,28 +223,15 @@ impl Connection {
                 let value = HeaderValue::from_maybe_shared(head.slice(value_start..value_end))
                     .map_err(|error| H1Error::Invalid(format!("header {name}: {error}")))?;
                 if name == header::TRANSFER_ENCODING {
-                    // The last coding of the last header decides; chunked wins over a length.
+                    // The last coding of the last header decides.
                     let last = value.as_bytes().rsplit(|&byte| byte == b',').next();
-                    framing = if last
-                        .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"))
-                    {
-                        Framing::Chunked
-                    } else {
-                        Framing::UntilCloseEncoded
-                    };
+                    chunked =
+                        Some(last.is_some_and(|last| {
+                            last.trim_ascii().eq_ignore_ascii_case(b"chunked")
+                        }));
                 } else if name == header::CONTENT_LENGTH {
-                    let length = content_length(std::iter::once(&value))
-                        .map_err(|reason| H1Error::Invalid(reason.into()))?
-                        .unwrap_or(0);
-                    framing = match framing {
-                        Framing::UntilClose => Framing::Length(length),
-                        Framing::Length(previous) if previous != length => {
-                            return Err(H1Error::Invalid(
-                                "conflicting content-length values".into(),
-                            ))
-                        }
-                        other => other,
-                    };
+                    length = add_content_length(length, &value)
+                        .map_err(|reason| H1Error::Invalid(reason.into()))?;
                 } else if name == header::CONNECTION {
                     for token in value.as_bytes().split(|&byte| byte == b',') {
                         let token = token.trim_ascii();
@@ -267,17 +250,22 @@ impl Connection {
                 parts.version = Version::HTTP_11;
                 !close
             };
-            if method == Method::HEAD
+            // RFC 9112 section 6.3: a transfer coding overrides any length, and a coding other
+            // than chunked last means the body ends with the connection.
+            let body = if method == Method::HEAD
                 || status == StatusCode::NO_CONTENT
                 || status == StatusCode::NOT_MODIFIED
             {
-                framing = Framing::Empty;
-            }
-            if framing == Framing::UntilCloseEncoded {
-                framing = Framing::UntilClose;
-            }
+                Decoder::Done
+            } else {
+                match (chunked, length) {
+                    (Some(true), _) => Decoder::chunked(),
+                    (None, Some(length)) => Decoder::length(length),
+                    (Some(false), _) | (None, None) => Decoder::UntilClose,
+                }
+            };
             parts.headers = headers;
-            return Ok(Some((parts, framing, reusable)));
+            return Ok(Some((parts, body, reusable)));
         }
     }
 }
@@ -318,17 +306,6 @@ fn encode_head(request: &RequestHead<'_>, body_length: usize) -> Vec<u8> {
     head.extend_from_slice(body_length.to_string().as_bytes());
     head.extend_from_slice(b"\r\n\r\n");
     head
-}
-
-/// How a response body is delimited (RFC 9112 section 6.3).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Framing {
-    Empty,
-    Length(u64),
-    Chunked,
-    UntilClose,
-    /// A transfer coding other than chunked last: until close, whatever the length says.
-    UntilCloseEncoded,
 }
 
 /// A response body read from its connection as the client reads it.

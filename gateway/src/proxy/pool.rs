@@ -148,7 +148,10 @@ impl Pool {
                 result => return result.map_err(failed),
             }
         }
-        let connection = self.shared.connect(address).await?;
+        // A new connection counts against the same deadline (only this path pays for a timer).
+        let connection = tokio::time::timeout_at(deadline, self.shared.connect(address))
+            .await
+            .map_err(|_elapsed| UpstreamError::Timeout(first_byte_timeout))??;
         connection
             .send(&request, body, deadline)
             .await

@@ -226,6 +226,20 @@ rss_kib() {  # field (VmRSS or VmHWM), root pid
     echo "$total"
 }
 
+# CPU time (user + system) of a process and its descendants, in clock ticks. /proc/PID/stat
+# counts every thread of the process.
+cpu_ticks() {  # root pid
+    local total=0 fields
+    for pid in $(tree_pids "$1"); do
+        # Fields after the command name (which may hold spaces): utime is the 12th, stime the 13th.
+        fields=$(sed 's/.*) //' /proc/"$pid"/stat 2>/dev/null || true)
+        [[ -n $fields ]] || continue
+        total=$((total + $(awk '{print $12 + $13}' <<<"$fields")))
+    done
+    echo "$total"
+}
+ticks_per_second=$(getconf CLK_TCK)
+
 # --- load ----------------------------------------------------------------------------------
 results=$work/results.jsonl
 runs=$((repeats * 2 * $(wc -w <<<"$concurrency") * $(wc -w <<<"$setups")))
@@ -241,6 +255,8 @@ for repeat in $(seq 1 "$repeats"); do
                     >"$out" 2>/dev/null &
                 oha_pid=$!
                 peak=0
+                cpu_before=0
+                [[ -z ${pid_of[$setup]:-} ]] || cpu_before=$(cpu_ticks "${pid_of[$setup]}")
                 if [[ -n ${pid_of[$setup]:-} ]]; then
                     while kill -0 "$oha_pid" 2>/dev/null; do
                         now=$(rss_kib VmRSS "${pid_of[$setup]}")
@@ -249,12 +265,21 @@ for repeat in $(seq 1 "$repeats"); do
                     done
                 fi
                 wait "$oha_pid" || true
-                python3 - "$out" "$setup" "$mode" "$c" "$repeat" "$peak" >>"$results" <<'PY'
+                cpu_ticks_used=0
+                [[ -z ${pid_of[$setup]:-} ]] || cpu_ticks_used=$(($(cpu_ticks "${pid_of[$setup]}") - cpu_before))
+                python3 - "$out" "$setup" "$mode" "$c" "$repeat" "$peak" "$cpu_ticks_used" \
+                    "$ticks_per_second" >>"$results" <<'PY'
 import json, sys
-path, setup, mode, c, repeat, rss = sys.argv[1:]
+path, setup, mode, c, repeat, rss, ticks, per_second = sys.argv[1:]
+cpu_us = None
 try:
     data = json.load(open(path))
     rps = data["summary"]["requestsPerSec"]
+    # The proxy's CPU per request: its capacity on cores of its own, which the shared-CPU
+    # throughput (generator and backends on the same two cores) understates.
+    answered = sum(data.get("statusCodeDistribution", {}).values())
+    if int(ticks) > 0 and answered:
+        cpu_us = int(ticks) / int(per_second) * 1e6 / answered
     p50 = data["latencyPercentiles"]["p50"] * 1000
     p99 = data["latencyPercentiles"]["p99"] * 1000
     ok = data["summary"].get("successRate", 1.0)
@@ -263,7 +288,7 @@ except Exception as error:  # a failed run is recorded, not fatal
     rps, p50, p99, ok, codes = 0.0, None, None, 0.0, {"error": str(error)}
 print(json.dumps({"setup": setup, "mode": mode, "c": int(c), "repeat": int(repeat), "rps": rps,
                   "p50_ms": p50, "p99_ms": p99, "success": ok, "codes": codes,
-                  "rss_kib": int(rss)}))
+                  "rss_kib": int(rss), "cpu_us": cpu_us}))
 PY
                 printf '.' >&2
             done
@@ -319,7 +344,7 @@ ttfb = [json.loads(line) for line in open(ttfb_path)] if os.path.exists(ttfb_pat
 setups, levels = setups.split(), [int(c) for c in levels.split()]
 hwm = dict(arg.split("=") for arg in hwm_args)
 def median(mode, setup, c, key):
-    values = [r[key] for r in rows if (r["mode"], r["setup"], r["c"]) == (mode, setup, c) and r[key] is not None]
+    values = [r[key] for r in rows if (r["mode"], r["setup"], r["c"]) == (mode, setup, c) and r.get(key) is not None]
     return statistics.median(values) if values else float("nan")
 def ratio(a, b):
     return a / b if b and b == b and b > 0 else float("nan")
@@ -346,6 +371,26 @@ for mode, unit in (("plain", "non-streaming, req/s"), ("stream", "streaming (32 
         print(f"Added p50 latency vs direct (ms): " + "; ".join(
             f"{setup} " + " / ".join(f"{median(mode, setup, c, 'p50_ms') - median(mode, 'direct', c, 'p50_ms'):+.2f}" for c in levels)
             for setup in setups if setup != "direct") + f" (c={'/'.join(map(str, levels))})\n")
+proxies = [setup for setup in setups if setup != "direct"]
+if any(r.get("cpu_us") for r in rows):
+    print("### proxy CPU per request (user + system, µs; median of the runs)\n")
+    print("Capacity on cores of its own: the throughput above is shared with the generator and "
+          "the backends, which compresses every ratio towards 1.\n")
+    header = "| setup |" + "".join(f" {mode} c={c} |" for mode in ("plain", "stream") for c in levels)
+    print(header)
+    print("|---|" + "---:|" * (2 * len(levels)))
+    for setup in proxies:
+        cells = [f"{median(mode, setup, c, 'cpu_us'):.1f}" for mode in ("plain", "stream") for c in levels]
+        print(f"| {setup} | " + " | ".join(cells) + " |")
+    print()
+    if "kinfer" in proxies:
+        for other in proxies:
+            if other == "kinfer":
+                continue
+            cells = [f"{ratio(median(mode, other, c, 'cpu_us'), median(mode, 'kinfer', c, 'cpu_us')):.2f}"
+                     for mode in ("plain", "stream") for c in levels]
+            print(f"CPU per request of {other} ÷ kinfer (plain then stream, c={'/'.join(map(str, levels))}): "
+                  + " / ".join(cells) + "\n")
 if ttfb:
     print("### time to first byte, streaming, concurrency 1\n")
     print("| setup | p50 ms | p99 ms | added p50 vs direct |")

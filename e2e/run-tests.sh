@@ -16,8 +16,8 @@ set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
 export KINFER_CACHE="${KINFER_CACHE:-$HOME/.cache/kinfer}"
-# Builds live in the cache, outside the checkout, so a fresh clone is warm.
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$KINFER_CACHE/target}"
+# shellcheck source=tools/cargo-target.sh
+source "$repo/e2e/tools/cargo-target.sh"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 t0=$SECONDS
 step() { printf '\n==> [%4ss] %s\n' "$((SECONDS - t0))" "$*"; }

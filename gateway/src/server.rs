@@ -10,7 +10,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use http_body_util::BodyExt;
 use serde_json::{json, Map, Value};
 
 use crate::auth::keys::{ApiKey, API_KEY_HEADER};
@@ -610,11 +610,36 @@ impl Gateway {
         if declared.is_some_and(|length| length > limit as u64) {
             return Err(ApiError::BodyTooLarge { limit });
         }
-        match Limited::new(body, limit).collect().await {
-            Ok(collected) => Ok(collected.to_bytes()),
-            Err(error) if error.is::<LengthLimitError>() => Err(ApiError::BodyTooLarge { limit }),
-            Err(error) => Err(ApiError::BodyRead(axum::Error::new(error))),
+        // Gathered here rather than with `Limited` and `collect`: a body that came with its
+        // head is one frame, kept as it is (no buffer, no copy).
+        let mut body = body;
+        let mut first: Option<bytes::Bytes> = None;
+        let mut gathered: Option<bytes::BytesMut> = None;
+        let mut total = 0_usize;
+        while let Some(frame) = body.frame().await {
+            let Ok(data) = frame.map_err(ApiError::BodyRead)?.into_data() else {
+                // Trailers.
+                continue;
+            };
+            total = total.saturating_add(data.len());
+            if total > limit {
+                return Err(ApiError::BodyTooLarge { limit });
+            }
+            match (&mut gathered, first.take()) {
+                (Some(buffer), _) => buffer.extend_from_slice(&data),
+                (None, None) => first = Some(data),
+                (None, Some(earlier)) => {
+                    let mut buffer = bytes::BytesMut::with_capacity(earlier.len() + data.len());
+                    buffer.extend_from_slice(&earlier);
+                    buffer.extend_from_slice(&data);
+                    gathered = Some(buffer);
+                }
+            }
         }
+        Ok(match gathered {
+            Some(buffer) => buffer.freeze(),
+            None => first.unwrap_or_default(),
+        })
     }
 
     /// Hold a request for a model with no ready replica, or behind the requests already held for

@@ -386,7 +386,34 @@ async fn body_limit_is_413_with_or_without_content_length() {
     assert_eq!(response.status(), 413);
 
     let small = serde_json::json!({"model": "m", "prompt": "x".repeat(500)});
-    assert_eq!(gateway.post("/v1/completions", small).await.status(), 200);
+    assert_eq!(
+        gateway
+            .post("/v1/completions", small.clone())
+            .await
+            .status(),
+        200
+    );
+
+    // A body under the limit that arrives in many chunks is gathered whole (a piece lost or
+    // repeated would not parse, here or at the engine).
+    let chunks = futures::stream::iter(
+        small
+            .to_string()
+            .into_bytes()
+            .chunks(50)
+            .map(|chunk| Ok::<_, std::io::Error>(chunk.to_vec()))
+            .collect::<Vec<_>>(),
+    );
+    let response = gateway
+        .client
+        .post(gateway.url("/v1/completions"))
+        .header("content-type", "application/json")
+        .body(reqwest::Body::wrap_stream(chunks))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    assert_eq!(status, 200, "{}", response.text().await.unwrap());
 }
 
 #[tokio::test]

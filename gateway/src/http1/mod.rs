@@ -6,6 +6,7 @@
 pub mod server;
 
 use bytes::{Buf, Bytes, BytesMut};
+use http::header::{HeaderName, InvalidHeaderName};
 
 /// Longest chunk-size or trailer line accepted.
 const MAX_LINE_BYTES: usize = 4 * 1024;
@@ -178,6 +179,31 @@ fn chunk_size(line: &[u8]) -> Result<u64, FramingError> {
         .ok_or(FramingError::ChunkSize)
 }
 
+/// A parsed header name. The names nearly every request and response has, written in
+/// lowercase (as most clients and engines write them), are constants: `HeaderName::from_bytes`
+/// lowercases each name into a buffer, searches the table of standard names, and allocates a
+/// copy of any other name (`x-request-id`). Everything else goes to it.
+pub fn header_name(name: &[u8]) -> Result<HeaderName, InvalidHeaderName> {
+    use http::header;
+    let known = match name {
+        b"host" => header::HOST,
+        b"date" => header::DATE,
+        b"accept" => header::ACCEPT,
+        b"server" => header::SERVER,
+        b"expect" => header::EXPECT,
+        b"user-agent" => header::USER_AGENT,
+        b"connection" => header::CONNECTION,
+        b"content-type" => header::CONTENT_TYPE,
+        b"x-request-id" => crate::proxy::REQUEST_ID_HEADER,
+        b"authorization" => header::AUTHORIZATION,
+        b"content-length" => header::CONTENT_LENGTH,
+        b"accept-encoding" => header::ACCEPT_ENCODING,
+        b"transfer-encoding" => header::TRANSFER_ENCODING,
+        _ => return HeaderName::from_bytes(name),
+    };
+    Ok(known)
+}
+
 /// Offsets of a header's name and value in the parsed buffer: (name start, name end, value
 /// start, value end).
 pub type Span = (usize, usize, usize, usize);
@@ -282,6 +308,31 @@ mod tests {
                 }
             };
             assert!(result.is_err(), "{input:?}");
+        }
+    }
+
+    #[test]
+    fn header_names_are_the_same_with_or_without_the_fast_path() {
+        for name in [
+            "host",
+            "Host",
+            "content-length",
+            "Content-Length",
+            "x-request-id",
+            "X-Request-Id",
+            "transfer-encoding",
+            "x-custom",
+            "accept-encoding",
+            "authorization",
+        ] {
+            assert_eq!(
+                header_name(name.as_bytes()).unwrap(),
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                "{name}"
+            );
+        }
+        for bad in [&b""[..], b"bad name", b"caf\xc3\xa9", b"a:b"] {
+            assert!(header_name(bad).is_err(), "{bad:?}");
         }
     }
 

@@ -45,7 +45,8 @@ use tokio::time::{Instant, Sleep};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use super::{
-    add_content_length, content_length, header_spans, Decoded, Decoder, FramingError, Span,
+    add_content_length, content_length, header_name, header_spans, Decoded, Decoder, FramingError,
+    Span,
 };
 use crate::error::ApiError;
 
@@ -688,7 +689,7 @@ fn parse_head(buffer: &mut BytesMut, spans: &mut Vec<Span>) -> Result<Option<Hea
     let mut connection_header = false;
     let mut expect_header = false;
     for &(name_start, name_end, value_start, value_end) in spans.iter() {
-        let name = HeaderName::from_bytes(&head[name_start..name_end])
+        let name = header_name(&head[name_start..name_end])
             .map_err(|_| HeadError::Malformed("invalid header name".into()))?;
         let value = HeaderValue::from_maybe_shared(head.slice(value_start..value_end))
             .map_err(|_| HeadError::Malformed(format!("invalid value of header {name}")))?;

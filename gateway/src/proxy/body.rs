@@ -19,7 +19,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use tokio::time::{Instant, Sleep};
 
 use super::h1::{H1Error, ResponseBody};
-use super::pool::Pool;
+use super::pool::Home;
 use crate::index::Endpoint;
 use crate::metrics::{Metrics, ModelMetrics, UNKNOWN_MODEL};
 
@@ -168,8 +168,9 @@ pub struct ProxyBody {
     last_frame: Instant,
     first_frame_seen: bool,
     /// Where the upstream connection goes back when the body has been read to the end.
-    pool: Pool,
-    inflight: InflightGuard,
+    home: Home,
+    /// Held until the body ends: the replica's in-flight count.
+    _inflight: InflightGuard,
     log: RequestLog,
     /// A frame read before the response head was handed to the server; see [`Self::prefetch`].
     prefetched: Option<Result<Frame<Bytes>, H1Error>>,
@@ -178,7 +179,7 @@ pub struct ProxyBody {
 impl ProxyBody {
     pub fn new(
         inner: ResponseBody,
-        pool: Pool,
+        home: Home,
         idle_timeout: Duration,
         inflight: InflightGuard,
         log: RequestLog,
@@ -190,8 +191,8 @@ impl ProxyBody {
             idle: None,
             last_frame: now,
             first_frame_seen: false,
-            pool,
-            inflight,
+            home,
+            _inflight: inflight,
             log,
             prefetched: None,
         }
@@ -234,8 +235,7 @@ impl Drop for ProxyBody {
         let ended = self.log.outcome == Outcome::Complete
             || (self.prefetched.is_none() && self.inner.is_end_stream());
         if let Some(connection) = ended.then(|| self.inner.take_reusable()).flatten() {
-            self.pool
-                .release(self.inflight.endpoint().address(), connection);
+            self.home.release(connection);
         }
     }
 }

@@ -14,7 +14,7 @@ use std::pin::{pin, Pin};
 use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
-use http::header::{self, HeaderName};
+use http::header;
 use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderValue, Method, StatusCode, Version};
 use hyper::body::{Body, Frame, SizeHint};
@@ -22,7 +22,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
-use crate::http1::{add_content_length, header_spans, Decoded, Decoder, Span};
+use crate::http1::{add_content_length, header_name, header_spans, Decoded, Decoder, Span};
 
 /// Read buffer growth step.
 const READ_CHUNK: usize = 8 * 1024;
@@ -218,7 +218,7 @@ impl Connection {
             let mut close = false;
             let mut keep_alive = false;
             for &(name_start, name_end, value_start, value_end) in &self.spans {
-                let name = HeaderName::from_bytes(&head[name_start..name_end])
+                let name = header_name(&head[name_start..name_end])
                     .map_err(|error| H1Error::Invalid(format!("header name: {error}")))?;
                 let value = HeaderValue::from_maybe_shared(head.slice(value_start..value_end))
                     .map_err(|error| H1Error::Invalid(format!("header {name}: {error}")))?;
@@ -303,7 +303,7 @@ fn encode_head(request: &RequestHead<'_>, body_length: usize) -> Vec<u8> {
         head.extend_from_slice(b"\r\n");
     }
     head.extend_from_slice(b"content-length: ");
-    head.extend_from_slice(body_length.to_string().as_bytes());
+    head.extend_from_slice(itoa::Buffer::new().format(body_length).as_bytes());
     head.extend_from_slice(b"\r\n\r\n");
     head
 }
@@ -316,6 +316,11 @@ pub struct ResponseBody {
 }
 
 impl ResponseBody {
+    /// Whether the body has a content-length (and bytes still to read).
+    pub fn is_sized(&self) -> bool {
+        matches!(self.state, Decoder::Length(_))
+    }
+
     /// The connection, if the body was read to its end and the engine keeps it alive.
     pub fn take_reusable(&mut self) -> Option<Connection> {
         let connection = self.connection.take()?;

@@ -25,7 +25,7 @@ use tokio::time::Instant;
 pub use body::{InflightGuard, Outcome, ProxyBody, RequestLog};
 pub use budget::RetryBudget;
 pub use h1::{H1Error, ResponseBody};
-pub use pool::{Pool, PoolConfig, UpstreamError};
+pub use pool::{Home, Pool, PoolConfig, UpstreamError};
 
 use crate::error::ApiError;
 use crate::index::{EjectionPolicy, Endpoint, ModelEntry};
@@ -110,7 +110,7 @@ pub struct Proxy {
 enum Retryable {
     Unreachable(String),
     /// Boxed: the rare path should not make every attempt's future larger.
-    Status(Box<(http::response::Parts, ResponseBody, InflightGuard)>),
+    Status(Box<(http::response::Parts, ResponseBody, Home, InflightGuard)>),
 }
 
 impl Proxy {
@@ -245,18 +245,18 @@ impl Proxy {
                     let reason = format!("{} ({error})", endpoint.name());
                     Retryable::Unreachable(reason)
                 }
-                Ok((parts, body))
+                Ok((parts, body, home))
                     if matches!(
                         parts.status,
                         StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE
                     ) =>
                 {
                     self.record_failure(entry, &endpoint, "status");
-                    Retryable::Status(Box::new((parts, body, guard)))
+                    Retryable::Status(Box::new((parts, body, home, guard)))
                 }
-                Ok((parts, body)) => {
+                Ok((parts, body, home)) => {
                     endpoint.record_success();
-                    return Ok(self.respond(parts, body, guard, log).await);
+                    return Ok(self.respond(parts, body, home, guard, log).await);
                 }
             };
             let next = if tried.len() < attempts {
@@ -279,8 +279,8 @@ impl Proxy {
                 _ => {
                     return match failure {
                         Retryable::Status(failed) => {
-                            let (parts, body, guard) = *failed;
-                            Ok(self.respond(parts, body, guard, log).await)
+                            let (parts, body, home, guard) = *failed;
+                            Ok(self.respond(parts, body, home, guard, log).await)
                         }
                         Retryable::Unreachable(reason) => {
                             log.replica = Some(endpoint);
@@ -300,6 +300,7 @@ impl Proxy {
         &self,
         mut parts: http::response::Parts,
         upstream: ResponseBody,
+        home: Home,
         guard: InflightGuard,
         mut log: RequestLog,
     ) -> Response<AxumBody> {
@@ -314,15 +315,10 @@ impl Proxy {
         }
         log.status = Some(parts.status.as_u16());
         log.replica = Some(endpoint);
-        let mut body = ProxyBody::new(
-            upstream,
-            self.pool.clone(),
-            self.config.idle_timeout,
-            guard,
-            log,
-        );
+        let sized = upstream.is_sized();
+        let mut body = ProxyBody::new(upstream, home, self.config.idle_timeout, guard, log);
         // Streams (chunked, SSE) go out at once; a sized body is complete or nearly so.
-        if parts.headers.contains_key(header::CONTENT_LENGTH) {
+        if sized {
             body.prefetch().await;
         }
         Response::from_parts(parts, AxumBody::new(body))

@@ -65,27 +65,25 @@ struct Shared {
 
 #[derive(Default)]
 struct Hosts {
-    by_address: HashMap<Box<str>, Host, BuildHasherDefault<Fnv>>,
+    by_address: HashMap<Box<str>, Arc<Host>, BuildHasherDefault<Fnv>>,
     sweeper_started: bool,
 }
 
 impl Hosts {
-    fn host(&mut self, address: &str) -> &mut Host {
-        // Two lookups on the first request to an address, one afterwards (no key allocation).
-        if !self.by_address.contains_key(address) {
-            let header = HeaderValue::from_str(address)
-                .unwrap_or_else(|_| HeaderValue::from_static("localhost"));
-            self.by_address.insert(
-                address.into(),
-                Host {
-                    header,
-                    idle: Vec::new(),
-                },
-            );
+    /// The host of `address`: one lookup (the handle is cloned out, so no second one is
+    /// needed to return it), and an insert the first time.
+    fn host(&mut self, address: &str, max_idle: usize) -> Arc<Host> {
+        if let Some(host) = self.by_address.get(address) {
+            return host.clone();
         }
-        self.by_address
-            .get_mut(address)
-            .expect("inserted above when missing")
+        let host = Arc::new(Host {
+            header: HeaderValue::from_str(address)
+                .unwrap_or_else(|_| HeaderValue::from_static("localhost")),
+            idle: Mutex::new(Vec::new()),
+            max_idle,
+        });
+        self.by_address.insert(address.into(), host.clone());
+        host
     }
 }
 
@@ -93,7 +91,33 @@ struct Host {
     /// The `Host` header for this address, built once.
     header: HeaderValue,
     /// Most recently used last.
-    idle: Vec<Idle>,
+    idle: Mutex<Vec<Idle>>,
+    /// Idle connections kept at most (the pool's `max_idle_per_host`).
+    max_idle: usize,
+}
+
+impl Host {
+    fn idle(&self) -> std::sync::MutexGuard<'_, Vec<Idle>> {
+        // The critical sections cannot panic half-way; a poisoned lock is still consistent.
+        self.idle.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Where a connection checked out of the pool goes back: the response body holds it, so
+/// giving the connection back looks nothing up.
+pub struct Home(Arc<Host>);
+
+impl Home {
+    /// Give back a connection whose response was read to the end.
+    pub fn release(&self, connection: Connection) {
+        let mut idle = self.0.idle();
+        if idle.len() < self.0.max_idle {
+            idle.push(Idle {
+                connection,
+                since: Instant::now(),
+            });
+        }
+    }
 }
 
 struct Idle {
@@ -124,7 +148,7 @@ impl Pool {
         headers: &HeaderMap,
         body: &Bytes,
         first_byte_timeout: Duration,
-    ) -> Result<(http::response::Parts, ResponseBody), UpstreamError> {
+    ) -> Result<(http::response::Parts, ResponseBody, Home), UpstreamError> {
         let deadline = Instant::now() + first_byte_timeout;
         let failed = |error| match error {
             H1Error::Timeout => UpstreamError::Timeout(first_byte_timeout),
@@ -134,9 +158,10 @@ impl Pool {
         let request = RequestHead {
             method,
             path_and_query,
-            host: &host,
+            host: &host.header,
             headers,
         };
+        let home = |(parts, body)| (parts, body, Home(host.clone()));
         if let Some(connection) = idle {
             match connection.send(&request, body, deadline).await {
                 Err(H1Error::ClosedBeforeResponse) => {}
@@ -145,7 +170,7 @@ impl Pool {
                         error.kind(),
                         std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
                     ) => {}
-                result => return result.map_err(failed),
+                result => return result.map(home).map_err(failed),
             }
         }
         // A new connection counts against the same deadline (only this path pays for a timer).
@@ -155,12 +180,8 @@ impl Pool {
         connection
             .send(&request, body, deadline)
             .await
+            .map(home)
             .map_err(failed)
-    }
-
-    /// Give back a connection whose response was read to the end.
-    pub fn release(&self, address: &str, connection: Connection) {
-        self.shared.release(address, connection);
     }
 
     pub fn idle_connections(&self) -> usize {
@@ -168,7 +189,7 @@ impl Pool {
             .lock()
             .by_address
             .values()
-            .map(|host| host.idle.len())
+            .map(|host| host.idle().len())
             .sum()
     }
 }
@@ -179,34 +200,28 @@ impl Shared {
         self.hosts.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// A live idle connection to `address` if there is one, and the `Host` header for it.
-    fn checkout(self: &Arc<Self>, address: &str) -> (Option<Connection>, HeaderValue) {
+    /// A live idle connection to `address` if there is one, and the address's host.
+    fn checkout(self: &Arc<Self>, address: &str) -> (Option<Connection>, Arc<Host>) {
         let now = Instant::now();
-        let mut hosts = self.lock();
-        if !hosts.sweeper_started {
-            hosts.sweeper_started = true;
-            tokio::spawn(sweep(Arc::downgrade(self), self.config.idle_timeout));
-        }
-        let host = hosts.host(address);
-        while let Some(idle) = host.idle.pop() {
-            if now.saturating_duration_since(idle.since) < self.config.idle_timeout
-                && !idle.connection.is_stale()
+        let host = {
+            let mut hosts = self.lock();
+            if !hosts.sweeper_started {
+                hosts.sweeper_started = true;
+                tokio::spawn(sweep(Arc::downgrade(self), self.config.idle_timeout));
+            }
+            hosts.host(address, self.config.max_idle_per_host)
+        };
+        let mut idle = host.idle();
+        while let Some(candidate) = idle.pop() {
+            if now.saturating_duration_since(candidate.since) < self.config.idle_timeout
+                && !candidate.connection.is_stale()
             {
-                return (Some(idle.connection), host.header.clone());
+                drop(idle);
+                return (Some(candidate.connection), host);
             }
         }
-        (None, host.header.clone())
-    }
-
-    fn release(&self, address: &str, connection: Connection) {
-        let mut hosts = self.lock();
-        let host = hosts.host(address);
-        if host.idle.len() < self.config.max_idle_per_host {
-            host.idle.push(Idle {
-                connection,
-                since: Instant::now(),
-            });
-        }
+        drop(idle);
+        (None, host)
     }
 
     async fn connect(&self, address: &str) -> Result<Connection, UpstreamError> {
@@ -239,11 +254,14 @@ async fn sweep(shared: Weak<Shared>, idle_timeout: Duration) {
         let now = Instant::now();
         let mut hosts = shared.lock();
         hosts.by_address.retain(|_, host| {
-            host.idle.retain(|idle| {
+            let mut idle = host.idle();
+            idle.retain(|idle| {
                 now.saturating_duration_since(idle.since) < idle_timeout
                     && !idle.connection.is_stale()
             });
-            !host.idle.is_empty()
+            // A host is forgotten only when no request holds it (its connection would be
+            // given back to a host the pool no longer knows, and closed).
+            !idle.is_empty() || Arc::strong_count(host) > 1
         });
     }
 }
@@ -312,9 +330,9 @@ mod tests {
         })
     }
 
-    async fn send(pool: &Pool, address: &str) -> Result<ResponseBody, UpstreamError> {
+    async fn send(pool: &Pool, address: &str) -> Result<(ResponseBody, Home), UpstreamError> {
         let path = PathAndQuery::from_static("/");
-        let (_parts, body) = pool
+        let (_parts, body, home) = pool
             .send(
                 address,
                 &Method::GET,
@@ -324,7 +342,7 @@ mod tests {
                 Duration::from_secs(10),
             )
             .await?;
-        Ok(body)
+        Ok((body, home))
     }
 
     #[tokio::test]
@@ -332,10 +350,10 @@ mod tests {
         let (address, accepted) = counting_server().await;
         let pool = pool();
         for _ in 0..3 {
-            let mut body = send(&pool, &address).await.unwrap();
+            let (mut body, home) = send(&pool, &address).await.unwrap();
             let data = body.frame().await.unwrap().unwrap().into_data().unwrap();
             assert_eq!(data, "ok");
-            pool.release(&address, body.take_reusable().unwrap());
+            home.release(body.take_reusable().unwrap());
         }
         assert_eq!(
             accepted.load(Ordering::SeqCst),
@@ -345,7 +363,7 @@ mod tests {
         assert_eq!(pool.idle_connections(), 1);
 
         // Not given back (as when the client leaves mid-response): the next request connects.
-        let body = send(&pool, &address).await.unwrap();
+        let (body, _home) = send(&pool, &address).await.unwrap();
         drop(body);
         assert_eq!(pool.idle_connections(), 0);
         let _body = send(&pool, &address).await.unwrap();
@@ -374,7 +392,7 @@ mod tests {
         });
         let pool = pool();
         for _ in 0..3 {
-            let mut body = send(&pool, &address).await.unwrap();
+            let (mut body, _home) = send(&pool, &address).await.unwrap();
             let data = body.frame().await.unwrap().unwrap().into_data().unwrap();
             assert_eq!(data, "ok");
             assert!(body.frame().await.is_none());

@@ -110,9 +110,13 @@ pub fn requested(headers: &HeaderMap, body: &[u8]) -> PlacementRequest {
             .filter(|value| !value.is_empty())
             .map(String::from)
     };
+    // Most requests ask for no placement: one pass over the names, not two hashed lookups.
+    let asks = headers
+        .keys()
+        .any(|name| name.as_str().starts_with("x-kinfer-"));
     let mut request = PlacementRequest {
-        region: header(&REGION_HEADER),
-        zone: header(&ZONE_HEADER),
+        region: asks.then(|| header(&REGION_HEADER)).flatten(),
+        zone: asks.then(|| header(&ZONE_HEADER)).flatten(),
     };
     if request.region.is_none() && JURISDICTION.find(body).is_some() {
         request.region = serde_json::from_slice::<Jurisdiction>(body)

@@ -331,7 +331,7 @@ impl Gateway {
         key: Option<Arc<ApiKey>>,
         mut log: RequestLog,
     ) -> Result<Response, (ApiError, RequestLog)> {
-        let body = match self.read_body(&parts.headers, body).await {
+        let body = match self.read_body(body).await {
             Ok(body) => body,
             Err(error) => return Err((error, log)),
         };
@@ -597,16 +597,11 @@ impl Gateway {
         }
     }
 
-    async fn read_body(
-        &self,
-        headers: &http::HeaderMap,
-        body: Body,
-    ) -> Result<bytes::Bytes, ApiError> {
+    async fn read_body(&self, body: Body) -> Result<bytes::Bytes, ApiError> {
         let limit = self.limits.max_body_bytes;
-        let declared = headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.parse::<u64>().ok());
+        use hyper::body::Body as _;
+        // The declared length (the server's body knows it from the head: no header lookup).
+        let declared = body.size_hint().exact();
         if declared.is_some_and(|length| length > limit as u64) {
             return Err(ApiError::BodyTooLarge { limit });
         }

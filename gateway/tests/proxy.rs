@@ -370,19 +370,7 @@ async fn body_limit_is_413_with_or_without_content_length() {
     assert_eq!(error["code"], "body_too_large");
 
     // Chunked: no content-length, the limit applies while reading.
-    let chunks = futures::stream::iter(
-        big.into_bytes()
-            .chunks(100)
-            .map(|chunk| Ok::<_, std::io::Error>(chunk.to_vec()))
-            .collect::<Vec<_>>(),
-    );
-    let response = gateway
-        .client
-        .post(gateway.url("/v1/completions"))
-        .body(reqwest::Body::wrap_stream(chunks))
-        .send()
-        .await
-        .unwrap();
+    let response = gateway.post_in_chunks("/v1/completions", &big, 100).await;
     assert_eq!(response.status(), 413);
 
     let small = serde_json::json!({"model": "m", "prompt": "x".repeat(500)});
@@ -396,22 +384,9 @@ async fn body_limit_is_413_with_or_without_content_length() {
 
     // A body under the limit that arrives in many chunks is gathered whole (a piece lost or
     // repeated would not parse, here or at the engine).
-    let chunks = futures::stream::iter(
-        small
-            .to_string()
-            .into_bytes()
-            .chunks(50)
-            .map(|chunk| Ok::<_, std::io::Error>(chunk.to_vec()))
-            .collect::<Vec<_>>(),
-    );
     let response = gateway
-        .client
-        .post(gateway.url("/v1/completions"))
-        .header("content-type", "application/json")
-        .body(reqwest::Body::wrap_stream(chunks))
-        .send()
-        .await
-        .unwrap();
+        .post_in_chunks("/v1/completions", &small.to_string(), 50)
+        .await;
     let status = response.status();
     assert_eq!(status, 200, "{}", response.text().await.unwrap());
 }

@@ -59,6 +59,22 @@ impl TestGateway {
             .unwrap()
     }
 
+    /// POST `body` as JSON with chunked transfer coding, `size` bytes per chunk.
+    pub async fn post_in_chunks(&self, path: &str, body: &str, size: usize) -> reqwest::Response {
+        let chunks: Vec<Result<Vec<u8>, std::io::Error>> = body
+            .as_bytes()
+            .chunks(size)
+            .map(|chunk| Ok(chunk.to_vec()))
+            .collect();
+        self.client
+            .post(self.url(path))
+            .header("content-type", "application/json")
+            .body(reqwest::Body::wrap_stream(futures::stream::iter(chunks)))
+            .send()
+            .await
+            .unwrap()
+    }
+
     pub async fn chat(&self, model: &str) -> reqwest::Response {
         self.post("/v1/chat/completions", chat_body(model, false))
             .await

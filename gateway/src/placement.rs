@@ -11,10 +11,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{HeaderMap, HeaderName, HeaderValue};
+use http::{HeaderName, HeaderValue};
 use serde::Deserialize;
 use tokio::time::Instant;
 
+use crate::http1::HeaderLookup;
 use crate::index::{Endpoint, ModelEntry};
 
 pub const REGION_HEADER: HeaderName = HeaderName::from_static("x-kinfer-region");
@@ -101,22 +102,18 @@ static JURISDICTION: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
 
 /// The placement the request asks for: headers first, then `jurisdiction` in the body (looked
 /// for only when the bytes `"jurisdiction"` appear, so other requests are not parsed again).
-pub fn requested(headers: &HeaderMap, body: &[u8]) -> PlacementRequest {
+pub fn requested(headers: &impl HeaderLookup, body: &[u8]) -> PlacementRequest {
     let header = |name: &HeaderName| {
         headers
-            .get(name)
-            .and_then(|value| value.to_str().ok())
+            .header(name.as_str())
+            .and_then(|value| std::str::from_utf8(value).ok())
             .map(str::trim)
             .filter(|value| !value.is_empty())
             .map(String::from)
     };
-    // Most requests ask for no placement: one pass over the names, not two hashed lookups.
-    let asks = headers
-        .keys()
-        .any(|name| name.as_str().starts_with("x-kinfer-"));
     let mut request = PlacementRequest {
-        region: asks.then(|| header(&REGION_HEADER)).flatten(),
-        zone: asks.then(|| header(&ZONE_HEADER)).flatten(),
+        region: header(&REGION_HEADER),
+        zone: header(&ZONE_HEADER),
     };
     if request.region.is_none() && JURISDICTION.find(body).is_some() {
         request.region = serde_json::from_slice::<Jurisdiction>(body)
@@ -190,6 +187,7 @@ pub fn place(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::HeaderMap;
 
     fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
         let mut map = HeaderMap::new();

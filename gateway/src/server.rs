@@ -17,7 +17,8 @@ use crate::auth::keys::{ApiKey, API_KEY_HEADER};
 use crate::auth::{Access, LimitLabels, ReasonLabels};
 use crate::error::{insert_rate_headers, ApiError};
 use crate::hold::{self, HoldDefaults};
-use crate::http1::server::{accept, ServerConfig};
+use crate::http1::server::{accept, Handler, RequestHead, ServerConfig};
+use crate::http1::{Fields, HeaderLookup};
 use crate::index::{Index, ModelEntry};
 use crate::limits::{ConcurrencySlot, ModelSlot, QueueError, RateStatus};
 use crate::metrics::Metrics;
@@ -78,7 +79,7 @@ pub struct Gateway {
 
 /// A request that passed every check before the hold (model known and allowed, key limits).
 struct Admitted {
-    parts: http::request::Parts,
+    head: RequestHead,
     body: bytes::Bytes,
     key: Option<Arc<ApiKey>>,
     /// The key's concurrency slot and rate figures, when it has limits.
@@ -99,7 +100,8 @@ pub fn build_router(state: AppState) -> Router {
         .route(
             "/v1/{*endpoint}",
             post(|State(gateway): State<AppState>, request: Request| {
-                proxy_request(gateway, request)
+                let (parts, body) = request.into_parts();
+                proxy_request(gateway, RequestHead::from_parts(parts), body)
             }),
         )
         .route("/health", get(health))
@@ -123,27 +125,31 @@ fn is_proxied(method: &http::Method, path: &str) -> bool {
 /// requests (nearly all of them) handed to the proxy without the router. Matching,
 /// path-parameter extraction and the boxed handler future were a tenth of the instructions of
 /// a proxied request (callgrind, docs/benchmarks.md).
-pub fn api_service(
-    gateway: AppState,
-) -> impl hyper::service::Service<
-    Request,
-    Response = Response,
-    Error = std::convert::Infallible,
-    Future: Send + 'static,
-> + Clone
-       + Send
-       + 'static {
+pub fn api_service(gateway: AppState) -> impl Handler {
     use futures::future::Either;
     use tower::ServiceExt;
     let router = build_router(gateway.clone());
-    hyper::service::service_fn(move |request: Request| {
-        if is_proxied(request.method(), request.uri().path()) {
-            let gateway = gateway.clone();
-            Either::Left(async move { Ok(proxy_request(gateway, request).await) })
+    move |head: RequestHead, body: Body| {
+        if is_proxied(&head.method, head.uri.path()) {
+            Either::Left(proxy_request(gateway.clone(), head, body))
         } else {
-            Either::Right(router.clone().oneshot(request))
+            let router = router.clone();
+            Either::Right(async move {
+                match head.into_request(body) {
+                    Ok(request) => match router.oneshot(request).await {
+                        Ok(response) => response,
+                        Err(never) => match never {},
+                    },
+                    Err(invalid) => ApiError::Protocol {
+                        status: StatusCode::BAD_REQUEST,
+                        code: "malformed_request",
+                        message: invalid.to_string(),
+                    }
+                    .into_response(),
+                }
+            })
         }
-    })
+    }
 }
 
 /// Serve the API (see [`api_service`]) on `listener` with the gateway's own HTTP/1.1 server
@@ -214,15 +220,15 @@ async fn method_not_allowed(request: Request) -> ApiError {
     }
 }
 
-async fn proxy_request(gateway: AppState, request: Request) -> Response {
-    let request_id = request::request_id(request.headers().get(REQUEST_ID_HEADER));
-    let path_and_query = request
-        .uri()
+async fn proxy_request(gateway: AppState, head: RequestHead, body: Body) -> Response {
+    let request_id = request::request_id(head.headers.get(REQUEST_ID_HEADER.as_str()));
+    let path_and_query = head
+        .uri
         .path_and_query()
         .cloned()
         .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
     let log = RequestLog::new(gateway.metrics.clone(), request_id.clone(), path_and_query);
-    let mut response = match gateway.route(request, log).await {
+    let mut response = match gateway.route(head, body, log).await {
         Ok(response) => response,
         Err((error, mut log)) => {
             log.status = Some(error.status().as_u16());
@@ -235,18 +241,13 @@ async fn proxy_request(gateway: AppState, request: Request) -> Response {
 }
 
 impl Gateway {
-    /// The request's key, when authentication is on; the key headers are removed so that
-    /// engines (and their logs) never see them.
-    fn authenticate(&self, headers: &mut http::HeaderMap) -> Result<Option<Arc<ApiKey>>, ApiError> {
+    /// The request's key, when authentication is on.
+    fn authenticate(&self, headers: &impl HeaderLookup) -> Result<Option<Arc<ApiKey>>, ApiError> {
         if !self.access.config.enabled {
             return Ok(None);
         }
         match self.access.keys.authenticate(headers) {
-            Ok(key) => {
-                headers.remove(header::AUTHORIZATION);
-                headers.remove(API_KEY_HEADER);
-                Ok(Some(key))
-            }
+            Ok(key) => Ok(Some(key)),
             Err(reason) => {
                 self.access
                     .metrics
@@ -313,20 +314,25 @@ impl Gateway {
 
     async fn route(
         self: &Arc<Self>,
-        request: Request,
+        mut head: RequestHead,
+        body: Body,
         log: RequestLog,
     ) -> Result<Response, (ApiError, RequestLog)> {
-        let (mut parts, body) = request.into_parts();
-        let key = match self.authenticate(&mut parts.headers) {
+        let key = match self.authenticate(&head.headers) {
             Ok(key) => key,
             Err(error) => return Err((error, log)),
         };
-        self.route_with_key(parts, body, key, log).await
+        if key.is_some() {
+            // Engines (and their logs) never see the key.
+            head.headers.remove(header::AUTHORIZATION.as_str());
+            head.headers.remove(API_KEY_HEADER.as_str());
+        }
+        self.route_with_key(head, body, key, log).await
     }
 
     async fn route_with_key(
         self: &Arc<Self>,
-        parts: http::request::Parts,
+        head: RequestHead,
         body: Body,
         key: Option<Arc<ApiKey>>,
         mut log: RequestLog,
@@ -356,7 +362,7 @@ impl Gateway {
                 return Err((error, log));
             }
         }
-        let path = parts.uri.path();
+        let path = head.uri.path();
         if let Some(feature) = request::required_feature(path) {
             if !entry.serves(feature) {
                 let error = ApiError::UnsupportedEndpoint {
@@ -381,7 +387,7 @@ impl Gateway {
         };
         // Held while the model has no ready replica, and behind requests already held for it.
         let request = Admitted {
-            parts,
+            head,
             body,
             key,
             admitted,
@@ -453,13 +459,13 @@ impl Gateway {
         request: Admitted,
     ) -> Result<Response, (ApiError, RequestLog)> {
         let Admitted {
-            mut parts,
+            mut head,
             body,
             key,
             admitted,
             log,
         } = request;
-        let entry = match self.place(entry, &parts.headers, &body) {
+        let entry = match self.place(entry, &head.headers, &body) {
             Ok(entry) => entry,
             Err(error) => return Err((error, log)),
         };
@@ -482,7 +488,7 @@ impl Gateway {
             Ok(slot) => slot,
             Err(error) => return Err((error, log)),
         };
-        let path = parts.uri.path();
+        let path = head.uri.path();
         let info = RequestInfo {
             model: &entry.id,
             path,
@@ -490,9 +496,10 @@ impl Gateway {
             adapter: entry.parent.is_some().then_some(entry.id.as_str()),
         };
         let upstream = UpstreamRequest {
-            method: parts.method.clone(),
+            method: head.method.clone(),
             path_and_query: log.path.clone(),
-            headers: proxy::upstream_headers(std::mem::take(&mut parts.headers), &log.request_id),
+            headers: proxy::upstream_headers(std::mem::take(&mut head.headers)),
+            request_id: log.request_id.clone(),
             body,
         };
         // Pinned here, and lent to `hand_over`: the forward future is large, and a copy of it
@@ -574,7 +581,7 @@ impl Gateway {
     fn place(
         &self,
         entry: Arc<ModelEntry>,
-        headers: &http::HeaderMap,
+        headers: &Fields,
         body: &[u8],
     ) -> Result<Arc<ModelEntry>, ApiError> {
         let wanted = placement::requested(headers, body);
@@ -670,9 +677,9 @@ fn model_json(entry: &ModelEntry) -> Value {
 /// Every model, or with authentication on, the models the key may use.
 async fn list_models(
     State(gateway): State<AppState>,
-    mut headers: http::HeaderMap,
+    headers: http::HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    let key = gateway.authenticate(&mut headers)?;
+    let key = gateway.authenticate(&headers)?;
     let table = gateway.index.snapshot();
     let data: Vec<Value> = table
         .models()
@@ -686,9 +693,9 @@ async fn list_models(
 async fn get_model(
     State(gateway): State<AppState>,
     Path(id): Path<String>,
-    mut headers: http::HeaderMap,
+    headers: http::HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    let key = gateway.authenticate(&mut headers)?;
+    let key = gateway.authenticate(&headers)?;
     let id = id.strip_prefix('/').unwrap_or(&id);
     let table = gateway.index.snapshot();
     let entry = table.get(id).ok_or_else(|| ApiError::ModelNotFound {

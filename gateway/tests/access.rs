@@ -135,6 +135,39 @@ async fn keys_authenticate_and_restrict_models() {
 }
 
 #[tokio::test]
+async fn engines_never_see_the_key() {
+    // An engine that answers with the key headers it got.
+    let echo = upstream(axum::Router::new().route(
+        "/v1/{*path}",
+        axum::routing::post(|headers: http::HeaderMap| async move {
+            let seen = ["authorization", "x-api-key"]
+                .iter()
+                .filter(|name| headers.contains_key(**name))
+                .copied()
+                .collect::<Vec<_>>()
+                .join(",");
+            serde_json::json!({ "seen": seen }).to_string()
+        }),
+    ))
+    .await;
+    let gateway = gateway_with_auth().await;
+    gateway.publish(vec![model("m", &[echo])]);
+    gateway.state.access.publish_keys(
+        "test",
+        vec![key("team", "sk-team", &[], KeyLimits::default())],
+    );
+    for (name, value) in [
+        ("Authorization", "Bearer sk-team"),
+        ("X-Api-Key", "sk-team"),
+    ] {
+        let response = post_with(&gateway, Some((name, value)), chat_body("m", false)).await;
+        assert_eq!(response.status(), 200, "{name}");
+        let answer: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(answer["seen"], "", "{name}");
+    }
+}
+
+#[tokio::test]
 async fn request_limit_answers_429_with_openai_headers() {
     let replica = sim("m", |_| {}).await;
     let gateway = gateway_with_auth().await;

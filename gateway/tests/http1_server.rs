@@ -15,7 +15,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use http::{header, HeaderValue, Request, StatusCode};
 use http_body_util::BodyExt;
-use kinfer_gateway::http1::server::{serve, ServerConfig};
+use kinfer_gateway::http1::server::{serve, RequestHead, ServerConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, Notify};
@@ -200,10 +200,14 @@ async fn start(config: ServerConfig) -> TestServer {
         events: events_sender,
         release: release.clone(),
     };
-    let service = hyper::service::service_fn(move |request| {
+    // The service sees an `http::Request`, as the router does (`RequestHead::into_request`).
+    let service = move |head: RequestHead, body: Body| {
         let service = service.clone();
-        async move { Ok::<_, Infallible>(service.handle(request).await) }
-    });
+        async move {
+            let request = head.into_request(body).expect("fields a HeaderMap accepts");
+            service.handle(request).await
+        }
+    };
     let (shutdown, stop) = oneshot::channel::<()>();
     let served = tokio::spawn(serve(listener, service, config, async move {
         let _ = stop.await;

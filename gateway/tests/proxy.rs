@@ -81,8 +81,25 @@ async fn body_is_forwarded_byte_for_byte_on_any_v1_path() {
     let echo = upstream(axum::Router::new().route(
         "/v1/{*path}",
         post(|headers: http::HeaderMap, body: Bytes| async move {
-            let request_id = headers["x-request-id"].clone();
-            ([("x-seen-request-id", request_id)], body)
+            // What the engine got: the request id once, the client's own headers, no
+            // hop-by-hop ones (nor the header the client's `Connection` named).
+            let ids = headers.get_all("x-request-id").iter().count().to_string();
+            let custom = headers
+                .get("x-custom")
+                .map_or("absent".into(), |value| value.to_str().unwrap().to_string());
+            let hop = ["x-hop", "te", "keep-alive"]
+                .iter()
+                .any(|name| headers.contains_key(*name))
+                .to_string();
+            (
+                [
+                    ("x-seen-request-id", headers["x-request-id"].clone()),
+                    ("x-seen-ids", ids.parse().unwrap()),
+                    ("x-seen-custom", custom.parse().unwrap()),
+                    ("x-seen-hop", hop.parse().unwrap()),
+                ],
+                body,
+            )
         }),
     ))
     .await;
@@ -98,12 +115,20 @@ async fn body_is_forwarded_byte_for_byte_on_any_v1_path() {
             .post(gateway.url(path))
             .header("content-type", "application/json")
             .header("x-request-id", "echo-1")
+            .header("X-Custom", "kept as sent")
+            .header("TE", "trailers")
+            .header("Connection", "keep-alive, X-Hop")
+            .header("x-hop", "1")
             .body(body)
             .send()
             .await
             .unwrap();
         assert_eq!(response.status(), 200, "{path}");
-        assert_eq!(response.headers()["x-seen-request-id"], "echo-1");
+        let seen = response.headers();
+        assert_eq!(seen["x-seen-request-id"], "echo-1");
+        assert_eq!(seen["x-seen-ids"], "1");
+        assert_eq!(seen["x-seen-custom"], "kept as sent");
+        assert_eq!(seen["x-seen-hop"], "false");
         assert_eq!(response.text().await.unwrap(), body, "{path}");
     }
 }

@@ -13,9 +13,9 @@ use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 use http::header::{HeaderName, AUTHORIZATION};
-use http::HeaderMap;
 use sha2::{Digest, Sha256};
 
+use crate::http1::HeaderLookup;
 use crate::limits::rate::KeyState;
 
 /// Header carrying a key the Anthropic/Azure way; `Authorization: Bearer` is the OpenAI way.
@@ -179,9 +179,9 @@ impl AuthFailure {
 }
 
 /// The key a request presents: `Authorization: Bearer <key>` or `x-api-key: <key>`.
-pub fn presented_key(headers: &HeaderMap) -> Option<&str> {
-    if let Some(value) = headers.get(AUTHORIZATION) {
-        let value = value.to_str().ok()?.trim();
+pub fn presented_key(headers: &impl HeaderLookup) -> Option<&str> {
+    if let Some(value) = headers.header(AUTHORIZATION.as_str()) {
+        let value = std::str::from_utf8(value).ok()?.trim();
         let (scheme, key) = value.split_once(' ')?;
         return scheme
             .eq_ignore_ascii_case("bearer")
@@ -189,8 +189,8 @@ pub fn presented_key(headers: &HeaderMap) -> Option<&str> {
             .filter(|key| !key.is_empty());
     }
     headers
-        .get(API_KEY_HEADER)
-        .and_then(|value| value.to_str().ok())
+        .header(API_KEY_HEADER.as_str())
+        .and_then(|value| std::str::from_utf8(value).ok())
         .map(str::trim)
         .filter(|key| !key.is_empty())
 }
@@ -204,7 +204,7 @@ pub struct KeyStore {
 }
 
 impl KeyStore {
-    pub fn authenticate(&self, headers: &HeaderMap) -> Result<Arc<ApiKey>, AuthFailure> {
+    pub fn authenticate(&self, headers: &impl HeaderLookup) -> Result<Arc<ApiKey>, AuthFailure> {
         let presented = presented_key(headers).ok_or(AuthFailure::Missing)?;
         self.keys
             .load()
@@ -277,6 +277,7 @@ pub fn split_list(text: &str) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::HeaderMap;
     use http::HeaderValue;
 
     fn spec(name: &str, key: &str, models: &[&str]) -> KeySpec {

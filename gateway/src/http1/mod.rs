@@ -3,7 +3,10 @@
 //! bodies with the same [`Decoder`]: content-length, chunked and (responses only)
 //! read-until-close framing, with frames that are slices of the read buffer (no copy).
 
+pub mod fields;
 pub mod server;
+
+pub use fields::{Fields, HeaderLookup};
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{HeaderName, InvalidHeaderName};
@@ -212,6 +215,7 @@ pub type Span = (usize, usize, usize, usize);
 /// head can then become shared `Bytes` that the header values slice (no copy).
 pub fn header_spans(headers: &[httparse::Header<'_>], base: usize, spans: &mut Vec<Span>) {
     spans.clear();
+    spans.reserve_exact(headers.len());
     for header in headers {
         let name = header.name.as_ptr() as usize - base;
         let value = header.value.as_ptr() as usize - base;
@@ -231,7 +235,7 @@ pub fn content_length<'a>(
 ) -> Result<Option<u64>, &'static str> {
     let mut length = None;
     for value in values {
-        length = add_content_length(length, value)?;
+        length = add_content_length(length, value.as_bytes())?;
     }
     Ok(length)
 }
@@ -240,9 +244,9 @@ pub fn content_length<'a>(
 /// length so far and the next `content-length` value.
 pub fn add_content_length(
     mut length: Option<u64>,
-    value: &http::HeaderValue,
+    value: &[u8],
 ) -> Result<Option<u64>, &'static str> {
-    for item in value.as_bytes().split(|&byte| byte == b',') {
+    for item in value.split(|&byte| byte == b',') {
         let item = item.trim_ascii();
         if item.is_empty() || item.len() > 19 || !item.iter().all(u8::is_ascii_digit) {
             return Err("content-length is not a number");

@@ -4,9 +4,10 @@
 //! hyper's server connection was about 14k of the gateway's ~37k instructions per proxied
 //! request (callgrind, docs/benchmarks.md): a dispatcher state machine, a body channel, and
 //! a header map encoded through several layers. Here the connection task parses the head
-//! with httparse (as hyper does) into an `http::Request` whose header values are slices of the
-//! read buffer, hands a body that is already in the buffer over without a copy, and writes
-//! the response head and the frames that are ready in one write.
+//! with httparse (as hyper does) into a [`RequestHead`] whose header fields are offsets into
+//! the read buffer ([`super::fields`]; a [`Handler`] that needs an `http::Request` makes one),
+//! hands a body that is already in the buffer over without a copy, and writes the response
+//! head and the frames that are ready in one write.
 //!
 //! What a client gets (RFC 9112):
 //! - keep-alive by default on HTTP/1.1, on request on HTTP/1.0; pipelined requests are
@@ -35,18 +36,17 @@ use std::time::{Duration, SystemTime};
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
-use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Version};
+use http::{header, HeaderMap, Method, Request, StatusCode, Uri, Version};
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
-use hyper::service::Service;
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
+use super::fields::{is_named, InvalidField};
 use super::{
-    add_content_length, content_length, header_name, header_spans, Decoded, Decoder, FramingError,
-    Span,
+    add_content_length, content_length, header_spans, Decoded, Decoder, Fields, FramingError, Span,
 };
 use crate::error::ApiError;
 
@@ -94,11 +94,7 @@ pub async fn serve<S>(
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()>
 where
-    S: Service<Request<Body>, Response = Response, Error = std::convert::Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
+    S: Handler,
 {
     let config = Arc::new(config);
     let stopping = CancellationToken::new();
@@ -212,9 +208,59 @@ impl HeadError {
     }
 }
 
+/// What the service gets of a request besides its body: the request line and the header
+/// fields as they arrived (see [`Fields`]).
+pub struct RequestHead {
+    pub method: Method,
+    pub uri: Uri,
+    pub version: Version,
+    pub headers: Fields,
+}
+
+impl RequestHead {
+    /// The head of a request that did not come through this server (the router's own proxy
+    /// route, tests).
+    pub fn from_parts(parts: http::request::Parts) -> Self {
+        Self {
+            headers: Fields::from_map(&parts.headers),
+            method: parts.method,
+            uri: parts.uri,
+            version: parts.version,
+        }
+    }
+
+    /// An `http::Request`, for services that need one (the router).
+    pub fn into_request<B>(self, body: B) -> Result<Request<B>, InvalidField> {
+        let headers = self.headers.to_map()?;
+        let (mut parts, ()) = Request::new(()).into_parts();
+        parts.method = self.method;
+        parts.uri = self.uri;
+        parts.version = self.version;
+        parts.headers = headers;
+        Ok(Request::from_parts(parts, body))
+    }
+}
+
+/// What the server calls for each request.
+pub trait Handler: Clone + Send + 'static {
+    type Future: Future<Output = Response> + Send + 'static;
+    fn call(&self, head: RequestHead, body: Body) -> Self::Future;
+}
+
+impl<F, R> Handler for F
+where
+    F: Fn(RequestHead, Body) -> R + Clone + Send + 'static,
+    R: Future<Output = Response> + Send + 'static,
+{
+    type Future = R;
+    fn call(&self, head: RequestHead, body: Body) -> R {
+        self(head, body)
+    }
+}
+
 /// A parsed request head.
 struct Head {
-    parts: http::request::Parts,
+    request: RequestHead,
     body: Decoder,
     keep_alive: bool,
     expect_continue: bool,
@@ -251,10 +297,7 @@ enum Wait {
     Timeout,
 }
 
-impl<S> Connection<S>
-where
-    S: Service<Request<Body>, Response = Response, Error = std::convert::Infallible>,
-{
+impl<S: Handler> Connection<S> {
     fn new(
         stream: TcpStream,
         service: S,
@@ -365,13 +408,13 @@ where
     /// Serve one request; whether the connection takes another.
     async fn exchange(&mut self, head: Head) -> bool {
         let Head {
-            parts,
+            request,
             body: decoder,
             keep_alive,
             expect_continue,
         } = head;
-        let version = parts.version;
-        let head_request = parts.method == Method::HEAD;
+        let version = request.version;
+        let head_request = request.method == Method::HEAD;
         let Some(reader) = self.reader.as_mut() else {
             return false;
         };
@@ -404,12 +447,11 @@ where
                 }))
             }
         };
-        let request = Request::from_parts(parts, Body::new(body));
         // Pinned where it is made: the service future is several KiB, and a move of it was a
         // copy per request.
-        let future = pin!(self.service.call(request));
+        let future = pin!(self.service.call(request, Body::new(body)));
         let response = self.until_ready(future, lent.as_ref()).await;
-        let Some(Ok(response)) = response else {
+        let Some(response) = response else {
             return false;
         };
         // The reader back from the body, if not taken back above. If the body was not read to
@@ -680,31 +722,27 @@ fn parse_head(buffer: &mut BytesMut, spans: &mut Vec<Span>) -> Result<Option<Hea
     let head = buffer.split_to(length).freeze();
     let uri = http::Uri::from_maybe_shared(head.slice(target.0..target.1))
         .map_err(|error| HeadError::Malformed(format!("invalid request target: {error}")))?;
-    // Room for the request id the proxy adds without growing the map.
-    let mut headers = HeaderMap::with_capacity(spans.len() + 2);
-    // The headers that change how the request is read, noted in the same pass (the
-    // content-length read here, so the map is not searched again).
+    // The headers that change how the request is read, noted in the one pass (see
+    // `super::fields` for why the fields are not put in a `HeaderMap`).
     let mut transfer_encoding = false;
     let mut length = None;
     let mut connection_header = false;
     let mut expect_header = false;
     for &(name_start, name_end, value_start, value_end) in spans.iter() {
-        let name = header_name(&head[name_start..name_end])
-            .map_err(|_| HeadError::Malformed("invalid header name".into()))?;
-        let value = HeaderValue::from_maybe_shared(head.slice(value_start..value_end))
-            .map_err(|_| HeadError::Malformed(format!("invalid value of header {name}")))?;
-        if name == header::CONTENT_LENGTH {
-            length = add_content_length(length, &value)
+        let name = &head[name_start..name_end];
+        let value = &head[value_start..value_end];
+        if is_named(name, "content-length") {
+            length = add_content_length(length, value)
                 .map_err(|reason| HeadError::Malformed(reason.into()))?;
-        } else if name == header::TRANSFER_ENCODING {
+        } else if is_named(name, "transfer-encoding") {
             transfer_encoding = true;
-        } else if name == header::CONNECTION {
+        } else if is_named(name, "connection") {
             connection_header = true;
-        } else if name == header::EXPECT {
+        } else if is_named(name, "expect") {
             expect_header = true;
         }
-        headers.append(name, value);
     }
+    let headers = Fields::new(head, std::mem::take(spans));
     let version = if minor == 0 {
         Version::HTTP_10
     } else {
@@ -716,22 +754,19 @@ fn parse_head(buffer: &mut BytesMut, spans: &mut Vec<Span>) -> Result<Option<Hea
         Decoder::length(length.unwrap_or(0))
     };
     let keep_alive = match version {
-        Version::HTTP_11 => {
-            !(connection_header && has_token(&headers, header::CONNECTION, "close"))
-        }
-        _ => connection_header && has_token(&headers, header::CONNECTION, "keep-alive"),
+        Version::HTTP_11 => !(connection_header && headers.has_token("connection", "close")),
+        _ => connection_header && headers.has_token("connection", "keep-alive"),
     };
     // An HTTP/1.0 client cannot take an interim response (RFC 9110 section 10.1.1).
-    let expect_continue = expect_header
-        && version == Version::HTTP_11
-        && has_token(&headers, header::EXPECT, "100-continue");
-    let (mut parts, ()) = Request::new(()).into_parts();
-    parts.method = method;
-    parts.uri = uri;
-    parts.version = version;
-    parts.headers = headers;
+    let expect_continue =
+        expect_header && version == Version::HTTP_11 && headers.has_token("expect", "100-continue");
     Ok(Some(Head {
-        parts,
+        request: RequestHead {
+            method,
+            uri,
+            version,
+            headers,
+        },
         body,
         keep_alive,
         expect_continue,
@@ -744,7 +779,7 @@ fn parse_head(buffer: &mut BytesMut, spans: &mut Vec<Span>) -> Result<Option<Hea
 fn transfer_coding(
     version: Version,
     has_length: bool,
-    headers: &HeaderMap,
+    headers: &Fields,
 ) -> Result<Decoder, HeadError> {
     if version == Version::HTTP_10 {
         return Err(HeadError::Malformed(
@@ -757,9 +792,8 @@ fn transfer_coding(
         ));
     }
     let codings: Vec<&[u8]> = headers
-        .get_all(header::TRANSFER_ENCODING)
-        .iter()
-        .flat_map(|value| value.as_bytes().split(|&byte| byte == b','))
+        .get_all("transfer-encoding")
+        .flat_map(|value| value.split(|&byte| byte == b','))
         .map(<[u8]>::trim_ascii)
         .filter(|coding| !coding.is_empty())
         .collect();
@@ -777,15 +811,6 @@ fn transfer_coding(
                 .join(", "),
         )),
     }
-}
-
-/// Whether a comma-separated header lists `token` (case-insensitive).
-fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
-    headers
-        .get_all(name)
-        .iter()
-        .flat_map(|value| value.as_bytes().split(|&byte| byte == b','))
-        .any(|item| item.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
 }
 
 /// The status line and headers. Connection-level headers are the connection's own:

@@ -22,7 +22,8 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
-use crate::http1::{add_content_length, header_name, header_spans, Decoded, Decoder, Span};
+use crate::http1::fields::is_named;
+use crate::http1::{add_content_length, header_name, header_spans, Decoded, Decoder, Fields, Span};
 
 /// Read buffer growth step.
 const READ_CHUNK: usize = 8 * 1024;
@@ -230,7 +231,7 @@ impl Connection {
                             last.trim_ascii().eq_ignore_ascii_case(b"chunked")
                         }));
                 } else if name == header::CONTENT_LENGTH {
-                    length = add_content_length(length, &value)
+                    length = add_content_length(length, value.as_bytes())
                         .map_err(|reason| H1Error::Invalid(reason.into()))?;
                 } else if name == header::CONNECTION {
                     for token in value.as_bytes().split(|&byte| byte == b',') {
@@ -277,7 +278,9 @@ pub struct RequestHead<'a> {
     pub host: &'a HeaderValue,
     /// Sent as they are, except `host`, `content-length` and `transfer-encoding`, which the
     /// connection writes itself, and `expect` (the body goes with the head).
-    pub headers: &'a HeaderMap,
+    pub headers: &'a Fields,
+    /// Sent as `x-request-id`, instead of any the fields have.
+    pub request_id: Option<&'a HeaderValue>,
 }
 
 /// The request line and headers, with a content-length for the body.
@@ -289,17 +292,26 @@ fn encode_head(request: &RequestHead<'_>, body_length: usize) -> Vec<u8> {
     head.extend_from_slice(b" HTTP/1.1\r\nhost: ");
     head.extend_from_slice(request.host.as_bytes());
     head.extend_from_slice(b"\r\n");
-    for (name, value) in request.headers {
-        if name == header::HOST
-            || name == header::CONTENT_LENGTH
-            || name == header::TRANSFER_ENCODING
-            || name == header::EXPECT
-        {
+    if let Some(id) = request.request_id {
+        head.extend_from_slice(b"x-request-id: ");
+        head.extend_from_slice(id.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    for (name, value) in request.headers.iter() {
+        let written_here = match name.len() {
+            4 => is_named(name, "host"),
+            6 => is_named(name, "expect"),
+            12 => request.request_id.is_some() && is_named(name, "x-request-id"),
+            14 => is_named(name, "content-length"),
+            17 => is_named(name, "transfer-encoding"),
+            _ => false,
+        };
+        if written_here {
             continue;
         }
-        head.extend_from_slice(name.as_str().as_bytes());
+        head.extend_from_slice(name);
         head.extend_from_slice(b": ");
-        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(value);
         head.extend_from_slice(b"\r\n");
     }
     head.extend_from_slice(b"content-length: ");
@@ -427,13 +439,14 @@ mod tests {
         method: &'a Method,
         path: &'a PathAndQuery,
         host: &'a HeaderValue,
-        headers: &'a HeaderMap,
+        headers: &'a Fields,
     ) -> RequestHead<'a> {
         RequestHead {
             method,
             path_and_query: path,
             host,
             headers,
+            request_id: None,
         }
     }
 
@@ -444,15 +457,21 @@ mod tests {
             b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\ncontent-length: 2\r\nx-a: 1\r\nx-a: 2\r\n\r\nok";
         for piece in [1, 3, 7, 1000] {
             let (address, server) = scripted(vec![chunked, sized], piece).await;
-            let mut headers = HeaderMap::new();
-            headers.insert("x-request-id", HeaderValue::from_static("r1"));
-            headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("999"));
-            headers.insert(header::HOST, HeaderValue::from_static("gateway"));
-            headers.insert(header::EXPECT, HeaderValue::from_static("100-continue"));
+            let mut map = HeaderMap::new();
+            // Replaced by the request's own id.
+            map.insert("x-request-id", HeaderValue::from_static("from-the-client"));
+            map.insert(header::CONTENT_LENGTH, HeaderValue::from_static("999"));
+            map.insert(header::HOST, HeaderValue::from_static("gateway"));
+            map.insert(header::EXPECT, HeaderValue::from_static("100-continue"));
+            let headers = Fields::from_map(&map);
             let host = HeaderValue::from_static("engine:8000");
             let method = Method::POST;
             let path = PathAndQuery::from_static("/v1/chat/completions?a=1");
-            let request = head(&method, &path, &host, &headers);
+            let id = HeaderValue::from_static("r1");
+            let request = RequestHead {
+                request_id: Some(&id),
+                ..head(&method, &path, &host, &headers)
+            };
 
             let (parts, mut body) = connect(&address)
                 .await
@@ -529,7 +548,7 @@ mod tests {
                 stream.write_all(response).await.unwrap();
                 // Dropping the stream closes the connection.
             });
-            let headers = HeaderMap::new();
+            let headers = Fields::default();
             let host = HeaderValue::from_static("h");
             let method = Method::POST;
             let path = PathAndQuery::from_static("/");
@@ -556,7 +575,7 @@ mod tests {
             1000,
         )
         .await;
-        let headers = HeaderMap::new();
+        let headers = Fields::default();
         let host = HeaderValue::from_static("h");
         let method = Method::GET;
         let path = PathAndQuery::from_static("/");
@@ -602,7 +621,7 @@ mod tests {
                 .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
                 .await;
         });
-        let headers = HeaderMap::new();
+        let headers = Fields::default();
         let host = HeaderValue::from_static("h");
         let method = Method::POST;
         let path = PathAndQuery::from_static("/");

@@ -28,6 +28,7 @@ pub use h1::{H1Error, ResponseBody};
 pub use pool::{Home, Pool, PoolConfig, UpstreamError};
 
 use crate::error::ApiError;
+use crate::http1::Fields;
 use crate::index::{EjectionPolicy, Endpoint, ModelEntry};
 use crate::metrics::Metrics;
 use crate::policy::RequestInfo;
@@ -95,7 +96,9 @@ pub struct UpstreamRequest {
     pub method: Method,
     pub path_and_query: PathAndQuery,
     /// Already stripped of hop-by-hop headers.
-    pub headers: HeaderMap,
+    pub headers: Fields,
+    /// Sent as `x-request-id` (instead of any the fields have).
+    pub request_id: HeaderValue,
     pub body: Bytes,
 }
 
@@ -216,14 +219,7 @@ impl Proxy {
             // replica's `Host` and the body's content-length.
             let sent = self
                 .pool
-                .send(
-                    endpoint.address(),
-                    &request.method,
-                    &request.path_and_query,
-                    &request.headers,
-                    &request.body,
-                    self.config.first_byte_timeout,
-                )
+                .send(endpoint.address(), &request, self.config.first_byte_timeout)
                 .await;
             let failure = match sent {
                 Err(UpstreamError::Timeout(after)) => {
@@ -363,14 +359,46 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// Headers of the client's request that go upstream: all but hop-by-hop ones, with the
-/// request id. `host`, `expect`, `content-length` and `transfer-encoding` stay in the map but
-/// are not sent: the engine connection writes the replica's `host` and the body's length
-/// itself (see `h1::encode_head`).
-pub fn upstream_headers(mut headers: HeaderMap, request_id: &HeaderValue) -> HeaderMap {
-    strip_hop_by_hop(&mut headers);
-    headers.insert(REQUEST_ID_HEADER, request_id.clone());
-    headers
+/// [`strip_hop_by_hop`] for the fields of a client's request.
+fn strip_hop_by_hop_fields(fields: &mut Fields) {
+    if !fields.iter().any(|(name, _)| is_hop_by_hop_name(name)) {
+        return;
+    }
+    let named: Vec<Vec<u8>> = fields
+        .get_all(header::CONNECTION.as_str())
+        .flat_map(|value| value.split(|&byte| byte == b','))
+        .map(|name| name.trim_ascii().to_ascii_lowercase())
+        .filter(|name| !name.is_empty())
+        .collect();
+    fields.retain(|name, _| {
+        !is_hop_by_hop_name(name) && !named.iter().any(|named| name.eq_ignore_ascii_case(named))
+    });
+}
+
+/// [`is_hop_by_hop`] of a name as received (any case).
+fn is_hop_by_hop_name(name: &[u8]) -> bool {
+    // Told apart by length first: most names are compared with none of the list.
+    let listed: &[&str] = match name.len() {
+        2 => &["te"],
+        7 => &["trailer", "upgrade"],
+        10 => &["connection", "keep-alive"],
+        17 => &["transfer-encoding"],
+        18 => &["proxy-authenticate"],
+        19 => &["proxy-authorization"],
+        _ => return false,
+    };
+    listed
+        .iter()
+        .any(|listed| name.eq_ignore_ascii_case(listed.as_bytes()))
+}
+
+/// Fields of the client's request that go upstream: all but hop-by-hop ones. `host`,
+/// `expect`, `content-length`, `transfer-encoding` and `x-request-id` stay but are not sent:
+/// the engine connection writes the replica's `host`, the body's length and the gateway's
+/// request id itself (see `h1::encode_head`).
+pub fn upstream_headers(mut fields: Fields) -> Fields {
+    strip_hop_by_hop_fields(&mut fields);
+    fields
 }
 
 #[cfg(test)]
@@ -379,24 +407,37 @@ mod tests {
 
     #[test]
     fn hop_by_hop_headers_are_dropped() {
-        let mut headers = HeaderMap::new();
-        headers.insert(
-            header::CONNECTION,
-            HeaderValue::from_static("keep-alive, x-secret-hop"),
-        );
-        headers.insert("x-secret-hop", HeaderValue::from_static("1"));
-        headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
-        headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer k"));
-        headers.insert(
-            header::TRANSFER_ENCODING,
-            HeaderValue::from_static("chunked"),
-        );
-        headers.insert(REQUEST_ID_HEADER, HeaderValue::from_static("client-id"));
-        let out = upstream_headers(headers, &HeaderValue::from_static("rid"));
-        let mut names: Vec<_> = out.keys().map(|name| name.as_str()).collect();
-        names.sort_unstable();
-        assert_eq!(names, ["authorization", "x-request-id"]);
-        assert_eq!(out[header::AUTHORIZATION], "Bearer k");
-        assert_eq!(out[REQUEST_ID_HEADER], "rid");
+        let head: &'static [u8] = b"POST / HTTP/1.1\r\nConnection: keep-alive, X-Secret-Hop\r\nx-secret-hop: 1\r\nKeep-Alive: timeout=5\r\nAuthorization: Bearer k\r\nTransfer-Encoding: chunked\r\nTE: trailers\r\nX-Request-Id: client-id\r\n\r\n";
+        let mut parsed = [httparse::EMPTY_HEADER; 16];
+        let mut request = httparse::Request::new(&mut parsed);
+        assert!(request.parse(head).expect("a valid head").is_complete());
+        let mut spans = Vec::new();
+        crate::http1::header_spans(request.headers, head.as_ptr() as usize, &mut spans);
+        let fields = Fields::new(Bytes::from_static(head), spans);
+        let out = upstream_headers(fields);
+        let names: Vec<_> = out.iter().map(|(name, _)| name).collect();
+        assert_eq!(names, [&b"Authorization"[..], b"X-Request-Id"]);
+        assert_eq!(out.get("authorization"), Some(&b"Bearer k"[..]));
+    }
+
+    #[test]
+    fn hop_by_hop_names_in_any_case() {
+        for name in [
+            "connection",
+            "keep-alive",
+            "proxy-authenticate",
+            "proxy-authorization",
+            "te",
+            "trailer",
+            "upgrade",
+            "transfer-encoding",
+        ] {
+            assert!(is_hop_by_hop(&HeaderName::from_static(name)), "{name}");
+            assert!(is_hop_by_hop_name(name.as_bytes()), "{name}");
+            assert!(is_hop_by_hop_name(name.to_ascii_uppercase().as_bytes()));
+        }
+        for name in ["content-type", "x-request-id", "tf", "host", "connections"] {
+            assert!(!is_hop_by_hop_name(name.as_bytes()), "{name}");
+        }
     }
 }

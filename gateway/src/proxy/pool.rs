@@ -13,13 +13,12 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::uri::PathAndQuery;
-use http::{HeaderMap, HeaderValue, Method};
+use http::HeaderValue;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::h1::{Connection, H1Error, RequestHead, ResponseBody};
+use super::UpstreamRequest;
 
 /// Why no response came back from a replica.
 #[derive(Debug, thiserror::Error)]
@@ -143,10 +142,7 @@ impl Pool {
     pub async fn send(
         &self,
         address: &str,
-        method: &Method,
-        path_and_query: &PathAndQuery,
-        headers: &HeaderMap,
-        body: &Bytes,
+        upstream: &UpstreamRequest,
         first_byte_timeout: Duration,
     ) -> Result<(http::response::Parts, ResponseBody, Home), UpstreamError> {
         let deadline = Instant::now() + first_byte_timeout;
@@ -156,11 +152,13 @@ impl Pool {
         };
         let (idle, host) = self.shared.checkout(address);
         let request = RequestHead {
-            method,
-            path_and_query,
+            method: &upstream.method,
+            path_and_query: &upstream.path_and_query,
             host: &host.header,
-            headers,
+            headers: &upstream.headers,
+            request_id: Some(&upstream.request_id),
         };
+        let body = &upstream.body;
         let home = |(parts, body)| (parts, body, Home(host.clone()));
         if let Some(connection) = idle {
             match connection.send(&request, body, deadline).await {
@@ -297,6 +295,10 @@ mod tests {
     use tokio::net::TcpListener;
 
     use super::*;
+    use crate::http1::Fields;
+    use bytes::Bytes;
+    use http::uri::PathAndQuery;
+    use http::Method;
 
     async fn counting_server() -> (String, Arc<AtomicUsize>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -332,15 +334,15 @@ mod tests {
 
     async fn send(pool: &Pool, address: &str) -> Result<(ResponseBody, Home), UpstreamError> {
         let path = PathAndQuery::from_static("/");
+        let request = UpstreamRequest {
+            method: Method::GET,
+            path_and_query: path,
+            headers: Fields::default(),
+            request_id: HeaderValue::from_static("r"),
+            body: Bytes::new(),
+        };
         let (_parts, body, home) = pool
-            .send(
-                address,
-                &Method::GET,
-                &path,
-                &HeaderMap::new(),
-                &Bytes::new(),
-                Duration::from_secs(10),
-            )
+            .send(address, &request, Duration::from_secs(10))
             .await?;
         Ok((body, home))
     }

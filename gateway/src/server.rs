@@ -17,7 +17,7 @@ use crate::auth::keys::{ApiKey, API_KEY_HEADER};
 use crate::auth::{Access, LimitLabels, ReasonLabels};
 use crate::error::{insert_rate_headers, ApiError};
 use crate::hold::{self, HoldDefaults};
-use crate::http1::server::{accept, Handler, RequestHead, ServerConfig};
+use crate::http1::server::{accept, Handler, Reply, RequestHead, ServerConfig};
 use crate::http1::{Fields, HeaderLookup};
 use crate::index::{Index, ModelEntry};
 use crate::limits::{ConcurrencySlot, ModelSlot, QueueError, RateStatus};
@@ -101,7 +101,11 @@ pub fn build_router(state: AppState) -> Router {
             "/v1/{*endpoint}",
             post(|State(gateway): State<AppState>, request: Request| {
                 let (parts, body) = request.into_parts();
-                proxy_request(gateway, RequestHead::from_parts(parts), body)
+                async move {
+                    proxy_request(gateway, RequestHead::from_parts(parts), body)
+                        .await
+                        .into_response()
+                }
             }),
         )
         .route("/health", get(health))
@@ -135,7 +139,7 @@ pub fn api_service(gateway: AppState) -> impl Handler {
         } else {
             let router = router.clone();
             Either::Right(async move {
-                match head.into_request(body) {
+                let response = match head.into_request(body) {
                     Ok(request) => match router.oneshot(request).await {
                         Ok(response) => response,
                         Err(never) => match never {},
@@ -146,7 +150,8 @@ pub fn api_service(gateway: AppState) -> impl Handler {
                         message: invalid.to_string(),
                     }
                     .into_response(),
-                }
+                };
+                Reply::from(response)
             })
         }
     }
@@ -220,7 +225,7 @@ async fn method_not_allowed(request: Request) -> ApiError {
     }
 }
 
-async fn proxy_request(gateway: AppState, head: RequestHead, body: Body) -> Response {
+async fn proxy_request(gateway: AppState, head: RequestHead, body: Body) -> Reply {
     let request_id = request::request_id(head.headers.get(REQUEST_ID_HEADER.as_str()));
     let path_and_query = head
         .uri
@@ -233,10 +238,13 @@ async fn proxy_request(gateway: AppState, head: RequestHead, body: Body) -> Resp
         Err((error, mut log)) => {
             log.status = Some(error.status().as_u16());
             log.error = Some(error.metric_label());
-            error.into_response()
+            error.into_response().into()
         }
     };
-    response.headers_mut().insert(REQUEST_ID_HEADER, request_id);
+    response
+        .response
+        .headers_mut()
+        .insert(REQUEST_ID_HEADER, request_id);
     response
 }
 
@@ -317,7 +325,7 @@ impl Gateway {
         mut head: RequestHead,
         body: Body,
         log: RequestLog,
-    ) -> Result<Response, (ApiError, RequestLog)> {
+    ) -> Result<Reply, (ApiError, RequestLog)> {
         let key = match self.authenticate(&head.headers) {
             Ok(key) => key,
             Err(error) => return Err((error, log)),
@@ -336,7 +344,7 @@ impl Gateway {
         body: Body,
         key: Option<Arc<ApiKey>>,
         mut log: RequestLog,
-    ) -> Result<Response, (ApiError, RequestLog)> {
+    ) -> Result<Reply, (ApiError, RequestLog)> {
         let body = match self.read_body(body).await {
             Ok(body) => body,
             Err(error) => return Err((error, log)),
@@ -406,7 +414,7 @@ impl Gateway {
         self: &Arc<Self>,
         entry: Arc<ModelEntry>,
         request: Admitted,
-    ) -> Result<Response, (ApiError, RequestLog)> {
+    ) -> Result<Reply, (ApiError, RequestLog)> {
         let interval = self.limits.hold_keepalive_interval;
         if interval.is_zero() || !hold::stream::is_stream(&request.body) {
             let released = match self.wait_for_replica(entry).await {
@@ -444,7 +452,7 @@ impl Gateway {
                     // Released in time, waiting for the engine: answered as usual.
                     rest.await
                 } else {
-                    Ok(hold::stream::keepalive_response(rest, interval))
+                    Ok(hold::stream::keepalive_response(rest, interval).into())
                 }
             }
         }
@@ -457,7 +465,7 @@ impl Gateway {
         entry: Arc<ModelEntry>,
         release: Option<hold::Release<'_>>,
         request: Admitted,
-    ) -> Result<Response, (ApiError, RequestLog)> {
+    ) -> Result<Reply, (ApiError, RequestLog)> {
         let Admitted {
             mut head,
             body,
@@ -512,6 +520,10 @@ impl Gateway {
         if admitted.is_none() && model_slot.is_none() && accounting.is_none() {
             return Ok(response);
         }
+        let Reply {
+            response,
+            mut forwarded,
+        } = response;
         let (mut head, body) = response.into_parts();
         let (slot, status) = match admitted {
             Some((slot, status)) => (Some(slot), Some(status)),
@@ -524,13 +536,17 @@ impl Gateway {
         let accounting = accounting.filter(|_| head.status.is_success());
         if matches!(accounting, Some(Accounting::Stream { strip: true })) {
             head.headers.remove(header::CONTENT_LENGTH);
+            forwarded.remove(header::CONTENT_LENGTH.as_str());
         }
         let charger = match (&accounting, key) {
             (Some(_), Some(key)) => Some(self.token_charger(key, request_bytes)),
             _ => None,
         };
         let body = AccountedBody::new(body, accounting, charger, (slot, model_slot));
-        Ok(Response::from_parts(head, Body::new(body)))
+        Ok(Reply {
+            response: Response::from_parts(head, Body::new(body)),
+            forwarded,
+        })
     }
 
     /// Charges a response's tokens to its key when the response ends or is dropped.

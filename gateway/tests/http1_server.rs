@@ -15,7 +15,8 @@ use bytes::Bytes;
 use futures::StreamExt;
 use http::{header, HeaderValue, Request, StatusCode};
 use http_body_util::BodyExt;
-use kinfer_gateway::http1::server::{serve, RequestHead, ServerConfig};
+use kinfer_gateway::http1::server::{serve, Reply, RequestHead, ServerConfig};
+use kinfer_gateway::http1::Fields;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, Notify};
@@ -143,6 +144,32 @@ impl TestService {
     }
 }
 
+/// A reply as the proxy makes one: an engine's fields forwarded (connection-level ones among
+/// them, which the server must not send), and the gateway's own headers in the map, one of
+/// which replaces the engine's.
+fn forwarded_reply() -> Reply {
+    let mut engine = http::HeaderMap::new();
+    for (name, value) in [
+        ("x-engine", "1"),
+        ("connection", "close"),
+        ("keep-alive", "timeout=5"),
+        ("transfer-encoding", "chunked"),
+        ("x-replaced", "by the engine"),
+        ("content-length", "5"),
+        ("date", "Mon, 01 Jan 2024 00:00:00 GMT"),
+    ] {
+        engine.insert(name, HeaderValue::from_static(value));
+    }
+    let mut response = Response::new(Body::from("hello"));
+    response
+        .headers_mut()
+        .insert("x-replaced", HeaderValue::from_static("by the gateway"));
+    Reply {
+        response,
+        forwarded: Fields::from_map(&engine),
+    }
+}
+
 fn status_response(status: StatusCode, body: Body) -> Response {
     let mut response = Response::new(body);
     *response.status_mut() = status;
@@ -204,8 +231,11 @@ async fn start(config: ServerConfig) -> TestServer {
     let service = move |head: RequestHead, body: Body| {
         let service = service.clone();
         async move {
+            if head.uri.path() == "/forwarded" {
+                return forwarded_reply();
+            }
             let request = head.into_request(body).expect("fields a HeaderMap accepts");
-            service.handle(request).await
+            Reply::from(service.handle(request).await)
         }
     };
     let (shutdown, stop) = oneshot::channel::<()>();
@@ -586,6 +616,38 @@ async fn keep_alive_connection_frames_sized_streamed_and_empty_responses() {
     // this response's status line).
     client.send(get("/sized")).await;
     assert_eq!(client.read_response().await.text(), "hello, world");
+}
+
+#[tokio::test]
+async fn forwarded_fields_are_written_without_connection_level_ones() {
+    let server = start(relaxed()).await;
+    let mut client = server.connect().await;
+    for _ in 0..2 {
+        client.send(get("/forwarded")).await;
+        let response = client.read_response().await;
+        assert_eq!(response.status, 200);
+        let values = |name: &str| -> Vec<&str> {
+            response
+                .headers
+                .iter()
+                .filter(|(header, _)| header == name)
+                .map(|(_, value)| value.as_str())
+                .collect()
+        };
+        assert_eq!(values("x-engine"), ["1"]);
+        assert_eq!(values("x-replaced"), ["by the gateway"]);
+        assert_eq!(values("content-length"), ["5"]);
+        assert_eq!(
+            values("date"),
+            ["Mon, 01 Jan 2024 00:00:00 GMT"],
+            "not a second date"
+        );
+        // The connection's own: the engine's `close` is not the client's.
+        assert!(values("connection").is_empty(), "{:?}", response.headers);
+        assert!(values("keep-alive").is_empty());
+        assert!(values("transfer-encoding").is_empty());
+        assert_eq!(response.text(), "hello");
+    }
 }
 
 #[tokio::test]

@@ -97,6 +97,9 @@ async fn body_is_forwarded_byte_for_byte_on_any_v1_path() {
                     ("x-seen-ids", ids.parse().unwrap()),
                     ("x-seen-custom", custom.parse().unwrap()),
                     ("x-seen-hop", hop.parse().unwrap()),
+                    // The gateway's own response headers replace an engine's.
+                    ("x-request-id", "from-the-engine".parse().unwrap()),
+                    ("x-kinfer-replica", "from-the-engine".parse().unwrap()),
                 ],
                 body,
             )
@@ -129,6 +132,11 @@ async fn body_is_forwarded_byte_for_byte_on_any_v1_path() {
         assert_eq!(seen["x-seen-ids"], "1");
         assert_eq!(seen["x-seen-custom"], "kept as sent");
         assert_eq!(seen["x-seen-hop"], "false");
+        let ids: Vec<_> = seen.get_all("x-request-id").iter().collect();
+        assert_eq!(ids, ["echo-1"]);
+        let replicas: Vec<_> = seen.get_all("x-kinfer-replica").iter().collect();
+        assert_eq!(replicas.len(), 1);
+        assert_ne!(replicas[0], "from-the-engine");
         assert_eq!(response.text().await.unwrap(), body, "{path}");
     }
 }

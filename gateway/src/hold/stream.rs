@@ -22,6 +22,8 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::response::Response;
+
+use crate::http1::server::Reply;
 use bytes::{Bytes, BytesMut};
 use http::{header, HeaderValue, StatusCode};
 use hyper::body::{Frame, SizeHint};
@@ -38,8 +40,7 @@ pub const KEEP_ALIVE: &[u8] = b": keep-alive\n\n";
 const MAX_ENGINE_ERROR_BYTES: usize = 64 << 10;
 
 /// The rest of a held request: the hold, then the forward to the engine.
-pub type Continuation =
-    Pin<Box<dyn Future<Output = Result<Response, (ApiError, RequestLog)>> + Send>>;
+pub type Continuation = Pin<Box<dyn Future<Output = Result<Reply, (ApiError, RequestLog)>> + Send>>;
 
 #[derive(Deserialize)]
 struct StreamField {
@@ -156,8 +157,9 @@ impl hyper::body::Body for HeldStreamBody {
             match &mut this.state {
                 State::Holding { rest, tick } => {
                     match rest.as_mut().poll(context) {
-                        Poll::Ready(Ok(response)) => {
-                            let (head, body) = response.into_parts();
+                        Poll::Ready(Ok(reply)) => {
+                            // The engine's headers are not for the client: its 200 went out.
+                            let (head, body) = reply.response.into_parts();
                             this.state = if head.status.is_success() {
                                 State::Splicing(body)
                             } else {
@@ -335,7 +337,7 @@ mod tests {
         let started = Instant::now();
         let rest: Continuation = Box::pin(async {
             tokio::time::sleep(Duration::from_millis(2500)).await;
-            Ok(Response::new(Body::from("data: [DONE]\n\n")))
+            Ok(Response::new(Body::from("data: [DONE]\n\n")).into())
         });
         let response = keepalive_response(rest, Duration::from_secs(1));
         assert_eq!(response.status(), StatusCode::OK);
@@ -382,7 +384,7 @@ mod tests {
                 r#"{"error":{"message":"context too long","type":"BadRequestError","param":null,"code":400}}"#,
             ));
             *response.status_mut() = StatusCode::BAD_REQUEST;
-            Ok(response)
+            Ok(response.into())
         });
         let response = keepalive_response(rest, Duration::from_secs(1));
         let frames = frames(response.into_body(), Instant::now()).await;

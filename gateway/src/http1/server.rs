@@ -36,7 +36,7 @@ use std::time::{Duration, SystemTime};
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
-use http::{header, HeaderMap, Method, Request, StatusCode, Uri, Version};
+use http::{header, HeaderMap, HeaderValue, Method, Request, StatusCode, Uri, Version};
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -241,16 +241,68 @@ impl RequestHead {
     }
 }
 
+/// What a [`Handler`] answers: a response, and header fields forwarded as they came (an
+/// engine's, see [`super::fields`]), written before the response's own headers. A proxied
+/// response has both: the gateway's headers in the map (request id, replica), the engine's in
+/// `forwarded`, without a `HeaderMap` built for them. A name the map has replaces the
+/// forwarded fields of that name: they are not sent.
+pub struct Reply {
+    pub response: Response,
+    pub forwarded: Fields,
+}
+
+impl From<Response> for Reply {
+    fn from(response: Response) -> Self {
+        Self {
+            response,
+            forwarded: Fields::default(),
+        }
+    }
+}
+
+impl IntoResponse for Reply {
+    /// One response with both sets of headers (for services other than this server: the
+    /// router's own proxy route, tests).
+    fn into_response(self) -> Response {
+        let Self {
+            mut response,
+            forwarded,
+        } = self;
+        match forwarded.to_map() {
+            Ok(map) => {
+                let headers = response.headers_mut();
+                let mut current = None;
+                for (name, value) in map {
+                    // `None`: another value of the name before.
+                    if let Some(name) = name {
+                        current = (!headers.contains_key(&name)).then_some(name);
+                    }
+                    if let Some(name) = &current {
+                        headers.append(name.clone(), value);
+                    }
+                }
+                response
+            }
+            Err(invalid) => ApiError::Protocol {
+                status: StatusCode::BAD_GATEWAY,
+                code: "invalid_engine_response",
+                message: invalid.to_string(),
+            }
+            .into_response(),
+        }
+    }
+}
+
 /// What the server calls for each request.
 pub trait Handler: Clone + Send + 'static {
-    type Future: Future<Output = Response> + Send + 'static;
+    type Future: Future<Output = Reply> + Send + 'static;
     fn call(&self, head: RequestHead, body: Body) -> Self::Future;
 }
 
 impl<F, R> Handler for F
 where
     F: Fn(RequestHead, Body) -> R + Clone + Send + 'static,
-    R: Future<Output = Response> + Send + 'static,
+    R: Future<Output = Reply> + Send + 'static,
 {
     type Future = R;
     fn call(&self, head: RequestHead, body: Body) -> R {
@@ -333,7 +385,7 @@ impl<S: Handler> Connection<S> {
                 Err(error) => {
                     tracing::debug!(%error, "rejected a client request");
                     let _ = self
-                        .write_response(error.response(), Version::HTTP_11, false, false)
+                        .write_response(error.response().into(), Version::HTTP_11, false, false)
                         .await;
                     if let Some(reader) = self.reader.take() {
                         self.linger(reader).await;
@@ -525,18 +577,28 @@ impl<S: Handler> Connection<S> {
     /// Write `response`; whether the connection stays open for another request.
     async fn write_response(
         &mut self,
-        response: Response,
+        reply: Reply,
         version: Version,
         head_request: bool,
         mut keep_alive: bool,
     ) -> bool {
+        let Reply {
+            response,
+            forwarded,
+        } = reply;
         let (parts, mut body) = response.into_parts();
         let status = parts.status;
         let bodyless = head_request
             || status.is_informational()
             || status == StatusCode::NO_CONTENT
             || status == StatusCode::NOT_MODIFIED;
-        let declared = match content_length(parts.headers.get_all(header::CONTENT_LENGTH).iter()) {
+        let declared = if parts.headers.contains_key(header::CONTENT_LENGTH) {
+            let values = parts.headers.get_all(header::CONTENT_LENGTH).iter();
+            content_length(values.map(HeaderValue::as_bytes))
+        } else {
+            content_length(forwarded.get_all("content-length"))
+        };
+        let declared = match declared {
             Ok(declared) => declared,
             Err(_) => {
                 tracing::warn!("a response with an invalid content-length was not sent");
@@ -558,11 +620,17 @@ impl<S: Handler> Connection<S> {
         encode_head(
             &mut self.output,
             status,
+            &forwarded,
             &parts.headers,
             add_length,
             framing == Framing::Chunked,
-            keep_alive,
-            version,
+            if !keep_alive {
+                Some("close")
+            } else if version == Version::HTTP_10 {
+                Some("keep-alive")
+            } else {
+                None
+            },
         );
         if framing == Framing::None {
             let kept = self.flush().await.is_ok() && keep_alive;
@@ -644,6 +712,7 @@ impl<S: Handler> Connection<S> {
         // back to the pool, the access log line, the metrics) is then off the client's wait.
         drop(body);
         drop(parts);
+        drop(forwarded);
         kept
     }
 
@@ -818,11 +887,11 @@ fn transfer_coding(
 fn encode_head(
     output: &mut Vec<u8>,
     status: StatusCode,
+    forwarded: &Fields,
     headers: &HeaderMap,
     add_length: Option<u64>,
     chunked: bool,
-    keep_alive: bool,
-    version: Version,
+    connection: Option<&str>,
 ) {
     output.extend_from_slice(b"HTTP/1.1 ");
     output.extend_from_slice(status.as_str().as_bytes());
@@ -830,6 +899,21 @@ fn encode_head(
     output.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
     output.extend_from_slice(b"\r\n");
     let mut has_date = false;
+    for (name, value) in forwarded.iter() {
+        let skipped = match name.len() {
+            10 => is_named(name, "connection") || is_named(name, "keep-alive"),
+            17 => is_named(name, "transfer-encoding"),
+            _ => false,
+        };
+        if skipped || headers.keys().any(|ours| is_named(name, ours.as_str())) {
+            continue;
+        }
+        has_date |= is_named(name, "date");
+        output.extend_from_slice(name);
+        output.extend_from_slice(b": ");
+        output.extend_from_slice(value);
+        output.extend_from_slice(b"\r\n");
+    }
     for (name, value) in headers {
         if name == header::CONNECTION
             || name == header::TRANSFER_ENCODING
@@ -856,10 +940,10 @@ fn encode_head(
     if chunked {
         output.extend_from_slice(b"transfer-encoding: chunked\r\n");
     }
-    if !keep_alive {
-        output.extend_from_slice(b"connection: close\r\n");
-    } else if version == Version::HTTP_10 {
-        output.extend_from_slice(b"connection: keep-alive\r\n");
+    if let Some(connection) = connection {
+        output.extend_from_slice(b"connection: ");
+        output.extend_from_slice(connection.as_bytes());
+        output.extend_from_slice(b"\r\n");
     }
     output.extend_from_slice(b"\r\n");
 }

@@ -14,16 +14,15 @@ use std::pin::{pin, Pin};
 use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
-use http::header;
 use http::uri::PathAndQuery;
-use http::{HeaderMap, HeaderValue, Method, StatusCode, Version};
+use http::{HeaderValue, Method, StatusCode, Version};
 use hyper::body::{Body, Frame, SizeHint};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
 use crate::http1::fields::is_named;
-use crate::http1::{add_content_length, header_name, header_spans, Decoded, Decoder, Fields, Span};
+use crate::http1::{add_content_length, header_spans, Decoded, Decoder, Fields, Span};
 
 /// Read buffer growth step.
 const READ_CHUNK: usize = 8 * 1024;
@@ -100,7 +99,7 @@ impl Connection {
         request: &RequestHead<'_>,
         body: &Bytes,
         deadline: Instant,
-    ) -> Result<(http::response::Parts, ResponseBody), H1Error> {
+    ) -> Result<(ResponseHead, ResponseBody), H1Error> {
         let mut timer = match self.timer.take() {
             Some(mut timer) => {
                 timer.as_mut().reset(deadline);
@@ -134,7 +133,7 @@ impl Connection {
         &mut self,
         request: &RequestHead<'_>,
         body: &Bytes,
-    ) -> Result<(http::response::Parts, Decoder, bool), H1Error> {
+    ) -> Result<(ResponseHead, Decoder, bool), H1Error> {
         let mut head = encode_head(request, body.len());
         if body.len() <= COALESCE_BODY_BYTES {
             head.extend_from_slice(body);
@@ -173,7 +172,7 @@ impl Connection {
     fn parse_head(
         &mut self,
         method: &Method,
-    ) -> Result<Option<(http::response::Parts, Decoder, bool)>, H1Error> {
+    ) -> Result<Option<(ResponseHead, Decoder, bool)>, H1Error> {
         loop {
             // Parse, then keep only offsets, so the head can become shared `Bytes` that the
             // header values slice. Neither array is initialized: a response has a few headers.
@@ -208,48 +207,38 @@ impl Connection {
                 }
                 continue;
             }
-            // Room for the headers the gateway adds (replica, placement, request id, rate
-            // limits) without growing the map.
-            let mut headers = HeaderMap::with_capacity(self.spans.len() + 8);
-            // What delimits the body and whether the connection stays open, noted in the same
-            // pass (the map is not searched again).
+            // What delimits the body and whether the connection stays open, noted in the one
+            // pass. The fields stay offsets into the head (see `crate::http1::fields`).
             // Some when there is a transfer-encoding: whether its last coding is chunked.
             let mut chunked = None;
             let mut length = None;
             let mut close = false;
             let mut keep_alive = false;
             for &(name_start, name_end, value_start, value_end) in &self.spans {
-                let name = header_name(&head[name_start..name_end])
-                    .map_err(|error| H1Error::Invalid(format!("header name: {error}")))?;
-                let value = HeaderValue::from_maybe_shared(head.slice(value_start..value_end))
-                    .map_err(|error| H1Error::Invalid(format!("header {name}: {error}")))?;
-                if name == header::TRANSFER_ENCODING {
+                let name = &head[name_start..name_end];
+                let value = &head[value_start..value_end];
+                if is_named(name, "transfer-encoding") {
                     // The last coding of the last header decides.
-                    let last = value.as_bytes().rsplit(|&byte| byte == b',').next();
+                    let last = value.rsplit(|&byte| byte == b',').next();
                     chunked =
                         Some(last.is_some_and(|last| {
                             last.trim_ascii().eq_ignore_ascii_case(b"chunked")
                         }));
-                } else if name == header::CONTENT_LENGTH {
-                    length = add_content_length(length, value.as_bytes())
+                } else if is_named(name, "content-length") {
+                    length = add_content_length(length, value)
                         .map_err(|reason| H1Error::Invalid(reason.into()))?;
-                } else if name == header::CONNECTION {
-                    for token in value.as_bytes().split(|&byte| byte == b',') {
+                } else if is_named(name, "connection") {
+                    for token in value.split(|&byte| byte == b',') {
                         let token = token.trim_ascii();
                         close |= token.eq_ignore_ascii_case(b"close");
                         keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
                     }
                 }
-                headers.append(name, value);
             }
-            let (mut parts, ()) = http::Response::new(()).into_parts();
-            parts.status = status;
-            let reusable = if minor == 0 {
-                parts.version = Version::HTTP_10;
-                keep_alive && !close
+            let (version, reusable) = if minor == 0 {
+                (Version::HTTP_10, keep_alive && !close)
             } else {
-                parts.version = Version::HTTP_11;
-                !close
+                (Version::HTTP_11, !close)
             };
             // RFC 9112 section 6.3: a transfer coding overrides any length, and a coding other
             // than chunked last means the body ends with the connection.
@@ -265,10 +254,22 @@ impl Connection {
                     (Some(false), _) | (None, None) => Decoder::UntilClose,
                 }
             };
-            parts.headers = headers;
-            return Ok(Some((parts, body, reusable)));
+            let head = ResponseHead {
+                status,
+                version,
+                headers: Fields::new(head, std::mem::take(&mut self.spans)),
+            };
+            return Ok(Some((head, body, reusable)));
         }
     }
+}
+
+/// An engine's response head: the status line and the header fields as received.
+#[derive(Debug)]
+pub struct ResponseHead {
+    pub status: StatusCode,
+    pub version: Version,
+    pub headers: Fields,
 }
 
 /// The parts of a request written upstream.
@@ -397,6 +398,7 @@ impl Body for ResponseBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::{header, HeaderMap};
     use http_body_util::BodyExt;
     use tokio::io::AsyncReadExt;
     use tokio::net::TcpListener;
@@ -479,7 +481,10 @@ mod tests {
                 .await
                 .unwrap();
             assert_eq!(parts.status, 200);
-            assert_eq!(parts.headers["content-type"], "text/event-stream");
+            assert_eq!(
+                parts.headers.get("content-type"),
+                Some(&b"text/event-stream"[..])
+            );
             let mut frames = Vec::new();
             while let Some(frame) = body.frame().await {
                 frames.push(frame.unwrap().into_data().unwrap());
@@ -493,8 +498,8 @@ mod tests {
                 .await
                 .unwrap();
             assert_eq!(parts.status, 201, "1xx skipped");
-            let values: Vec<_> = parts.headers.get_all("x-a").iter().collect();
-            assert_eq!(values, ["1", "2"]);
+            let values: Vec<_> = parts.headers.get_all("x-a").collect();
+            assert_eq!(values, [b"1", b"2"]);
             let data = body.frame().await.unwrap().unwrap().into_data().unwrap();
             assert_eq!(data, "ok");
             assert!(body.is_end_stream(), "ends with its last byte");

@@ -24,10 +24,11 @@ use tokio::time::Instant;
 
 pub use body::{InflightGuard, Outcome, ProxyBody, RequestLog};
 pub use budget::RetryBudget;
-pub use h1::{H1Error, ResponseBody};
+pub use h1::{H1Error, ResponseBody, ResponseHead};
 pub use pool::{Home, Pool, PoolConfig, UpstreamError};
 
 use crate::error::ApiError;
+use crate::http1::server::Reply;
 use crate::http1::Fields;
 use crate::index::{EjectionPolicy, Endpoint, ModelEntry};
 use crate::metrics::Metrics;
@@ -113,7 +114,7 @@ pub struct Proxy {
 enum Retryable {
     Unreachable(String),
     /// Boxed: the rare path should not make every attempt's future larger.
-    Status(Box<(http::response::Parts, ResponseBody, Home, InflightGuard)>),
+    Status(Box<(ResponseHead, ResponseBody, Home, InflightGuard)>),
 }
 
 impl Proxy {
@@ -201,7 +202,7 @@ impl Proxy {
         request: UpstreamRequest,
         info: &RequestInfo<'_>,
         mut log: RequestLog,
-    ) -> Result<Response<AxumBody>, (ApiError, RequestLog)> {
+    ) -> Result<Reply, (ApiError, RequestLog)> {
         self.budget.deposit();
         let attempts = self.config.max_retries as usize + 1;
         let mut tried: Vec<Arc<Endpoint>> = Vec::new();
@@ -294,22 +295,29 @@ impl Proxy {
 
     async fn respond(
         &self,
-        mut parts: http::response::Parts,
+        head: ResponseHead,
         upstream: ResponseBody,
         home: Home,
         guard: InflightGuard,
         mut log: RequestLog,
-    ) -> Response<AxumBody> {
-        strip_hop_by_hop(&mut parts.headers);
+    ) -> Reply {
+        let ResponseHead {
+            status,
+            version: _,
+            headers: mut forwarded,
+        } = head;
+        strip_hop_by_hop_fields(&mut forwarded);
         let endpoint = guard.endpoint().clone();
-        parts
-            .headers
-            .insert(REPLICA_HEADER, endpoint.replica_header().clone());
+        let placement = endpoint.placement_headers();
+        // The gateway's own headers (these, the request id, at times the rate figures): an
+        // engine's header of the same name is not sent (see `Reply`).
+        let mut headers = HeaderMap::with_capacity(placement.len() + 4);
+        headers.insert(REPLICA_HEADER, endpoint.replica_header().clone());
         // x-kinfer-served-by, -node, -gpu-product, -zone (see crate::placement).
-        for (name, value) in endpoint.placement_headers() {
-            parts.headers.insert(name.clone(), value.clone());
+        for (name, value) in placement {
+            headers.insert(name.clone(), value.clone());
         }
-        log.status = Some(parts.status.as_u16());
+        log.status = Some(status.as_u16());
         log.replica = Some(endpoint);
         let sized = upstream.is_sized();
         let mut body = ProxyBody::new(upstream, home, self.config.idle_timeout, guard, log);
@@ -317,7 +325,13 @@ impl Proxy {
         if sized {
             body.prefetch().await;
         }
-        Response::from_parts(parts, AxumBody::new(body))
+        let mut response = Response::new(AxumBody::new(body));
+        *response.status_mut() = status;
+        *response.headers_mut() = headers;
+        Reply {
+            response,
+            forwarded,
+        }
     }
 }
 

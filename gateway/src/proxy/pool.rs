@@ -17,7 +17,7 @@ use http::HeaderValue;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::h1::{Connection, H1Error, RequestHead, ResponseBody};
+use super::h1::{Connection, H1Error, RequestHead, ResponseBody, ResponseHead};
 use super::UpstreamRequest;
 
 /// Why no response came back from a replica.
@@ -144,7 +144,7 @@ impl Pool {
         address: &str,
         upstream: &UpstreamRequest,
         first_byte_timeout: Duration,
-    ) -> Result<(http::response::Parts, ResponseBody, Home), UpstreamError> {
+    ) -> Result<(ResponseHead, ResponseBody, Home), UpstreamError> {
         let deadline = Instant::now() + first_byte_timeout;
         let failed = |error| match error {
             H1Error::Timeout => UpstreamError::Timeout(first_byte_timeout),

@@ -64,17 +64,28 @@ pub fn top_level_model(body: &[u8]) -> Option<&str> {
     model
 }
 
-/// Where the first quote, backslash or raw control character of `text` is: memchr finds
-/// the quote or backslash, and the part skipped is checked for control characters with a
-/// minimum (a loop that vectorizes, unlike a search that stops early). (A byte-by-byte table
-/// lookup for short strings measured slower.)
+/// Where the first quote, backslash or raw control character of `text` is. Most strings of
+/// a request are short (keys, roles, the model): their first bytes are checked one by one,
+/// which costs less than setting up a vector search. Past them, memchr finds the quote or
+/// backslash, and the part skipped is checked for control characters with a minimum (a loop
+/// that vectorizes, unlike a search that stops early).
 fn special_in(text: &[u8]) -> Option<usize> {
-    let found = memchr::memchr2(b'"', b'\\', text)?;
-    let skipped = &text[..found];
-    if skipped.iter().fold(u8::MAX, |low, &byte| low.min(byte)) < 0x20 {
-        return skipped.iter().position(|&byte| byte < 0x20);
+    const SHORT: usize = 16;
+    let is_special = |byte: u8| byte == b'"' || byte == b'\\' || byte < 0x20;
+    let short = &text[..text.len().min(SHORT)];
+    if let Some(found) = short.iter().position(|&byte| is_special(byte)) {
+        return Some(found);
     }
-    Some(found)
+    let rest = &text[short.len()..];
+    let found = memchr::memchr2(b'"', b'\\', rest)?;
+    let skipped = &rest[..found];
+    if skipped.iter().fold(u8::MAX, |low, &byte| low.min(byte)) < 0x20 {
+        return skipped
+            .iter()
+            .position(|&byte| byte < 0x20)
+            .map(|position| short.len() + position);
+    }
+    Some(short.len() + found)
 }
 
 struct Scan<'a> {
@@ -275,6 +286,40 @@ mod tests {
             );
         }
         scanned
+    }
+
+    #[test]
+    fn special_in_agrees_with_a_byte_by_byte_search() {
+        let naive = |text: &[u8]| {
+            text.iter()
+                .position(|&byte| byte == b'"' || byte == b'\\' || byte < 0x20)
+        };
+        // A text with no quote or backslash is an unterminated string: `None`, or the
+        // position of a control character, are both a refusal.
+        let agrees = |text: &[u8]| {
+            let found = special_in(text);
+            if text.iter().any(|&byte| byte == b'"' || byte == b'\\') {
+                found == naive(text)
+            } else {
+                found.is_none_or(|at| text[at] < 0x20)
+            }
+        };
+        for length in 0..48 {
+            let plain = vec![b'a'; length];
+            assert_eq!(special_in(&plain), None, "{length}");
+            assert!(agrees(&plain));
+            for at in 0..length {
+                for special in [b'"', b'\\', b'\n', 0x00, 0x1f] {
+                    let mut text = plain.clone();
+                    text[at] = special;
+                    // A second special byte later must not be the one found.
+                    if at + 3 < length {
+                        text[at + 3] = b'"';
+                    }
+                    assert!(agrees(&text), "{length} {at} {special}");
+                }
+            }
+        }
     }
 
     #[test]

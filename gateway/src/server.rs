@@ -241,10 +241,7 @@ async fn proxy_request(gateway: AppState, head: RequestHead, body: Body) -> Repl
             error.into_response().into()
         }
     };
-    response
-        .response
-        .headers_mut()
-        .insert(REQUEST_ID_HEADER, request_id);
+    response.set_header(REQUEST_ID_HEADER, request_id);
     response
 }
 
@@ -522,6 +519,7 @@ impl Gateway {
         }
         let Reply {
             response,
+            headers,
             mut forwarded,
         } = response;
         let (mut head, body) = response.into_parts();
@@ -545,6 +543,7 @@ impl Gateway {
         let body = AccountedBody::new(body, accounting, charger, (slot, model_slot));
         Ok(Reply {
             response: Response::from_parts(head, Body::new(body)),
+            headers,
             forwarded,
         })
     }

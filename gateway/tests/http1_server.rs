@@ -145,8 +145,8 @@ impl TestService {
 }
 
 /// A reply as the proxy makes one: an engine's fields forwarded (connection-level ones among
-/// them, which the server must not send), and the gateway's own headers in the map, one of
-/// which replaces the engine's.
+/// them, which the server must not send), the gateway's own headers and a map, which
+/// replace the engine's of the same names.
 fn forwarded_reply() -> Reply {
     let mut engine = http::HeaderMap::new();
     for (name, value) in [
@@ -155,6 +155,7 @@ fn forwarded_reply() -> Reply {
         ("keep-alive", "timeout=5"),
         ("transfer-encoding", "chunked"),
         ("x-replaced", "by the engine"),
+        ("x-request-id", "from the engine"),
         ("content-length", "5"),
         ("date", "Mon, 01 Jan 2024 00:00:00 GMT"),
     ] {
@@ -166,6 +167,10 @@ fn forwarded_reply() -> Reply {
         .insert("x-replaced", HeaderValue::from_static("by the gateway"));
     Reply {
         response,
+        headers: vec![(
+            http::HeaderName::from_static("x-request-id"),
+            HeaderValue::from_static("the gateway's"),
+        )],
         forwarded: Fields::from_map(&engine),
     }
 }
@@ -636,6 +641,7 @@ async fn forwarded_fields_are_written_without_connection_level_ones() {
         };
         assert_eq!(values("x-engine"), ["1"]);
         assert_eq!(values("x-replaced"), ["by the gateway"]);
+        assert_eq!(values("x-request-id"), ["the gateway's"]);
         assert_eq!(values("content-length"), ["5"]);
         assert_eq!(
             values("date"),

@@ -36,7 +36,7 @@ use std::time::{Duration, SystemTime};
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
-use http::{header, HeaderMap, HeaderValue, Method, Request, StatusCode, Uri, Version};
+use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri, Version};
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -241,13 +241,15 @@ impl RequestHead {
     }
 }
 
-/// What a [`Handler`] answers: a response, and header fields forwarded as they came (an
-/// engine's, see [`super::fields`]), written before the response's own headers. A proxied
-/// response has both: the gateway's headers in the map (request id, replica), the engine's in
-/// `forwarded`, without a `HeaderMap` built for them. A name the map has replaces the
-/// forwarded fields of that name: they are not sent.
+/// What a [`Handler`] answers: a response, the gateway's own headers for it, and header
+/// fields forwarded as they came (an engine's, see [`super::fields`]). A proxied reply has
+/// all three, without a `HeaderMap` built for any: the request id and replica in `headers`,
+/// the engine's in `forwarded`, and an empty map. They are written in that order; a name in
+/// `headers` replaces the fields and map entries of that name, and a name in the map
+/// replaces the forwarded fields of that name.
 pub struct Reply {
     pub response: Response,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
     pub forwarded: Fields,
 }
 
@@ -255,41 +257,55 @@ impl From<Response> for Reply {
     fn from(response: Response) -> Self {
         Self {
             response,
+            headers: Vec::new(),
             forwarded: Fields::default(),
         }
     }
 }
 
+impl Reply {
+    /// Set one of the gateway's headers (replacing an earlier value).
+    pub fn set_header(&mut self, name: HeaderName, value: HeaderValue) {
+        self.headers.retain(|(set, _)| *set != name);
+        self.headers.push((name, value));
+    }
+}
+
 impl IntoResponse for Reply {
-    /// One response with both sets of headers (for services other than this server: the
-    /// router's own proxy route, tests).
+    /// One response with every header (for services other than this server: the router's
+    /// own proxy route, tests).
     fn into_response(self) -> Response {
         let Self {
             mut response,
+            headers: own,
             forwarded,
         } = self;
-        match forwarded.to_map() {
-            Ok(map) => {
-                let headers = response.headers_mut();
-                let mut current = None;
-                for (name, value) in map {
-                    // `None`: another value of the name before.
-                    if let Some(name) = name {
-                        current = (!headers.contains_key(&name)).then_some(name);
-                    }
-                    if let Some(name) = &current {
-                        headers.append(name.clone(), value);
-                    }
+        let forwarded = match forwarded.to_map() {
+            Ok(map) => map,
+            Err(invalid) => {
+                return ApiError::Protocol {
+                    status: StatusCode::BAD_GATEWAY,
+                    code: "invalid_engine_response",
+                    message: invalid.to_string(),
                 }
-                response
+                .into_response()
             }
-            Err(invalid) => ApiError::Protocol {
-                status: StatusCode::BAD_GATEWAY,
-                code: "invalid_engine_response",
-                message: invalid.to_string(),
+        };
+        let headers = response.headers_mut();
+        let mut current = None;
+        for (name, value) in forwarded {
+            // `None`: another value of the name before.
+            if let Some(name) = name {
+                current = (!headers.contains_key(&name)).then_some(name);
             }
-            .into_response(),
+            if let Some(name) = &current {
+                headers.append(name.clone(), value);
+            }
         }
+        for (name, value) in own {
+            headers.insert(name, value);
+        }
+        response
     }
 }
 
@@ -584,6 +600,7 @@ impl<S: Handler> Connection<S> {
     ) -> bool {
         let Reply {
             response,
+            headers: own,
             forwarded,
         } = reply;
         let (parts, mut body) = response.into_parts();
@@ -620,8 +637,7 @@ impl<S: Handler> Connection<S> {
         encode_head(
             &mut self.output,
             status,
-            &forwarded,
-            &parts.headers,
+            (&own, &forwarded, &parts.headers),
             add_length,
             framing == Framing::Chunked,
             if !keep_alive {
@@ -713,6 +729,7 @@ impl<S: Handler> Connection<S> {
         drop(body);
         drop(parts);
         drop(forwarded);
+        drop(own);
         kept
     }
 
@@ -887,8 +904,7 @@ fn transfer_coding(
 fn encode_head(
     output: &mut Vec<u8>,
     status: StatusCode,
-    forwarded: &Fields,
-    headers: &HeaderMap,
+    (own, forwarded, headers): (&[(HeaderName, HeaderValue)], &Fields, &HeaderMap),
     add_length: Option<u64>,
     chunked: bool,
     connection: Option<&str>,
@@ -899,13 +915,21 @@ fn encode_head(
     output.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
     output.extend_from_slice(b"\r\n");
     let mut has_date = false;
+    let is_own = |name: &[u8]| own.iter().any(|(own, _)| is_named(name, own.as_str()));
+    for (name, value) in own {
+        has_date |= name == header::DATE;
+        output.extend_from_slice(name.as_str().as_bytes());
+        output.extend_from_slice(b": ");
+        output.extend_from_slice(value.as_bytes());
+        output.extend_from_slice(b"\r\n");
+    }
     for (name, value) in forwarded.iter() {
         let skipped = match name.len() {
             10 => is_named(name, "connection") || is_named(name, "keep-alive"),
             17 => is_named(name, "transfer-encoding"),
             _ => false,
         };
-        if skipped || headers.keys().any(|ours| is_named(name, ours.as_str())) {
+        if skipped || is_own(name) || headers.keys().any(|set| is_named(name, set.as_str())) {
             continue;
         }
         has_date |= is_named(name, "date");
@@ -918,6 +942,7 @@ fn encode_head(
         if name == header::CONNECTION
             || name == header::TRANSFER_ENCODING
             || name.as_str() == "keep-alive"
+            || is_own(name.as_str().as_bytes())
         {
             continue;
         }

@@ -309,14 +309,12 @@ impl Proxy {
         strip_hop_by_hop_fields(&mut forwarded);
         let endpoint = guard.endpoint().clone();
         let placement = endpoint.placement_headers();
-        // The gateway's own headers (these, the request id, at times the rate figures): an
-        // engine's header of the same name is not sent (see `Reply`).
-        let mut headers = HeaderMap::with_capacity(placement.len() + 4);
-        headers.insert(REPLICA_HEADER, endpoint.replica_header().clone());
+        // The gateway's own headers (these and the request id): an engine's header of the
+        // same name is not sent (see `Reply`).
+        let mut headers = Vec::with_capacity(placement.len() + 2);
+        headers.push((REPLICA_HEADER, endpoint.replica_header().clone()));
         // x-kinfer-served-by, -node, -gpu-product, -zone (see crate::placement).
-        for (name, value) in placement {
-            headers.insert(name.clone(), value.clone());
-        }
+        headers.extend(placement.iter().cloned());
         log.status = Some(status.as_u16());
         log.replica = Some(endpoint);
         let sized = upstream.is_sized();
@@ -327,9 +325,9 @@ impl Proxy {
         }
         let mut response = Response::new(AxumBody::new(body));
         *response.status_mut() = status;
-        *response.headers_mut() = headers;
         Reply {
             response,
+            headers,
             forwarded,
         }
     }

@@ -1116,3 +1116,65 @@ impl HttpBody for RequestBody {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn engine_fields(pairs: &[(&'static str, &'static str)]) -> Fields {
+        let mut map = HeaderMap::new();
+        for &(name, value) in pairs {
+            map.append(name, HeaderValue::from_static(value));
+        }
+        Fields::from_map(&map)
+    }
+
+    #[test]
+    fn a_reply_as_one_response_keeps_the_precedence_of_its_headers() {
+        let mut response = Response::new(Body::empty());
+        response
+            .headers_mut()
+            .insert("x-map", HeaderValue::from_static("map"));
+        let mut reply = Reply {
+            response,
+            headers: Vec::new(),
+            forwarded: engine_fields(&[
+                ("x-engine", "1"),
+                ("x-engine", "2"),
+                ("x-map", "engine"),
+                ("x-request-id", "engine"),
+            ]),
+        };
+        reply.set_header(
+            HeaderName::from_static("x-request-id"),
+            HeaderValue::from_static("first"),
+        );
+        reply.set_header(
+            HeaderName::from_static("x-request-id"),
+            HeaderValue::from_static("gateway"),
+        );
+        assert_eq!(reply.headers.len(), 1, "set_header replaces");
+        let response = reply.into_response();
+        let values = |name: &str| -> Vec<&str> {
+            response
+                .headers()
+                .get_all(name)
+                .iter()
+                .map(|value| value.to_str().unwrap_or(""))
+                .collect()
+        };
+        assert_eq!(values("x-engine"), ["1", "2"]);
+        assert_eq!(values("x-map"), ["map"]);
+        assert_eq!(values("x-request-id"), ["gateway"]);
+    }
+
+    #[test]
+    fn an_engine_field_a_header_map_refuses_is_a_502() {
+        let reply = Reply {
+            response: Response::new(Body::empty()),
+            headers: Vec::new(),
+            forwarded: Fields::new(Bytes::from_static(b"bad name: v\r\n"), vec![(0, 8, 10, 11)]),
+        };
+        assert_eq!(reply.into_response().status(), StatusCode::BAD_GATEWAY);
+    }
+}

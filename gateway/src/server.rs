@@ -144,12 +144,7 @@ pub fn api_service(gateway: AppState) -> impl Handler {
                         Ok(response) => response,
                         Err(never) => match never {},
                     },
-                    Err(invalid) => ApiError::Protocol {
-                        status: StatusCode::BAD_REQUEST,
-                        code: "malformed_request",
-                        message: invalid.to_string(),
-                    }
-                    .into_response(),
+                    Err(malformed) => *malformed,
                 };
                 Reply::from(response)
             })
@@ -500,10 +495,11 @@ impl Gateway {
             prefix_blocks: &prefix_blocks,
             adapter: entry.parent.is_some().then_some(entry.id.as_str()),
         };
+        proxy::strip_hop_by_hop(&mut head.headers);
         let upstream = UpstreamRequest {
             method: head.method.clone(),
             path_and_query: log.path.clone(),
-            headers: proxy::upstream_headers(std::mem::take(&mut head.headers)),
+            headers: std::mem::take(&mut head.headers),
             request_id: log.request_id.clone(),
             body,
         };

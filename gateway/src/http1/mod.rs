@@ -211,21 +211,22 @@ pub fn header_name(name: &[u8]) -> Result<HeaderName, InvalidHeaderName> {
 /// start, value end).
 pub type Span = (usize, usize, usize, usize);
 
-/// Note where each header parsed by httparse lies in the buffer that starts at `base`, so the
-/// head can then become shared `Bytes` that the header values slice (no copy).
-pub fn header_spans(headers: &[httparse::Header<'_>], base: usize, spans: &mut Vec<Span>) {
-    spans.clear();
-    spans.reserve_exact(headers.len());
-    for header in headers {
-        let name = header.name.as_ptr() as usize - base;
-        let value = header.value.as_ptr() as usize - base;
-        spans.push((
-            name,
-            name + header.name.len(),
-            value,
-            value + header.value.len(),
-        ));
-    }
+/// Where each header parsed by httparse lies in the buffer that starts at `base`, so the head
+/// can then become shared `Bytes` that [`Fields`] point into (no copy).
+pub fn header_spans(headers: &[httparse::Header<'_>], base: usize) -> Vec<Span> {
+    headers
+        .iter()
+        .map(|header| {
+            let name = header.name.as_ptr() as usize - base;
+            let value = header.value.as_ptr() as usize - base;
+            (
+                name,
+                name + header.name.len(),
+                value,
+                value + header.value.len(),
+            )
+        })
+        .collect()
 }
 
 /// The one value of the `content-length` headers: repeated headers (or a comma-separated

@@ -44,9 +44,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
-use super::fields::{is_named, InvalidField};
+use super::fields::is_named;
 use super::{
-    add_content_length, content_length, header_spans, Decoded, Decoder, Fields, FramingError, Span,
+    add_content_length, content_length, header_spans, Decoded, Decoder, Fields, FramingError,
 };
 use crate::error::ApiError;
 
@@ -229,9 +229,13 @@ impl RequestHead {
         }
     }
 
-    /// An `http::Request`, for services that need one (the router).
-    pub fn into_request<B>(self, body: B) -> Result<Request<B>, InvalidField> {
-        let headers = self.headers.to_map()?;
+    /// An `http::Request`, for services that need one (the router); `Err` is the 400 for a
+    /// field a `HeaderMap` refuses (httparse accepts none such: a safety net).
+    pub fn into_request<B>(self, body: B) -> Result<Request<B>, Box<Response>> {
+        let headers = self
+            .headers
+            .to_map()
+            .map_err(|invalid| Box::new(HeadError::Malformed(invalid.to_string()).response()))?;
         let (mut parts, ()) = Request::new(()).into_parts();
         parts.method = self.method;
         parts.uri = self.uri;
@@ -349,8 +353,6 @@ struct Connection<S> {
     writer: OwnedWriteHalf,
     /// The response bytes not yet written.
     output: Vec<u8>,
-    /// Name and value offsets of the request head being parsed (kept for its capacity).
-    spans: Vec<Span>,
     service: S,
     config: Arc<ServerConfig>,
     stopping: CancellationToken,
@@ -384,7 +386,6 @@ impl<S: Handler> Connection<S> {
             }),
             writer,
             output: Vec::with_capacity(READ_CHUNK),
-            spans: Vec::new(),
             timer: Box::pin(tokio::time::sleep(config.keep_alive_timeout)),
             service,
             config,
@@ -425,7 +426,7 @@ impl<S: Handler> Connection<S> {
         let mut armed = false;
         loop {
             if !reader.buffer.is_empty() {
-                if let Some(head) = parse_head(&mut reader.buffer, &mut self.spans)? {
+                if let Some(head) = parse_head(&mut reader.buffer)? {
                     return Ok(Some(head));
                 }
                 if reader.buffer.len() > MAX_HEAD_BYTES {
@@ -766,10 +767,10 @@ async fn send(writer: &mut OwnedWriteHalf, bytes: &[u8], timeout: Duration) -> s
 }
 
 /// Parse a request head from `buffer`, taking it out of the buffer when complete.
-fn parse_head(buffer: &mut BytesMut, spans: &mut Vec<Span>) -> Result<Option<Head>, HeadError> {
+fn parse_head(buffer: &mut BytesMut) -> Result<Option<Head>, HeadError> {
     // Parse, then keep only offsets, so the head can become shared `Bytes` that the header
     // values slice. The header array is not initialized: a request has a few headers.
-    let (length, method, target, minor) = {
+    let (length, method, target, minor, spans) = {
         let mut headers =
             [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
         let mut request = httparse::Request::new(&mut []);
@@ -784,7 +785,7 @@ fn parse_head(buffer: &mut BytesMut, spans: &mut Vec<Span>) -> Result<Option<Hea
                 return Err(HeadError::TooLarge)
             }
             Ok(httparse::Status::Complete(length)) => {
-                header_spans(request.headers, base, spans);
+                let spans = header_spans(request.headers, base);
                 let method = Method::from_bytes(request.method.unwrap_or("").as_bytes())
                     .map_err(|_| HeadError::Malformed("invalid method".into()))?;
                 let path = request.path.unwrap_or("");
@@ -794,6 +795,7 @@ fn parse_head(buffer: &mut BytesMut, spans: &mut Vec<Span>) -> Result<Option<Hea
                     method,
                     (target, target + path.len()),
                     request.version.unwrap_or(1),
+                    spans,
                 )
             }
             Ok(httparse::Status::Partial) => return Ok(None),
@@ -814,7 +816,7 @@ fn parse_head(buffer: &mut BytesMut, spans: &mut Vec<Span>) -> Result<Option<Hea
     let mut length = None;
     let mut connection_header = false;
     let mut expect_header = false;
-    for &(name_start, name_end, value_start, value_end) in spans.iter() {
+    for &(name_start, name_end, value_start, value_end) in &spans {
         let name = &head[name_start..name_end];
         let value = &head[value_start..value_end];
         if is_named(name, "content-length") {
@@ -828,7 +830,7 @@ fn parse_head(buffer: &mut BytesMut, spans: &mut Vec<Span>) -> Result<Option<Hea
             expect_header = true;
         }
     }
-    let headers = Fields::new(head, std::mem::take(spans));
+    let headers = Fields::new(head, spans);
     let version = if minor == 0 {
         Version::HTTP_10
     } else {

@@ -15,14 +15,14 @@ use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
 use http::uri::PathAndQuery;
-use http::{HeaderValue, Method, StatusCode, Version};
+use http::{HeaderValue, Method, StatusCode};
 use hyper::body::{Body, Frame, SizeHint};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
 use crate::http1::fields::is_named;
-use crate::http1::{add_content_length, header_spans, Decoded, Decoder, Fields, Span};
+use crate::http1::{add_content_length, header_spans, Decoded, Decoder, Fields};
 
 /// Read buffer growth step.
 const READ_CHUNK: usize = 8 * 1024;
@@ -52,8 +52,6 @@ pub enum H1Error {
 pub struct Connection {
     stream: TcpStream,
     buffer: BytesMut,
-    /// Name and value offsets of the response head being parsed (kept for its capacity).
-    spans: Vec<Span>,
     /// The first-byte deadline, one timer for the connection's life: moving a registered
     /// timer later is an atomic store, while a new timer per request is registered in and
     /// removed from the timer wheel.
@@ -65,7 +63,6 @@ impl Connection {
         Self {
             stream,
             buffer: BytesMut::new(),
-            spans: Vec::new(),
             timer: None,
         }
     }
@@ -176,8 +173,7 @@ impl Connection {
         loop {
             // Parse, then keep only offsets, so the head can become shared `Bytes` that the
             // header values slice. Neither array is initialized: a response has a few headers.
-            let spans = &mut self.spans;
-            let (length, code, minor) = {
+            let (length, code, minor, spans) = {
                 let mut headers = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() };
                     MAX_HEADERS];
                 let mut response = httparse::Response::new(&mut []);
@@ -188,9 +184,9 @@ impl Connection {
                     &mut headers,
                 ) {
                     Ok(httparse::Status::Complete(length)) => {
-                        header_spans(response.headers, base, spans);
+                        let spans = header_spans(response.headers, base);
                         let code = response.code.unwrap_or(0);
-                        (length, code, response.version.unwrap_or(1))
+                        (length, code, response.version.unwrap_or(1), spans)
                     }
                     Ok(httparse::Status::Partial) => return Ok(None),
                     Err(error) => return Err(H1Error::Invalid(error.to_string())),
@@ -214,7 +210,7 @@ impl Connection {
             let mut length = None;
             let mut close = false;
             let mut keep_alive = false;
-            for &(name_start, name_end, value_start, value_end) in &self.spans {
+            for &(name_start, name_end, value_start, value_end) in &spans {
                 let name = &head[name_start..name_end];
                 let value = &head[value_start..value_end];
                 if is_named(name, "transfer-encoding") {
@@ -235,10 +231,11 @@ impl Connection {
                     }
                 }
             }
-            let (version, reusable) = if minor == 0 {
-                (Version::HTTP_10, keep_alive && !close)
+            // HTTP/1.0 keeps the connection only on request.
+            let reusable = if minor == 0 {
+                keep_alive && !close
             } else {
-                (Version::HTTP_11, !close)
+                !close
             };
             // RFC 9112 section 6.3: a transfer coding overrides any length, and a coding other
             // than chunked last means the body ends with the connection.
@@ -256,19 +253,18 @@ impl Connection {
             };
             let head = ResponseHead {
                 status,
-                version,
-                headers: Fields::new(head, std::mem::take(&mut self.spans)),
+                headers: Fields::new(head, spans),
             };
             return Ok(Some((head, body, reusable)));
         }
     }
 }
 
-/// An engine's response head: the status line and the header fields as received.
+/// An engine's response head: its status and header fields as received (the version only
+/// decides whether the connection is reused).
 #[derive(Debug)]
 pub struct ResponseHead {
     pub status: StatusCode,
-    pub version: Version,
     pub headers: Fields,
 }
 

@@ -15,7 +15,7 @@ use axum::body::Body as AxumBody;
 use bytes::Bytes;
 use http::header::{self, HeaderName};
 use http::uri::PathAndQuery;
-use http::{HeaderMap, HeaderValue, Method, Response, StatusCode};
+use http::{HeaderValue, Method, Response, StatusCode};
 use http_body_util::Full;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -96,7 +96,10 @@ pub fn http_client(config: &ProxyConfig) -> HttpClient {
 pub struct UpstreamRequest {
     pub method: Method,
     pub path_and_query: PathAndQuery,
-    /// Already stripped of hop-by-hop headers.
+    /// The client's fields, stripped of hop-by-hop ones ([`strip_hop_by_hop`]). `host`,
+    /// `expect`, `content-length`, `transfer-encoding` and `x-request-id` may stay but are not
+    /// sent: the engine connection writes the replica's `host`, the body's length and the
+    /// gateway's request id itself (see `h1::encode_head`).
     pub headers: Fields,
     /// Sent as `x-request-id` (instead of any the fields have).
     pub request_id: HeaderValue,
@@ -303,10 +306,9 @@ impl Proxy {
     ) -> Reply {
         let ResponseHead {
             status,
-            version: _,
             headers: mut forwarded,
         } = head;
-        strip_hop_by_hop_fields(&mut forwarded);
+        strip_hop_by_hop(&mut forwarded);
         let endpoint = guard.endpoint().clone();
         let placement = endpoint.placement_headers();
         // The gateway's own headers (these and the request id): an engine's header of the
@@ -333,46 +335,10 @@ impl Proxy {
     }
 }
 
-/// The hop-by-hop headers of RFC 9110 section 7.6.1 (and `transfer-encoding`, which the
-/// connections write themselves).
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    // `as_str` of a standard header is a static string: this is a few length and byte
-    // comparisons, not a hash (a `const` array of names was built and dropped per call).
-    matches!(
-        name.as_str(),
-        "connection"
-            | "keep-alive"
-            | "proxy-authenticate"
-            | "proxy-authorization"
-            | "te"
-            | "trailer"
-            | "upgrade"
-            | "transfer-encoding"
-    )
-}
-
-/// Remove the headers that describe one connection, not the message (RFC 9110 7.6.1),
-/// including those the `Connection` header names.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Usually there is none: one pass over the names instead of a hashed removal per name.
-    if !headers.keys().any(is_hop_by_hop) {
-        return;
-    }
-    let mut named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    named.extend(headers.keys().filter(|name| is_hop_by_hop(name)).cloned());
-    for name in named {
-        headers.remove(name);
-    }
-}
-
-/// [`strip_hop_by_hop`] for the fields of a client's request.
-fn strip_hop_by_hop_fields(fields: &mut Fields) {
+/// Remove the fields that describe one connection, not the message (RFC 9110 section 7.6.1),
+/// including those the `Connection` field names: of a client's request before it goes to the
+/// engine, and of the engine's response before it goes to the client.
+pub fn strip_hop_by_hop(fields: &mut Fields) {
     if !fields.iter().any(|(name, _)| is_hop_by_hop_name(name)) {
         return;
     }
@@ -387,7 +353,8 @@ fn strip_hop_by_hop_fields(fields: &mut Fields) {
     });
 }
 
-/// [`is_hop_by_hop`] of a name as received (any case).
+/// Whether a name as received (any case) is one of the hop-by-hop headers of RFC 9110
+/// section 7.6.1 (or `transfer-encoding`, which the connections write themselves).
 fn is_hop_by_hop_name(name: &[u8]) -> bool {
     // Told apart by length first: most names are compared with none of the list.
     let listed: &[&str] = match name.len() {
@@ -404,15 +371,6 @@ fn is_hop_by_hop_name(name: &[u8]) -> bool {
         .any(|listed| name.eq_ignore_ascii_case(listed.as_bytes()))
 }
 
-/// Fields of the client's request that go upstream: all but hop-by-hop ones. `host`,
-/// `expect`, `content-length`, `transfer-encoding` and `x-request-id` stay but are not sent:
-/// the engine connection writes the replica's `host`, the body's length and the gateway's
-/// request id itself (see `h1::encode_head`).
-pub fn upstream_headers(mut fields: Fields) -> Fields {
-    strip_hop_by_hop_fields(&mut fields);
-    fields
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -423,10 +381,10 @@ mod tests {
         let mut parsed = [httparse::EMPTY_HEADER; 16];
         let mut request = httparse::Request::new(&mut parsed);
         assert!(request.parse(head).expect("a valid head").is_complete());
-        let mut spans = Vec::new();
-        crate::http1::header_spans(request.headers, head.as_ptr() as usize, &mut spans);
+        let spans = crate::http1::header_spans(request.headers, head.as_ptr() as usize);
         let fields = Fields::new(Bytes::from_static(head), spans);
-        let out = upstream_headers(fields);
+        let mut out = fields;
+        strip_hop_by_hop(&mut out);
         let names: Vec<_> = out.iter().map(|(name, _)| name).collect();
         assert_eq!(names, [&b"Authorization"[..], b"X-Request-Id"]);
         assert_eq!(out.get("authorization"), Some(&b"Bearer k"[..]));
@@ -444,7 +402,6 @@ mod tests {
             "upgrade",
             "transfer-encoding",
         ] {
-            assert!(is_hop_by_hop(&HeaderName::from_static(name)), "{name}");
             assert!(is_hop_by_hop_name(name.as_bytes()), "{name}");
             assert!(is_hop_by_hop_name(name.to_ascii_uppercase().as_bytes()));
         }

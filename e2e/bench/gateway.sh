@@ -21,8 +21,10 @@
 # venvs under $KINFER_CACHE (skipped when pip fails). KINFER_CACHE defaults to ~/.cache/kinfer.
 #
 # On a small machine the generator, the proxy and the backends share the CPUs: setups are
-# alternated within each repetition and compared as medians and ratios of the same run, never
-# against figures from another run (see shared/PEERS.md).
+# alternated within each repetition (in an order rotated by one each repetition) and compared
+# as medians and ratios of the same run, never against figures from another run (see
+# shared/PEERS.md). kinfer's ratios to nginx are also given paired by repetition (median and
+# range), which a host's slow phases disturb less than a ratio of medians.
 set -euo pipefail
 
 duration=5
@@ -244,10 +246,16 @@ ticks_per_second=$(getconf CLK_TCK)
 results=$work/results.jsonl
 runs=$((repeats * 2 * $(wc -w <<<"$concurrency") * $(wc -w <<<"$setups")))
 note "$runs runs of ${duration}s"
+# The setups take turns in a different order each repetition (rotated by one), so none is
+# always the one that runs right after another's load.
+rotated() {  # repetition
+    local list=($setups) shift=$((($1 - 1) % $(wc -w <<<"$setups")))
+    echo "${list[@]:shift}" "${list[@]:0:shift}"
+}
 for repeat in $(seq 1 "$repeats"); do
     for mode in plain stream; do
         for c in $concurrency; do
-            for setup in $setups; do
+            for setup in $(rotated "$repeat"); do
                 out=$work/oha.json
                 timeout $((duration + 30)) oha -z "${duration}s" -c "$c" -m POST \
                     -H 'content-type: application/json' -d "$(cat "$work/$mode.json")" \
@@ -371,6 +379,30 @@ for mode, unit in (("plain", "non-streaming, req/s"), ("stream", "streaming (32 
         print(f"Added p50 latency vs direct (ms): " + "; ".join(
             f"{setup} " + " / ".join(f"{median(mode, setup, c, 'p50_ms') - median(mode, 'direct', c, 'p50_ms'):+.2f}" for c in levels)
             for setup in setups if setup != "direct") + f" (c={'/'.join(map(str, levels))})\n")
+def paired(mode, setup, c, key, other="nginx"):
+    """setup ÷ other within each repetition (adjacent runs, same host phase): median, min, max."""
+    by_repeat = {}
+    for r in rows:
+        if (r["mode"], r["c"]) == (mode, c) and r["setup"] in (setup, other) and r.get(key):
+            by_repeat.setdefault(r["repeat"], {})[r["setup"]] = r[key]
+    ratios = sorted(v[setup] / v[other] for v in by_repeat.values() if setup in v and other in v)
+    return (statistics.median(ratios), ratios[0], ratios[-1]) if ratios else None
+kinfers = [setup for setup in setups if setup.startswith("kinfer")]
+if "nginx" in setups and kinfers:
+    print("### kinfer ÷ nginx, paired within each repetition\n")
+    print("Each repetition's ratio of two runs made one shortly after the other; the median and the range over "
+          "the repetitions. A host that slows down for a while moves both runs of a pair.\n")
+    print("| setup | measure |" + "".join(f" {mode} c={c} |" for mode in ("plain", "stream") for c in levels))
+    print("|---|---|" + "---:|" * (2 * len(levels)))
+    for setup in kinfers:
+        for label, key, inverse in (("requests/s", "rps", False), ("nginx ÷ kinfer CPU per request", "cpu_us", True)):
+            cells = []
+            for mode in ("plain", "stream"):
+                for c in levels:
+                    found = paired(mode, "nginx", c, key, setup) if inverse else paired(mode, setup, c, key)
+                    cells.append(f"{found[0]:.2f} ({found[1]:.2f}–{found[2]:.2f})" if found else "–")
+            print(f"| {setup} | {label} | " + " | ".join(cells) + " |")
+    print()
 proxies = [setup for setup in setups if setup != "direct"]
 if any(r.get("cpu_us") for r in rows):
     print("### proxy CPU per request (user + system, µs; median of the runs)\n")

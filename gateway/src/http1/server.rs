@@ -729,8 +729,6 @@ impl<S: Handler> Connection<S> {
         // back to the pool, the access log line, the metrics) is then off the client's wait.
         drop(body);
         drop(parts);
-        drop(forwarded);
-        drop(own);
         kept
     }
 

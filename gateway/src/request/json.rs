@@ -64,28 +64,18 @@ pub fn top_level_model(body: &[u8]) -> Option<&str> {
     model
 }
 
-/// Where the first quote, backslash or raw control character of `text` is. Most strings of
-/// a request are short (keys, roles, the model): their first bytes are checked one by one,
-/// which costs less than setting up a vector search. Past them, memchr finds the quote or
-/// backslash, and the part skipped is checked for control characters with a minimum (a loop
-/// that vectorizes, unlike a search that stops early).
+/// Where the first quote, backslash or raw control character of `text` is: memchr finds
+/// the quote or backslash, and the part skipped is checked for control characters with a
+/// minimum (a loop that vectorizes, unlike a search that stops early). (Checking the first
+/// bytes of short strings one by one first measured neutral, 30 of ~25k instructions per
+/// request, and a byte-by-byte table lookup slower.)
 fn special_in(text: &[u8]) -> Option<usize> {
-    const SHORT: usize = 16;
-    let is_special = |byte: u8| byte == b'"' || byte == b'\\' || byte < 0x20;
-    let short = &text[..text.len().min(SHORT)];
-    if let Some(found) = short.iter().position(|&byte| is_special(byte)) {
-        return Some(found);
-    }
-    let rest = &text[short.len()..];
-    let found = memchr::memchr2(b'"', b'\\', rest)?;
-    let skipped = &rest[..found];
+    let found = memchr::memchr2(b'"', b'\\', text)?;
+    let skipped = &text[..found];
     if skipped.iter().fold(u8::MAX, |low, &byte| low.min(byte)) < 0x20 {
-        return skipped
-            .iter()
-            .position(|&byte| byte < 0x20)
-            .map(|position| short.len() + position);
+        return skipped.iter().position(|&byte| byte < 0x20);
     }
-    Some(short.len() + found)
+    Some(found)
 }
 
 struct Scan<'a> {

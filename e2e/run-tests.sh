@@ -4,7 +4,9 @@
 #   2. cargo fmt --check and clippy -D warnings
 #   3. unit and in-process tests of every crate; the OpenAI Python SDK suite
 #      against the gateway (static discovery) and stand-in engines
-#   4. the local cluster (e2e/cluster.sh up); the operator's integration tests
+#   4. the gateway's profile-guided release build (gateway/pgo/build.sh), the one that ships,
+#      and the SDK suite against it
+#   5. the local cluster (e2e/cluster.sh up); the operator's integration tests
 #      (in-process controller); kinfer installed with its Helm chart; the e2e
 #      suite through it; the cluster torn down again, also on failure
 #
@@ -43,6 +45,10 @@ if [ "${KINFER_SKIP_E2E:-0}" = "1" ]; then
   step "KINFER_SKIP_E2E=1: skipping the cluster tests"
   exit 0
 fi
+
+step "profile-guided release build of the gateway (what ships), checked with the SDK suite"
+gateway_pgo=$(bash gateway/pgo/build.sh)
+KINFER_GATEWAY_BIN="$gateway_pgo" bash gateway/tests/openai_sdk/run.sh
 
 step "local cluster up"
 cleanup() {

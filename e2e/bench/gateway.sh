@@ -9,8 +9,11 @@
 #
 #   -d  seconds per oha run (default 5)            -r  repetitions, setups alternated (3)
 #   -c  concurrency levels (default "1 16 64")     -t  sequential streams for the TTFB probe (200)
-#   -s  setups (default "direct kinfer nginx vllm-router sglang-router")
+#   -s  setups (default "direct kinfer nginx vllm-router sglang-router"); also `kinfer-plain`
 #   -b  an older kinfer-gateway binary, measured as setup `kinfer-base` (before/after)
+#
+# `kinfer` is the build that ships: the profile-guided release build of gateway/pgo/build.sh
+# (a no-op when it is up to date). `kinfer-plain` is the same code as a plain release build.
 #   -o  where the markdown table goes too (default $KINFER_CACHE/bench/gateway-<date>.md)
 #
 # Defaults: 5 setups x 2 modes x 3 levels x 3 repetitions x 5 s, about 10 minutes with the
@@ -55,6 +58,8 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/../.." && pwd)
 # shellcheck source=lib/nginx.sh
 source "$here/lib/nginx.sh"
+# shellcheck source=lib/oha.sh
+source "$here/lib/oha.sh"
 target=${CARGO_TARGET_DIR:-$root/target}
 cache=${KINFER_CACHE:-$HOME/.cache/kinfer}
 mkdir -p "$cache/bin" "$cache/bench"
@@ -70,10 +75,7 @@ drop_setup() {
 skipped=()
 
 # --- tools ---------------------------------------------------------------------------------
-if ! command -v oha >/dev/null; then
-    note "installing oha 1.16.0 into $cache/bin"
-    cargo install --locked --root "$cache" oha --version 1.16.0 >&2
-fi
+ensure_oha "$cache"
 nginx_bin=$(command -v nginx || echo /usr/sbin/nginx)
 if has_setup nginx && [[ ! -x $nginx_bin ]]; then
     if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
@@ -104,6 +106,10 @@ fi
 
 (cd "$root" && cargo build --release -p kinfer-gateway -p kinfer-vllm-sim --bins) >&2
 bin=$target/release
+if has_setup kinfer; then
+    note "profile-guided build of the gateway (gateway/pgo/build.sh)"
+    optimized=$(CARGO_TARGET_DIR=$target bash "$root/gateway/pgo/build.sh")
+fi
 
 # --- processes -----------------------------------------------------------------------------
 work=$(mktemp -d)
@@ -157,7 +163,8 @@ models:
     strategy: RoundRobin
     endpoints: [127.0.0.1:$sim_a, 127.0.0.1:$sim_b]
 YAML
-if has_setup kinfer; then start_kinfer kinfer "$bin/kinfer-gateway"; fi
+if has_setup kinfer; then start_kinfer kinfer "$optimized"; fi
+if has_setup kinfer-plain; then start_kinfer kinfer-plain "$bin/kinfer-gateway"; fi
 if has_setup kinfer-base; then start_kinfer kinfer-base "$baseline"; fi
 
 if has_setup nginx; then

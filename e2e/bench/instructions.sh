@@ -8,7 +8,9 @@
 #
 #   -n  requests of the long run (default 3000); a run of n/3 is subtracted, which removes
 #       start-up and shutdown: the result is (I(n) - I(n/3)) / (n - n/3)
-#   -s  setups (default "kinfer nginx"); -b adds `kinfer-base`, an older gateway binary
+#   -s  setups (default "kinfer nginx"); also `kinfer-plain`, the plain release build of the
+#       same code (`kinfer` is the profile-guided build that ships, gateway/pgo/build.sh);
+#       -b adds `kinfer-base`, an older gateway binary
 #
 # Needs valgrind (apt-get install valgrind when root) and oha (see gateway.sh). About 2 minutes
 # per setup: callgrind runs the proxy some 50 times slower.
@@ -22,7 +24,7 @@ while getopts "n:s:b:" option; do
         n) requests=$OPTARG ;;
         s) setups=$OPTARG ;;
         b) baseline=$OPTARG ;;
-        *) sed -n '2,14p' "$0"; exit 2 ;;
+        *) sed -n '2,16p' "$0"; exit 2 ;;
     esac
 done
 [[ -z $baseline ]] || setups="$setups kinfer-base"
@@ -32,6 +34,8 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/../.." && pwd)
 # shellcheck source=lib/nginx.sh
 source "$here/lib/nginx.sh"
+# shellcheck source=lib/oha.sh
+source "$here/lib/oha.sh"
 target=${CARGO_TARGET_DIR:-$root/target}
 cache=${KINFER_CACHE:-$HOME/.cache/kinfer}
 export PATH="$cache/bin:$HOME/.cargo/bin:$PATH"
@@ -46,9 +50,13 @@ if ! command -v valgrind >/dev/null; then
         exit 1
     fi
 fi
-command -v oha >/dev/null || cargo install --locked --root "$cache" oha --version 1.16.0 >&2
+ensure_oha "$cache"
 (cd "$root" && cargo build --release -p kinfer-gateway -p kinfer-vllm-sim --bins) >&2
 bin=$target/release
+optimized=
+if [[ " $setups " == *" kinfer "* ]]; then
+    optimized=$(CARGO_TARGET_DIR=$target bash "$root/gateway/pgo/build.sh")
+fi
 
 work=$(mktemp -d)
 pids=()
@@ -82,8 +90,9 @@ count_instructions() {  # setup, count
     local setup=$1 count=$2 port admin proxy out=$work/callgrind.$1.$2
     port=$(free_port)
     case $setup in
-        kinfer | kinfer-base)
-            local binary=$bin/kinfer-gateway
+        kinfer | kinfer-plain | kinfer-base)
+            local binary=$optimized
+            [[ $setup == kinfer-plain ]] && binary=$bin/kinfer-gateway
             [[ $setup == kinfer-base ]] && binary=$baseline
             admin=$(free_port)
             valgrind --tool=callgrind --callgrind-out-file="$out" "$binary" \

@@ -6,6 +6,7 @@
 #
 # Environment: KINFER_CACHE (default ~/.cache/kinfer) holds the venv (venv-sdk);
 # KINFER_PROFILE=release builds and runs release binaries (default debug);
+# KINFER_GATEWAY_BIN runs that gateway binary instead (CI: the profile-guided build);
 # CARGO_TARGET_DIR is honoured.
 set -euo pipefail
 
@@ -20,6 +21,7 @@ build_flags=()
 [[ $profile == release ]] && build_flags+=(--release)
 (cd "$root" && cargo build "${build_flags[@]}" -p kinfer-gateway -p kinfer-vllm-sim --bins)
 bin=$target/$profile
+gateway_bin=${KINFER_GATEWAY_BIN:-$bin/kinfer-gateway}
 
 if ! "$venv/bin/python" -c 'import openai, pytest' 2>/dev/null; then
     mkdir -p "$cache"
@@ -99,7 +101,7 @@ models:
     endpoints: [http://127.0.0.1:$dead]
 YAML
 
-"$bin/kinfer-gateway" --discovery static --static-file "$work/models.yaml" \
+"$gateway_bin" --discovery static --static-file "$work/models.yaml" \
     --listen "127.0.0.1:$listen" --admin-listen "127.0.0.1:$admin" \
     --hold-timeout 1s --retry-after 2s --max-body-size 64KiB --engine-metrics-interval 1s \
     --hold-keepalive-interval 200ms --static-poll-interval 200ms \
@@ -121,7 +123,7 @@ keys:
     key: sk-test-metered
     tokensPerMinute: 1000000
 YAML
-"$bin/kinfer-gateway" --discovery static --static-file "$work/models.yaml" \
+"$gateway_bin" --discovery static --static-file "$work/models.yaml" \
     --listen "127.0.0.1:$auth_listen" --admin-listen "127.0.0.1:$auth_admin" \
     --auth true --api-keys-file "$work/keys.yaml" --engine-metrics-interval 1s \
     --log-format json --log-filter warn >"$work/gateway-auth.log" 2>&1 &

@@ -236,7 +236,8 @@ fi
 
 # --- 3. the optimized build, checked with the same traffic -----------------------------------
 note "optimized build ($use_target)"
-# The profile's path names its content, so a new profile rebuilds what it optimizes.
+# The profile is named after the instrumented binary it was trained on: a new profile has a new
+# path, so cargo rebuilds what it optimizes.
 (cd "$root" && RUSTFLAGS="${RUSTFLAGS:-} -Cprofile-use=$merged" \
     CARGO_TARGET_DIR=$use_target cargo build --release --locked -p kinfer-gateway) >&2
 optimized=$use_target/release/kinfer-gateway

@@ -13,7 +13,8 @@ COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked -p kinfer-operator -p kinfer-vllm-sim \
- && gateway=$(KINFER_CACHE=/src/target/kinfer-cache CARGO_TARGET_DIR=/src/target bash gateway/pgo/build.sh) \
+ && gateway=$(KINFER_CACHE=/src/target/kinfer-cache CARGO_TARGET_DIR=/src/target \
+        KINFER_VLLM_SIM=/src/target/release/vllm-sim bash gateway/pgo/build.sh) \
  && mkdir -p /out \
  && cp target/release/kinfer-operator "$gateway" target/release/vllm-sim /out/
 

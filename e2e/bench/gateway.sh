@@ -11,10 +11,10 @@
 #   -c  concurrency levels (default "1 16 64")     -t  sequential streams for the TTFB probe (200)
 #   -s  setups (default "direct kinfer nginx vllm-router sglang-router"); also `kinfer-plain`
 #   -b  an older kinfer-gateway binary, measured as setup `kinfer-base` (before/after)
+#   -o  where the markdown table goes too (default $KINFER_CACHE/bench/gateway-<date>.md)
 #
 # `kinfer` is the build that ships: the profile-guided release build of gateway/pgo/build.sh
 # (a no-op when it is up to date). `kinfer-plain` is the same code as a plain release build.
-#   -o  where the markdown table goes too (default $KINFER_CACHE/bench/gateway-<date>.md)
 #
 # Defaults: 5 setups x 2 modes x 3 levels x 3 repetitions x 5 s, about 10 minutes with the
 # installs cached. `-d 2 -r 1` is a two-minute smoke run.
@@ -46,7 +46,7 @@ while getopts "d:c:r:s:t:b:o:" option; do
         t) ttfb_requests=$OPTARG ;;
         b) baseline=$OPTARG ;;
         o) output=$OPTARG ;;
-        *) sed -n '2,25p' "$0"; exit 2 ;;
+        *) sed -n '2,30p' "$0"; exit 2 ;;
     esac
 done
 if [[ -n $baseline ]]; then
@@ -108,7 +108,7 @@ fi
 bin=$target/release
 if has_setup kinfer; then
     note "profile-guided build of the gateway (gateway/pgo/build.sh)"
-    optimized=$(CARGO_TARGET_DIR=$target bash "$root/gateway/pgo/build.sh")
+    optimized=$(CARGO_TARGET_DIR=$target KINFER_VLLM_SIM=$bin/vllm-sim bash "$root/gateway/pgo/build.sh")
 fi
 
 # --- processes -----------------------------------------------------------------------------

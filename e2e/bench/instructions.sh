@@ -55,7 +55,7 @@ ensure_oha "$cache"
 bin=$target/release
 optimized=
 if [[ " $setups " == *" kinfer "* ]]; then
-    optimized=$(CARGO_TARGET_DIR=$target bash "$root/gateway/pgo/build.sh")
+    optimized=$(CARGO_TARGET_DIR=$target KINFER_VLLM_SIM=$bin/vllm-sim bash "$root/gateway/pgo/build.sh")
 fi
 
 work=$(mktemp -d)

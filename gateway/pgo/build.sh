@@ -13,18 +13,21 @@
 # correct, just not laid out for speed. The final binary is checked with the same requests.
 #
 # The target directory is $CARGO_TARGET_DIR, by default $KINFER_CACHE/target as for the tests
-# (e2e/tools/cargo-target.sh). Cost: two release builds of the gateway and its dependencies in their own target directories
-# ($target/pgo-generate, $target/pgo), then a no-op while neither the sources nor the toolchain
-# change (the profile is reused while the instrumented binary is the same). oha is installed
-# into $KINFER_CACHE/bin (e2e/bench/lib/oha.sh), llvm-tools with rustup when missing.
+# (e2e/tools/cargo-target.sh). Cost: two release builds of the gateway and its dependencies, in
+# their own target directories ($target/pgo-generate, $target/pgo), then a no-op while neither
+# the sources nor the toolchain change (the profile is reused while the instrumented binary is
+# the same). oha is installed into $KINFER_CACHE/bin (e2e/bench/lib/oha.sh), llvm-tools with
+# rustup when missing. KINFER_VLLM_SIM names a vllm-sim binary that the caller has built already
+# (otherwise it is built here, release, uninstrumented).
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/../.." && pwd)
 # shellcheck source=../../e2e/bench/lib/oha.sh
 source "$root/e2e/bench/lib/oha.sh"
+# shellcheck source=../../e2e/tools/loopback.sh
+source "$root/e2e/tools/loopback.sh"
 export KINFER_CACHE=${KINFER_CACHE:-$HOME/.cache/kinfer}
-cache=$KINFER_CACHE
 repo=$root
 # shellcheck source=../../e2e/tools/cargo-target.sh
 source "$root/e2e/tools/cargo-target.sh"
@@ -32,7 +35,7 @@ target=$CARGO_TARGET_DIR
 note() { echo "== pgo: $*" >&2; }
 
 # --- tools -----------------------------------------------------------------------------------
-ensure_oha "$cache"
+ensure_oha "$KINFER_CACHE"
 sysroot=$(rustc --print sysroot)
 host=$(rustc -vV | sed -n 's/^host: //p')
 profdata=$sysroot/lib/rustlib/$host/bin/llvm-profdata
@@ -54,50 +57,23 @@ note "instrumented build ($generate_target)"
 (cd "$root" && RUSTFLAGS="${RUSTFLAGS:-} -Cprofile-generate=$generate_target/build-profiles" \
     CARGO_TARGET_DIR=$generate_target cargo build --release --locked -p kinfer-gateway) >&2
 instrumented=$generate_target/release/kinfer-gateway
-(cd "$root" && cargo build --release --locked -p kinfer-vllm-sim --bins) >&2
-sim=$target/release/vllm-sim
+sim=${KINFER_VLLM_SIM:-}
+if [[ -z $sim ]]; then
+    (cd "$root" && cargo build --release --locked -p kinfer-vllm-sim --bins) >&2
+    sim=$target/release/vllm-sim
+fi
 
 # --- helpers ---------------------------------------------------------------------------------
 work=$(mktemp -d)
-pids=()
+engines=()
+gateways=()
 cleanup() {
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+    for pid in "${engines[@]}" "${gateways[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${engines[@]}" "${gateways[@]}"; do wait "$pid" 2>/dev/null || true; done
     rm -rf "$work"
 }
 trap cleanup EXIT
 
-# Ports below the kernel's ephemeral range, which outgoing connections do not take.
-ports() {
-    python3 - "$1" <<'PY'
-import random, socket, sys
-try:
-    low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
-except (OSError, ValueError, IndexError):
-    low = 32768
-ports = []
-while len(ports) < int(sys.argv[1]):
-    port = random.randrange(max(1024, low - 12000), low)
-    if port in ports:
-        continue
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-    ports.append(port)
-print(" ".join(map(str, ports)))
-PY
-}
-wait_for() {  # url
-    for _ in $(seq 1 100); do
-        curl -fsS -o /dev/null --max-time 1 "$1" 2>/dev/null && return 0
-        sleep 0.1
-    done
-    echo "pgo: timed out waiting for $1" >&2
-    tail -n 20 "$work"/*.log >&2
-    return 1
-}
 # load URL_BASE SECONDS CONCURRENCY PATH BODY_FILE [KEY]: one bounded oha run, every answer a 200.
 load() {
     local base=$1 seconds=$2 concurrency=$3 path=$4 body=$5 key=${6:-}
@@ -120,7 +96,7 @@ if not codes or set(codes) != {"200"} or errors:
 PY
 }
 
-read -r sim_a sim_b sim_embed listen admin auth_listen auth_admin < <(ports 7)
+read -r sim_a sim_b sim_embed listen admin auth_listen auth_admin < <(loopback_ports 7)
 chat=pgo-chat
 embedder=pgo-embed
 for port in "$sim_a" "$sim_b"; do
@@ -128,11 +104,11 @@ for port in "$sim_a" "$sim_b"; do
     "$sim" serve "$chat" --served-model-name "$chat" "$chat-ll" "$chat-prefix" \
         --host 127.0.0.1 --port "$port" --max-num-seqs 4096 \
         --sim-ttft-ms 0 --sim-itl-ms 0 --sim-prefill-ms-per-token 0 >"$work/sim-$port.log" 2>&1 &
-    pids+=($!)
+    engines+=($!)
 done
 "$sim" serve "$embedder" --task embed --host 127.0.0.1 --port "$sim_embed" \
     >"$work/sim-$sim_embed.log" 2>&1 &
-pids+=($!)
+engines+=($!)
 cat >"$work/models.yaml" <<YAML
 models:
   - id: $chat
@@ -172,21 +148,20 @@ printf '{"model":"%s","prompt":"Once upon a time","max_tokens":32,"stream":true}
 printf '{"model":"%s","input":["kinfer serves models", "on your own GPUs"]}' "$embedder" \
     >"$work/embedding.json"
 
-start_gateway() {  # binary name listen admin [auth args...]
+start_gateway() {  # binary name listen admin [flags...]
     local binary=$1 name=$2 port=$3 admin_port=$4
     shift 4
-    LLVM_PROFILE_FILE="$work/profiles/$name-%p.profraw" "$binary" --discovery static \
-        --static-file "$work/models.yaml" --listen "127.0.0.1:$port" \
+    "$binary" --discovery static --static-file "$work/models.yaml" --listen "127.0.0.1:$port" \
         --admin-listen "127.0.0.1:$admin_port" --log-filter warn "$@" >"$work/$name.log" 2>&1 &
-    pids+=($!)
-    wait_for "http://127.0.0.1:$admin_port/readyz"
+    gateways+=($!)
+    wait_for "http://127.0.0.1:$admin_port/readyz" "$work"/*.log
 }
-stop_gateways() {  # SIGTERM: the gateway drains and exits normally, which writes the profile
-    for pid in "${pids[@]:3}"; do
+stop_gateways() {  # SIGTERM: a gateway drains and exits normally, which writes its profile
+    for pid in "${gateways[@]}"; do
         kill -TERM "$pid" 2>/dev/null || true
         wait "$pid" 2>/dev/null || true
     done
-    pids=("${pids[@]:0:3}")
+    gateways=()
 }
 
 # traffic SECONDS: the training mix against both gateways (the second with API keys).
@@ -209,9 +184,9 @@ traffic() {
     done
 }
 
-wait_for "http://127.0.0.1:$sim_a/health"
-wait_for "http://127.0.0.1:$sim_b/health"
-wait_for "http://127.0.0.1:$sim_embed/health"
+for port in "$sim_a" "$sim_b" "$sim_embed"; do
+    wait_for "http://127.0.0.1:$port/health" "$work"/*.log
+done
 
 # --- 2. train, unless this instrumented binary was trained before ------------------------------
 stamp=$(sha256sum "$instrumented" | cut -c1-16)
@@ -221,11 +196,14 @@ if [[ -s $merged ]]; then
 else
     note "training ($work)"
     mkdir -p "$work/profiles"
+    # Where the instrumented gateways write (one file per process); the rest ignores it.
+    export LLVM_PROFILE_FILE="$work/profiles/gateway-%p.profraw"
     start_gateway "$instrumented" train "$listen" "$admin"
     start_gateway "$instrumented" train-auth "$auth_listen" "$auth_admin" \
         --auth true --api-keys-file "$work/keys.yaml"
     traffic 2
     stop_gateways
+    unset LLVM_PROFILE_FILE
     compgen -G "$work/profiles/*.profraw" >/dev/null ||
         { echo "pgo: the training gateways wrote no profile" >&2; exit 1; }
     "$profdata" merge -o "$merged.tmp" "$work"/profiles/*.profraw

@@ -12,6 +12,8 @@ set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/../../.." && pwd)
+# shellcheck source=../../../e2e/tools/loopback.sh
+source "$root/e2e/tools/loopback.sh"
 cache=${KINFER_CACHE:-$HOME/.cache/kinfer}
 venv=$cache/venv-sdk
 profile=${KINFER_PROFILE:-debug}
@@ -41,29 +43,7 @@ trap cleanup EXIT
 # Nine free ports: three replicas, one port nothing listens on, the gateway and its admin,
 # a second gateway with authentication on (test_auth.py) and its admin, and the replica that
 # late-model gets while a request is held (test_sdk.py).
-# They are taken below the kernel's ephemeral range: a port from bind(0) is free only until some
-# outgoing connection (another test, a build) gets it as its source port before the server
-# binds it.
-read -r sim_a sim_b sim_embed dead listen admin auth_listen auth_admin sim_late < <("$venv/bin/python" - <<'PY'
-import random, socket
-try:
-    low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
-except (OSError, ValueError, IndexError):
-    low = 32768
-ports = []
-while len(ports) < 9:
-    port = random.randrange(max(1024, low - 12000), low)
-    if port in ports:
-        continue
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-    ports.append(port)
-print(" ".join(map(str, ports)))
-PY
-)
+read -r sim_a sim_b sim_embed dead listen admin auth_listen auth_admin sim_late < <(loopback_ports 9)
 
 model=Qwen/Qwen2.5-0.5B-Instruct
 embedder=BAAI/bge-small-en-v1.5
@@ -129,22 +109,10 @@ YAML
     --log-format json --log-filter warn >"$work/gateway-auth.log" 2>&1 &
 pids+=($!)
 
-wait_for() {
-    local url=$1
-    for _ in $(seq 1 100); do
-        curl -fsS -o /dev/null --max-time 1 "$url" 2>/dev/null && return 0
-        sleep 0.1
-    done
-    echo "timed out waiting for $url" >&2
-    cat "$work"/*.log >&2
-    return 1
-}
-wait_for "http://127.0.0.1:$sim_a/health"
-wait_for "http://127.0.0.1:$sim_b/health"
-wait_for "http://127.0.0.1:$sim_embed/health"
-wait_for "http://127.0.0.1:$sim_late/health"
-wait_for "http://127.0.0.1:$admin/readyz"
-wait_for "http://127.0.0.1:$auth_admin/readyz"
+for url in "$sim_a/health" "$sim_b/health" "$sim_embed/health" "$sim_late/health" "$admin/readyz" \
+    "$auth_admin/readyz"; do
+    wait_for "http://127.0.0.1:$url" "$work"/*.log
+done
 
 status=0
 KINFER_GATEWAY_URL="http://127.0.0.1:$listen" KINFER_ADMIN_URL="http://127.0.0.1:$admin" \

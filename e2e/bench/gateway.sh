@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
 # Proxy overhead benchmark: the same two vllm-sim backends (release build, zero latencies)
 # reached directly, through kinfer-gateway, nginx (the keep-alive reverse-proxy floor),
-# vllm-router and sglang-router, with the same load generator (oha). Everything on 127.0.0.1;
-# every run is bounded in time.
+# vllm-router and sglang-router, with the same load generator (oha or wrk). Everything on
+# 127.0.0.1; every run is bounded in time.
 #
 #   e2e/bench/gateway.sh [-d SECONDS] [-c "1 16 64"] [-r REPEATS] [-s SETUPS] [-t REQUESTS]
-#                        [-b BASELINE_BINARY] [-o OUTPUT.md]
+#                        [-g oha|wrk] [-b BASELINE_BINARY] [-o OUTPUT.md]
 #
-#   -d  seconds per oha run (default 5)            -r  repetitions, setups alternated (3)
+#   -d  seconds per load run (default 5)           -r  repetitions, setups alternated (3)
 #   -c  concurrency levels (default "1 16 64")     -t  sequential streams for the TTFB probe (200)
 #   -s  setups (default "direct kinfer nginx vllm-router sglang-router"); also `kinfer-plain`
+#   -g  load generator: oha (default) or wrk (Debian's wrk 4, one thread per connection up to
+#       two; it spends less CPU per request than oha, so on shared cores more of the CPU goes to
+#       the proxy and the backends, and the proxies' own costs show more in the throughput)
 #   -b  an older kinfer-gateway binary, measured as setup `kinfer-base` (before/after)
 #   -o  where the markdown table goes too (default $KINFER_CACHE/bench/gateway-<date>.md)
 #
@@ -37,18 +40,21 @@ setups="direct kinfer nginx vllm-router sglang-router"
 ttfb_requests=200
 baseline=
 output=
-while getopts "d:c:r:s:t:b:o:" option; do
+generator=oha
+while getopts "d:c:r:s:t:g:b:o:" option; do
     case $option in
         d) duration=$OPTARG ;;
         c) concurrency=$OPTARG ;;
         r) repeats=$OPTARG ;;
         s) setups=$OPTARG ;;
         t) ttfb_requests=$OPTARG ;;
+        g) generator=$OPTARG ;;
         b) baseline=$OPTARG ;;
         o) output=$OPTARG ;;
-        *) sed -n '2,30p' "$0"; exit 2 ;;
+        *) sed -n '2,33p' "$0"; exit 2 ;;
     esac
 done
+[[ $generator == oha || $generator == wrk ]] || { echo "-g $generator: oha or wrk" >&2; exit 2; }
 if [[ -n $baseline ]]; then
     [[ -x $baseline ]] || { echo "-b $baseline: not an executable" >&2; exit 2; }
     [[ " $setups " == *" kinfer-base "* ]] || setups="$setups kinfer-base"
@@ -75,7 +81,14 @@ drop_setup() {
 skipped=()
 
 # --- tools ---------------------------------------------------------------------------------
-ensure_oha "$cache"
+if [[ $generator == oha ]]; then ensure_oha "$cache"; fi
+if [[ $generator == wrk ]] && ! command -v wrk >/dev/null; then
+    if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
+        note "installing wrk (apt-get)"
+        { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk; } >&2 || true
+    fi
+    command -v wrk >/dev/null || { echo "wrk is not installed and cannot be apt-get installed" >&2; exit 1; }
+fi
 nginx_bin=$(command -v nginx || echo /usr/sbin/nginx)
 if has_setup nginx && [[ ! -x $nginx_bin ]]; then
     if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
@@ -259,27 +272,51 @@ rotated() {  # repetition
     local list=($setups) shift=$((($1 - 1) % $(wc -w <<<"$setups")))
     echo "${list[@]:shift}" "${list[@]:0:shift}"
 }
+# load MODE CONCURRENCY URL: one bounded run of the generator, its JSON report on stdout
+# (oha's own; for wrk, the fields that the script's done() prints).
+for mode in plain stream; do
+    { printf 'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
+      printf 'wrk.body = [==[%s]==]\n' "$(cat "$work/$mode.json")"
+      cat <<'LUA'
+done = function(summary, latency, requests)
+   local e = summary.errors
+   io.write(string.format(
+      '{"wrk":true,"requests":%d,"duration_us":%d,"failed":%d,"p50_us":%d,"p99_us":%d}\n',
+      summary.requests, summary.duration, e.connect + e.read + e.write + e.status + e.timeout,
+      latency:percentile(50), latency:percentile(99)))
+end
+LUA
+    } >"$work/$mode.lua"
+done
+load() {
+    local mode=$1 c=$2 target=$3
+    if [[ $generator == wrk ]]; then
+        timeout $((duration + 30)) wrk -t $((c < 2 ? c : 2)) -c "$c" -d "${duration}s" \
+            --timeout 10s -s "$work/$mode.lua" "$target" | grep '^{"wrk"'
+    else
+        timeout $((duration + 30)) oha -z "${duration}s" -c "$c" -m POST \
+            -H 'content-type: application/json' -d "$(cat "$work/$mode.json")" \
+            --no-tui --output-format json "$target"
+    fi
+}
 for repeat in $(seq 1 "$repeats"); do
     for mode in plain stream; do
         for c in $concurrency; do
             for setup in $(rotated "$repeat"); do
-                out=$work/oha.json
-                timeout $((duration + 30)) oha -z "${duration}s" -c "$c" -m POST \
-                    -H 'content-type: application/json' -d "$(cat "$work/$mode.json")" \
-                    --no-tui --output-format json "${url[$setup]}/v1/chat/completions" \
-                    >"$out" 2>/dev/null &
-                oha_pid=$!
+                out=$work/load.json
+                load "$mode" "$c" "${url[$setup]}/v1/chat/completions" >"$out" 2>/dev/null &
+                load_pid=$!
                 peak=0
                 cpu_before=0
                 [[ -z ${pid_of[$setup]:-} ]] || cpu_before=$(cpu_ticks "${pid_of[$setup]}")
                 if [[ -n ${pid_of[$setup]:-} ]]; then
-                    while kill -0 "$oha_pid" 2>/dev/null; do
+                    while kill -0 "$load_pid" 2>/dev/null; do
                         now=$(rss_kib VmRSS "${pid_of[$setup]}")
                         ((now > peak)) && peak=$now
                         sleep 0.5
                     done
                 fi
-                wait "$oha_pid" || true
+                wait "$load_pid" || true
                 cpu_ticks_used=0
                 [[ -z ${pid_of[$setup]:-} ]] || cpu_ticks_used=$(($(cpu_ticks "${pid_of[$setup]}") - cpu_before))
                 python3 - "$out" "$setup" "$mode" "$c" "$repeat" "$peak" "$cpu_ticks_used" \
@@ -289,16 +326,24 @@ path, setup, mode, c, repeat, rss, ticks, per_second = sys.argv[1:]
 cpu_us = None
 try:
     data = json.load(open(path))
-    rps = data["summary"]["requestsPerSec"]
+    if data.get("wrk"):
+        answered = data["requests"]
+        rps = answered / (data["duration_us"] / 1e6)
+        p50, p99 = data["p50_us"] / 1000, data["p99_us"] / 1000
+        # wrk counts answers of status >= 400 and socket errors; codes are not broken down.
+        ok = 1.0 - data["failed"] / answered if answered else 0.0
+        codes = {"failed": data["failed"]} if data["failed"] else {}
+    else:
+        rps = data["summary"]["requestsPerSec"]
+        answered = sum(data.get("statusCodeDistribution", {}).values())
+        p50 = data["latencyPercentiles"]["p50"] * 1000
+        p99 = data["latencyPercentiles"]["p99"] * 1000
+        ok = data["summary"].get("successRate", 1.0)
+        codes = data.get("statusCodeDistribution", {})
     # The proxy's CPU per request: its capacity on cores of its own, which the shared-CPU
     # throughput (generator and backends on the same two cores) understates.
-    answered = sum(data.get("statusCodeDistribution", {}).values())
     if int(ticks) > 0 and answered:
         cpu_us = int(ticks) / int(per_second) * 1e6 / answered
-    p50 = data["latencyPercentiles"]["p50"] * 1000
-    p99 = data["latencyPercentiles"]["p99"] * 1000
-    ok = data["summary"].get("successRate", 1.0)
-    codes = data.get("statusCodeDistribution", {})
 except Exception as error:  # a failed run is recorded, not fatal
     rps, p50, p99, ok, codes = 0.0, None, None, 0.0, {"error": str(error)}
 print(json.dumps({"setup": setup, "mode": mode, "c": int(c), "repeat": int(repeat), "rps": rps,
@@ -350,10 +395,10 @@ hwm_args=()
 for setup in "${!hwm[@]}"; do hwm_args+=("$setup=${hwm[$setup]}"); done
 
 # --- report --------------------------------------------------------------------------------
-python3 - "$results" "$ttfb" "$setups" "$concurrency" "$duration" "$repeats" \
+python3 - "$results" "$ttfb" "$setups" "$concurrency" "$duration" "$repeats" "$generator" \
     "$(IFS=';'; echo "${skipped[*]:-}")" "${hwm_args[@]}" <<'PY' | tee "$output"
 import json, os, statistics, sys
-results, ttfb_path, setups, levels, duration, repeats, skipped, *hwm_args = sys.argv[1:]
+results, ttfb_path, setups, levels, duration, repeats, generator, skipped, *hwm_args = sys.argv[1:]
 rows = [json.loads(line) for line in open(results)]
 ttfb = [json.loads(line) for line in open(ttfb_path)] if os.path.exists(ttfb_path) else []
 setups, levels = setups.split(), [int(c) for c in levels.split()]
@@ -364,7 +409,7 @@ def median(mode, setup, c, key):
 def ratio(a, b):
     return a / b if b and b == b and b > 0 else float("nan")
 print(f"## kinfer-gateway proxy benchmark\n")
-print(f"Two vllm-sim backends (zero latencies), oha, {duration} s runs, medians of {repeats} "
+print(f"Two vllm-sim backends (zero latencies), {generator}, {duration} s runs, medians of {repeats} "
       f"alternated repetitions, everything on {os.cpu_count()} shared cores. Compare ratios "
       f"within this run only.\n")
 for mode, unit in (("plain", "non-streaming, req/s"), ("stream", "streaming (32 chunks), streams/s")):
@@ -409,6 +454,19 @@ if "nginx" in setups and kinfers:
                     found = paired(mode, "nginx", c, key, setup) if inverse else paired(mode, setup, c, key)
                     cells.append(f"{found[0]:.2f} ({found[1]:.2f}–{found[2]:.2f})" if found else "–")
             print(f"| {setup} | {label} | " + " | ".join(cells) + " |")
+    print()
+if "kinfer" in setups and "vllm-router" in setups:
+    print("### kinfer ÷ vllm-router, paired within each repetition\n")
+    print("| measure |" + "".join(f" {mode} c={c} |" for mode in ("plain", "stream") for c in levels))
+    print("|---|" + "---:|" * (2 * len(levels)))
+    for label, key, inverse in (("requests/s", "rps", False), ("vllm-router ÷ kinfer CPU per request", "cpu_us", True)):
+        cells = []
+        for mode in ("plain", "stream"):
+            for c in levels:
+                found = (paired(mode, "vllm-router", c, key, "kinfer") if inverse
+                         else paired(mode, "kinfer", c, key, "vllm-router"))
+                cells.append(f"{found[0]:.2f} ({found[1]:.2f}–{found[2]:.2f})" if found else "–")
+        print(f"| {label} | " + " | ".join(cells) + " |")
     print()
 proxies = [setup for setup in setups if setup != "direct"]
 if any(r.get("cpu_us") for r in rows):

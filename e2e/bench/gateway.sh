@@ -10,9 +10,9 @@
 #   -d  seconds per load run (default 5)           -r  repetitions, setups alternated (3)
 #   -c  concurrency levels (default "1 16 64")     -t  sequential streams for the TTFB probe (200)
 #   -s  setups (default "direct kinfer nginx vllm-router sglang-router"); also `kinfer-plain`
-#   -g  load generator: oha (default) or wrk (Debian's wrk 4, one thread per connection up to
-#       two; it spends less CPU per request than oha, so on shared cores more of the CPU goes to
-#       the proxy and the backends, and the proxies' own costs show more in the throughput)
+#   -g  load generator: oha (default) or wrk (Debian's wrk 4, two threads, one at c=1). wrk
+#       spends less CPU per request than oha, so on shared cores more of the CPU goes to the
+#       proxy and the backends, and the proxies' own costs show more in the throughput
 #   -b  an older kinfer-gateway binary, measured as setup `kinfer-base` (before/after)
 #   -o  where the markdown table goes too (default $KINFER_CACHE/bench/gateway-<date>.md)
 #
@@ -68,6 +68,13 @@ source "$here/lib/nginx.sh"
 source "$here/lib/oha.sh"
 target=${CARGO_TARGET_DIR:-$root/target}
 cache=${KINFER_CACHE:-$HOME/.cache/kinfer}
+# The target directory is claimed for this checkout before anything is built into it:
+# gateway/pgo/build.sh cleans kinfer's crates, the vllm-sim built below included, out of a target
+# that another checkout built last.
+repo=$root
+export KINFER_CACHE=$cache CARGO_TARGET_DIR=$target
+# shellcheck source=../tools/cargo-target.sh
+source "$root/e2e/tools/cargo-target.sh"
 mkdir -p "$cache/bin" "$cache/bench"
 export PATH="$cache/bin:$HOME/.cargo/bin:$PATH"
 output=${output:-$cache/bench/gateway-$(date +%Y%m%d-%H%M%S).md}
@@ -81,20 +88,22 @@ drop_setup() {
 skipped=()
 
 # --- tools ---------------------------------------------------------------------------------
+# apt_install PACKAGE: installs a Debian package when root with apt-get; otherwise does nothing
+# (the caller checks for the tool afterwards).
+apt_install() {
+    if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
+        note "installing $1 (apt-get)"
+        { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$1"; } >&2 || true
+    fi
+}
 if [[ $generator == oha ]]; then ensure_oha "$cache"; fi
 if [[ $generator == wrk ]] && ! command -v wrk >/dev/null; then
-    if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
-        note "installing wrk (apt-get)"
-        { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk; } >&2 || true
-    fi
+    apt_install wrk
     command -v wrk >/dev/null || { echo "wrk is not installed and cannot be apt-get installed" >&2; exit 1; }
 fi
 nginx_bin=$(command -v nginx || echo /usr/sbin/nginx)
 if has_setup nginx && [[ ! -x $nginx_bin ]]; then
-    if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
-        note "installing nginx (apt-get)"
-        { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx; } >&2 || true
-    fi
+    apt_install nginx
     [[ -x $nginx_bin ]] || drop_setup nginx "not installed and cannot apt-get install nginx"
 fi
 # A venv per router, reused across runs.
@@ -439,34 +448,29 @@ def paired(mode, setup, c, key, other="nginx"):
             by_repeat.setdefault(r["repeat"], {})[r["setup"]] = r[key]
     ratios = sorted(v[setup] / v[other] for v in by_repeat.values() if setup in v and other in v)
     return (statistics.median(ratios), ratios[0], ratios[-1]) if ratios else None
+def paired_cells(setup, other, key, inverse):
+    """One table row: setup ÷ other paired (other ÷ setup when inverse), each mode and level."""
+    cells = []
+    for mode in ("plain", "stream"):
+        for c in levels:
+            found = paired(mode, other, c, key, setup) if inverse else paired(mode, setup, c, key, other)
+            cells.append(f"{found[0]:.2f} ({found[1]:.2f}–{found[2]:.2f})" if found else "–")
+    return cells
 kinfers = [setup for setup in setups if setup.startswith("kinfer")]
-if "nginx" in setups and kinfers:
-    print("### kinfer ÷ nginx, paired within each repetition\n")
-    print("Each repetition's ratio of two runs made one shortly after the other; the median and the range over "
-          "the repetitions. A host that slows down for a while moves both runs of a pair.\n")
+paired_tables = [(other, [setup for setup in kinfers if setup == "kinfer" or other == "nginx"])
+                 for other in ("nginx", "vllm-router") if other in setups]
+for other, compared in paired_tables:
+    if not compared:
+        continue
+    print(f"### kinfer ÷ {other}, paired within each repetition\n")
+    if other == "nginx":
+        print("Each repetition's ratio of two runs made one shortly after the other; the median and the range over "
+              "the repetitions. A host that slows down for a while moves both runs of a pair.\n")
     print("| setup | measure |" + "".join(f" {mode} c={c} |" for mode in ("plain", "stream") for c in levels))
     print("|---|---|" + "---:|" * (2 * len(levels)))
-    for setup in kinfers:
-        for label, key, inverse in (("requests/s", "rps", False), ("nginx ÷ kinfer CPU per request", "cpu_us", True)):
-            cells = []
-            for mode in ("plain", "stream"):
-                for c in levels:
-                    found = paired(mode, "nginx", c, key, setup) if inverse else paired(mode, setup, c, key)
-                    cells.append(f"{found[0]:.2f} ({found[1]:.2f}–{found[2]:.2f})" if found else "–")
-            print(f"| {setup} | {label} | " + " | ".join(cells) + " |")
-    print()
-if "kinfer" in setups and "vllm-router" in setups:
-    print("### kinfer ÷ vllm-router, paired within each repetition\n")
-    print("| measure |" + "".join(f" {mode} c={c} |" for mode in ("plain", "stream") for c in levels))
-    print("|---|" + "---:|" * (2 * len(levels)))
-    for label, key, inverse in (("requests/s", "rps", False), ("vllm-router ÷ kinfer CPU per request", "cpu_us", True)):
-        cells = []
-        for mode in ("plain", "stream"):
-            for c in levels:
-                found = (paired(mode, "vllm-router", c, key, "kinfer") if inverse
-                         else paired(mode, "kinfer", c, key, "vllm-router"))
-                cells.append(f"{found[0]:.2f} ({found[1]:.2f}–{found[2]:.2f})" if found else "–")
-        print(f"| {label} | " + " | ".join(cells) + " |")
+    for setup in compared:
+        for label, key, inverse in (("requests/s", "rps", False), (f"{other} ÷ kinfer CPU per request", "cpu_us", True)):
+            print(f"| {setup} | {label} | " + " | ".join(paired_cells(setup, other, key, inverse)) + " |")
     print()
 proxies = [setup for setup in setups if setup != "direct"]
 if any(r.get("cpu_us") for r in rows):

@@ -38,6 +38,13 @@ source "$here/lib/nginx.sh"
 source "$here/lib/oha.sh"
 target=${CARGO_TARGET_DIR:-$root/target}
 cache=${KINFER_CACHE:-$HOME/.cache/kinfer}
+# The target directory is claimed for this checkout before anything is built into it:
+# gateway/pgo/build.sh cleans kinfer's crates, the vllm-sim built below included, out of a target
+# that another checkout built last.
+repo=$root
+export KINFER_CACHE=$cache CARGO_TARGET_DIR=$target
+# shellcheck source=../tools/cargo-target.sh
+source "$root/e2e/tools/cargo-target.sh"
 export PATH="$cache/bin:$HOME/.cargo/bin:$PATH"
 note() { echo "== $*" >&2; }
 

@@ -5,7 +5,7 @@
 # 127.0.0.1; every run is bounded in time.
 #
 #   e2e/bench/gateway.sh [-d SECONDS] [-c "1 16 64"] [-r REPEATS] [-s SETUPS] [-t REQUESTS]
-#                        [-g oha|wrk] [-b BASELINE_BINARY] [-o OUTPUT.md]
+#                        [-g oha|wrk] [-p CPUS] [-b BASELINE_BINARY] [-o OUTPUT.md]
 #
 #   -d  seconds per load run (default 5)           -r  repetitions, setups alternated (3)
 #   -c  concurrency levels (default "1 16 64")     -t  sequential streams for the TTFB probe (200)
@@ -13,6 +13,11 @@
 #   -g  load generator: oha (default) or wrk (Debian's wrk 4, two threads, one at c=1). wrk
 #       spends less CPU per request than oha, so on shared cores more of the CPU goes to the
 #       proxy and the backends, and the proxies' own costs show more in the throughput
+#   -p  pin every process of the run (backends, proxies, generator, TTFB probe) to these CPUs
+#       (a taskset list, e.g. 0). With one CPU, a concurrency-1 run is a chain of hand-offs on
+#       that CPU and compares the setups' costs; unpinned, it also measures where the scheduler
+#       puts each process of the chain: on a VM, a wake-up on another, idle vCPU costs tens of
+#       microseconds (docs/benchmarks.md, "Concurrency 1 on this VM")
 #   -b  an older kinfer-gateway binary, measured as setup `kinfer-base` (before/after)
 #   -o  where the markdown table goes too (default $KINFER_CACHE/bench/gateway-<date>.md)
 #
@@ -41,7 +46,8 @@ ttfb_requests=200
 baseline=
 output=
 generator=oha
-while getopts "d:c:r:s:t:g:b:o:" option; do
+pin_cpus=
+while getopts "d:c:r:s:t:g:p:b:o:" option; do
     case $option in
         d) duration=$OPTARG ;;
         c) concurrency=$OPTARG ;;
@@ -51,10 +57,18 @@ while getopts "d:c:r:s:t:g:b:o:" option; do
         g) generator=$OPTARG ;;
         b) baseline=$OPTARG ;;
         o) output=$OPTARG ;;
-        *) sed -n '2,33p' "$0"; exit 2 ;;
+        p) pin_cpus=$OPTARG ;;
+        *) sed -n '2,38p' "$0"; exit 2 ;;
     esac
 done
 [[ $generator == oha || $generator == wrk ]] || { echo "-g $generator: oha or wrk" >&2; exit 2; }
+# Every process of the run starts through "${pin[@]}" (taskset execs it: the pid is the
+# program's).
+pin=()
+if [[ -n $pin_cpus ]]; then
+    taskset -c "$pin_cpus" true || { echo "-p $pin_cpus: not a CPU list taskset takes" >&2; exit 2; }
+    pin=(taskset -c "$pin_cpus")
+fi
 if [[ -n $baseline ]]; then
     [[ -x $baseline ]] || { echo "-b $baseline: not an executable" >&2; exit 2; }
     [[ " $setups " == *" kinfer-base "* ]] || setups="$setups kinfer-base"
@@ -160,7 +174,7 @@ free_port() {
 model=bench-model
 for port in "$sim_a" "$sim_b"; do
     # Zero latencies: the backends answer as fast as they can, so the proxy is what is measured.
-    "$bin/vllm-sim" serve "$model" --host 127.0.0.1 --port "$port" --max-num-seqs 4096 \
+    "${pin[@]}" "$bin/vllm-sim" serve "$model" --host 127.0.0.1 --port "$port" --max-num-seqs 4096 \
         --sim-ttft-ms 0 --sim-itl-ms 0 --sim-prefill-ms-per-token 0 >"$work/sim-$port.log" 2>&1 &
     pids+=($!)
 done
@@ -172,7 +186,7 @@ start_kinfer() {  # setup, binary
     local port admin
     port=$(free_port)
     admin=$(free_port)
-    "$2" --discovery static --static-file "$work/models.yaml" \
+    "${pin[@]}" "$2" --discovery static --static-file "$work/models.yaml" \
         --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$admin" --log-filter warn \
         ${KINFER_GATEWAY_BENCH_ARGS:-} >"$work/$1.log" 2>&1 &
     pids+=($!)
@@ -192,14 +206,14 @@ if has_setup kinfer-base; then start_kinfer kinfer-base "$baseline"; fi
 if has_setup nginx; then
     port=$(free_port)
     write_nginx_conf "$work/nginx" "$port" "$sim_a" "$sim_b"
-    "$nginx_bin" -p "$work/nginx" -c "$work/nginx/nginx.conf" 2>"$work/nginx.log" &
+    "${pin[@]}" "$nginx_bin" -p "$work/nginx" -c "$work/nginx/nginx.conf" 2>"$work/nginx.log" &
     pids+=($!)
     pid_of[nginx]=$!
     url[nginx]="http://127.0.0.1:$port"
 fi
 if has_setup vllm-router; then
     port=$(free_port)
-    "$vllm_router_bin" --host 127.0.0.1 --port "$port" \
+    "${pin[@]}" "$vllm_router_bin" --host 127.0.0.1 --port "$port" \
         --worker-urls "http://127.0.0.1:$sim_a" "http://127.0.0.1:$sim_b" \
         --policy round_robin --prometheus-host 127.0.0.1 --prometheus-port "$(free_port)" \
         --log-level warning >"$work/vllm-router.log" 2>&1 &
@@ -209,7 +223,7 @@ if has_setup vllm-router; then
 fi
 if has_setup sglang-router; then
     port=$(free_port)
-    "$sglang_router_bin" launch --host 127.0.0.1 --port "$port" \
+    "${pin[@]}" "$sglang_router_bin" launch --host 127.0.0.1 --port "$port" \
         --worker-urls "http://127.0.0.1:$sim_a" "http://127.0.0.1:$sim_b" \
         --policy round_robin --prometheus-host 127.0.0.1 --prometheus-port "$(free_port)" \
         --log-level warn >"$work/sglang-router.log" 2>&1 &
@@ -300,10 +314,10 @@ done
 load() {
     local mode=$1 c=$2 target=$3
     if [[ $generator == wrk ]]; then
-        timeout $((duration + 30)) wrk -t $((c < 2 ? c : 2)) -c "$c" -d "${duration}s" \
+        timeout $((duration + 30)) "${pin[@]}" wrk -t $((c < 2 ? c : 2)) -c "$c" -d "${duration}s" \
             --timeout 10s -s "$work/$mode.lua" "$target" | grep '^{"wrk"'
     else
-        timeout $((duration + 30)) oha -z "${duration}s" -c "$c" -m POST \
+        timeout $((duration + 30)) "${pin[@]}" oha -z "${duration}s" -c "$c" -m POST \
             -H 'content-type: application/json' -d "$(cat "$work/$mode.json")" \
             --no-tui --output-format json "$target"
     fi
@@ -372,7 +386,7 @@ echo >&2
 ttfb=$work/ttfb.jsonl
 for repeat in $(seq 1 "$repeats"); do
     for setup in $setups; do
-        timeout 120 python3 - "${url[$setup]}" "$work/stream.json" "$ttfb_requests" "$setup" >>"$ttfb" <<'PY' || true
+        timeout 120 "${pin[@]}" python3 - "${url[$setup]}" "$work/stream.json" "$ttfb_requests" "$setup" >>"$ttfb" <<'PY' || true
 import http.client, json, statistics, sys, time, urllib.parse
 base, body_path, count, setup = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 body = open(body_path, "rb").read()
@@ -404,7 +418,8 @@ hwm_args=()
 for setup in "${!hwm[@]}"; do hwm_args+=("$setup=${hwm[$setup]}"); done
 
 # --- report --------------------------------------------------------------------------------
-python3 - "$results" "$ttfb" "$setups" "$concurrency" "$duration" "$repeats" "$generator" \
+python3 - "$results" "$ttfb" "$setups" "$concurrency" "$duration" "$repeats" \
+    "$generator${pin_cpus:+, every process pinned to CPUs $pin_cpus}" \
     "$(IFS=';'; echo "${skipped[*]:-}")" "${hwm_args[@]}" <<'PY' | tee "$output"
 import json, os, statistics, sys
 results, ttfb_path, setups, levels, duration, repeats, generator, skipped, *hwm_args = sys.argv[1:]
@@ -419,7 +434,7 @@ def ratio(a, b):
     return a / b if b and b == b and b > 0 else float("nan")
 print(f"## kinfer-gateway proxy benchmark\n")
 print(f"Two vllm-sim backends (zero latencies), {generator}, {duration} s runs, medians of {repeats} "
-      f"alternated repetitions, everything on {os.cpu_count()} shared cores. Compare ratios "
+      f"alternated repetitions, on a {os.cpu_count()}-core machine. Compare ratios "
       f"within this run only.\n")
 for mode, unit in (("plain", "non-streaming, req/s"), ("stream", "streaming (32 chunks), streams/s")):
     print(f"### {unit}\n")

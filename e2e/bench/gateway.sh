@@ -58,7 +58,7 @@ while getopts "d:c:r:s:t:g:p:b:o:" option; do
         b) baseline=$OPTARG ;;
         o) output=$OPTARG ;;
         p) pin_cpus=$OPTARG ;;
-        *) sed -n '2,38p' "$0"; exit 2 ;;
+        *) awk 'NR > 1 && !/^#/ {exit} NR > 1' "$0"; exit 2 ;;
     esac
 done
 [[ $generator == oha || $generator == wrk ]] || { echo "-g $generator: oha or wrk" >&2; exit 2; }
@@ -80,17 +80,9 @@ root=$(cd "$here/../.." && pwd)
 source "$here/lib/nginx.sh"
 # shellcheck source=lib/oha.sh
 source "$here/lib/oha.sh"
-target=${CARGO_TARGET_DIR:-$root/target}
-cache=${KINFER_CACHE:-$HOME/.cache/kinfer}
-# The target directory is claimed for this checkout before anything is built into it:
-# gateway/pgo/build.sh cleans kinfer's crates, the vllm-sim built below included, out of a target
-# that another checkout built last.
-repo=$root
-export KINFER_CACHE=$cache CARGO_TARGET_DIR=$target
-# shellcheck source=../tools/cargo-target.sh
-source "$root/e2e/tools/cargo-target.sh"
+# shellcheck source=lib/target.sh
+source "$here/lib/target.sh"
 mkdir -p "$cache/bin" "$cache/bench"
-export PATH="$cache/bin:$HOME/.cargo/bin:$PATH"
 output=${output:-$cache/bench/gateway-$(date +%Y%m%d-%H%M%S).md}
 note() { echo "== $*" >&2; }
 has_setup() { [[ " $setups " == *" $1 "* ]]; }
@@ -434,7 +426,7 @@ def ratio(a, b):
     return a / b if b and b == b and b > 0 else float("nan")
 print(f"## kinfer-gateway proxy benchmark\n")
 print(f"Two vllm-sim backends (zero latencies), {generator}, {duration} s runs, medians of {repeats} "
-      f"alternated repetitions, on a {os.cpu_count()}-core machine. Compare ratios "
+      f"alternated repetitions, everything on {os.cpu_count()} shared cores. Compare ratios "
       f"within this run only.\n")
 for mode, unit in (("plain", "non-streaming, req/s"), ("stream", "streaming (32 chunks), streams/s")):
     print(f"### {unit}\n")

@@ -36,16 +36,8 @@ root=$(cd "$here/../.." && pwd)
 source "$here/lib/nginx.sh"
 # shellcheck source=lib/oha.sh
 source "$here/lib/oha.sh"
-target=${CARGO_TARGET_DIR:-$root/target}
-cache=${KINFER_CACHE:-$HOME/.cache/kinfer}
-# The target directory is claimed for this checkout before anything is built into it:
-# gateway/pgo/build.sh cleans kinfer's crates, the vllm-sim built below included, out of a target
-# that another checkout built last.
-repo=$root
-export KINFER_CACHE=$cache CARGO_TARGET_DIR=$target
-# shellcheck source=../tools/cargo-target.sh
-source "$root/e2e/tools/cargo-target.sh"
-export PATH="$cache/bin:$HOME/.cargo/bin:$PATH"
+# shellcheck source=lib/target.sh
+source "$here/lib/target.sh"
 note() { echo "== $*" >&2; }
 
 if ! command -v valgrind >/dev/null; then

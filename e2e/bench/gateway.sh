@@ -5,7 +5,7 @@
 # 127.0.0.1; every run is bounded in time.
 #
 #   e2e/bench/gateway.sh [-d SECONDS] [-c "1 16 64"] [-r REPEATS] [-s SETUPS] [-t REQUESTS]
-#                        [-g oha|wrk] [-p CPUS] [-b BASELINE_BINARY] [-o OUTPUT.md]
+#                        [-g oha|wrk] [-p CPUS] [-w SECONDS] [-b BASELINE_BINARY] [-o OUTPUT.md]
 #
 #   -d  seconds per load run (default 5)           -r  repetitions, setups alternated (3)
 #   -c  concurrency levels (default "1 16 64")     -t  sequential streams for the TTFB probe (200)
@@ -18,6 +18,9 @@
 #       that CPU and compares the setups' costs; unpinned, it also measures where the scheduler
 #       puts each process of the chain: on a VM, a wake-up on another, idle vCPU costs tens of
 #       microseconds (docs/benchmarks.md, "Concurrency 1 on this VM")
+#   -w  trace the scheduler's wake-ups (tracefs; root) for this many seconds in the middle of
+#       every concurrency-1 run, and report per setup how many hand-offs of the chain woke a
+#       thread on another CPU and how long the woken threads waited (lib/wakeups.py)
 #   -b  an older kinfer-gateway binary, measured as setup `kinfer-base` (before/after)
 #   -o  where the markdown table goes too (default $KINFER_CACHE/bench/gateway-<date>.md)
 #
@@ -47,7 +50,8 @@ baseline=
 output=
 generator=oha
 pin_cpus=
-while getopts "d:c:r:s:t:g:p:b:o:" option; do
+wake_window=
+while getopts "d:c:r:s:t:g:p:w:b:o:" option; do
     case $option in
         d) duration=$OPTARG ;;
         c) concurrency=$OPTARG ;;
@@ -58,6 +62,7 @@ while getopts "d:c:r:s:t:g:p:b:o:" option; do
         b) baseline=$OPTARG ;;
         o) output=$OPTARG ;;
         p) pin_cpus=$OPTARG ;;
+        w) wake_window=$OPTARG ;;
         *) awk 'NR > 1 && !/^#/ {exit} NR > 1' "$0"; exit 2 ;;
     esac
 done
@@ -68,6 +73,14 @@ pin=()
 if [[ -n $pin_cpus ]]; then
     taskset -c "$pin_cpus" true || { echo "-p $pin_cpus: not a CPU list taskset takes" >&2; exit 2; }
     pin=(taskset -c "$pin_cpus")
+fi
+tracefs=/sys/kernel/tracing
+wake_events=(sched_waking sched_wakeup sched_switch)
+if [[ -n $wake_window ]]; then
+    python3 -c 'import sys; assert 0 < float(sys.argv[1]) < float(sys.argv[2])' "$wake_window" "$duration" \
+        2>/dev/null || { echo "-w $wake_window: seconds, more than 0 and less than -d $duration" >&2; exit 2; }
+    [[ -w $tracefs/tracing_on ]] || { echo "-w: $tracefs is not writable (root and tracefs needed)" >&2; exit 2; }
+    wake_delay=$(python3 -c 'import sys; print((float(sys.argv[1]) - float(sys.argv[2])) / 2)' "$duration" "$wake_window")
 fi
 if [[ -n $baseline ]]; then
     [[ -x $baseline ]] || { echo "-b $baseline: not an executable" >&2; exit 2; }
@@ -142,7 +155,14 @@ fi
 # --- processes -----------------------------------------------------------------------------
 work=$(mktemp -d)
 pids=()
+backend_pids=()
+trace_buffer_kb=
 cleanup() {
+    if [[ -n $trace_buffer_kb ]]; then
+        echo 0 >"$tracefs/tracing_on"
+        for event in "${wake_events[@]}"; do echo 0 >"$tracefs/events/sched/$event/enable"; done
+        echo "$trace_buffer_kb" >"$tracefs/buffer_size_kb"
+    fi
     for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
     for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
     rm -rf "$work"
@@ -169,6 +189,7 @@ for port in "$sim_a" "$sim_b"; do
     "${pin[@]}" "$bin/vllm-sim" serve "$model" --host 127.0.0.1 --port "$port" --max-num-seqs 4096 \
         --sim-ttft-ms 0 --sim-itl-ms 0 --sim-prefill-ms-per-token 0 >"$work/sim-$port.log" 2>&1 &
     pids+=($!)
+    backend_pids+=($!)
 done
 
 declare -A url pid_of
@@ -277,6 +298,39 @@ cpu_ticks() {  # root pid
 }
 ticks_per_second=$(getconf CLK_TCK)
 
+# -w: the scheduler's wake-up events for $wake_window s in the middle of a run, into
+# $work/wake-SETUP-MODE-REPEAT.trace, with the role of every thread of the chain in .roles.
+tids_of() {  # root pid: the thread ids of it and its descendants
+    local pid
+    for pid in $(tree_pids "$1"); do ls /proc/"$pid"/task 2>/dev/null || true; done
+}
+trace_wakeups() {  # setup, mode, repetition, pid of the generator's run
+    local base=$work/wake-$1-$2-$3 event pid tid
+    sleep "$wake_delay"
+    {
+        for tid in $(tids_of "$4"); do echo "$tid generator"; done
+        if [[ -n ${pid_of[$1]:-} ]]; then
+            for tid in $(tids_of "${pid_of[$1]}"); do echo "$tid proxy"; done
+        fi
+        for pid in "${backend_pids[@]}"; do
+            for tid in $(tids_of "$pid"); do echo "$tid backend"; done
+        done
+    } >"$base.roles"
+    echo >"$tracefs/trace"
+    for event in "${wake_events[@]}"; do echo 1 >"$tracefs/events/sched/$event/enable"; done
+    echo 1 >"$tracefs/tracing_on"
+    sleep "$wake_window"
+    echo 0 >"$tracefs/tracing_on"
+    for event in "${wake_events[@]}"; do echo 0 >"$tracefs/events/sched/$event/enable"; done
+    cp "$tracefs/trace" "$base.trace"
+}
+if [[ -n $wake_window ]]; then
+    # Reads as "7 (expanded: 1408)" before the first use; the first number is what it takes.
+    trace_buffer_kb=$(awk '{print $1; exit}' "$tracefs/buffer_size_kb")
+    echo 0 >"$tracefs/tracing_on"
+    echo 16384 >"$tracefs/buffer_size_kb"
+fi
+
 # --- load ----------------------------------------------------------------------------------
 results=$work/results.jsonl
 runs=$((repeats * 2 * $(wc -w <<<"$concurrency") * $(wc -w <<<"$setups")))
@@ -321,6 +375,11 @@ for repeat in $(seq 1 "$repeats"); do
                 out=$work/load.json
                 load "$mode" "$c" "${url[$setup]}/v1/chat/completions" >"$out" 2>/dev/null &
                 load_pid=$!
+                trace_pid=
+                if [[ -n $wake_window && $c == 1 ]]; then
+                    trace_wakeups "$setup" "$mode" "$repeat" "$load_pid" &
+                    trace_pid=$!
+                fi
                 peak=0
                 cpu_before=0
                 [[ -z ${pid_of[$setup]:-} ]] || cpu_before=$(cpu_ticks "${pid_of[$setup]}")
@@ -332,6 +391,7 @@ for repeat in $(seq 1 "$repeats"); do
                     done
                 fi
                 wait "$load_pid" || true
+                [[ -z $trace_pid ]] || wait "$trace_pid" || true
                 cpu_ticks_used=0
                 [[ -z ${pid_of[$setup]:-} ]] || cpu_ticks_used=$(($(cpu_ticks "${pid_of[$setup]}") - cpu_before))
                 python3 - "$out" "$setup" "$mode" "$c" "$repeat" "$peak" "$cpu_ticks_used" \
@@ -365,6 +425,15 @@ print(json.dumps({"setup": setup, "mode": mode, "c": int(c), "repeat": int(repea
                   "p50_ms": p50, "p99_ms": p99, "success": ok, "codes": codes,
                   "rss_kib": int(rss), "cpu_us": cpu_us}))
 PY
+                if [[ -n $trace_pid && -s $work/wake-$setup-$mode-$repeat.trace ]]; then
+                    # The window's requests: the run's rate times the window.
+                    tail -n 1 "$results" | python3 -c '
+import json, sys
+run, base, window = json.load(sys.stdin), sys.argv[1], float(sys.argv[2])
+print(json.dumps({"setup": run["setup"], "mode": run["mode"], "trace": base + ".trace",
+                  "roles": base + ".roles", "requests": run["rps"] * window}))' \
+                        "$work/wake-$setup-$mode-$repeat" "$wake_window" >>"$work/wakeups.jsonl"
+                fi
                 printf '.' >&2
             done
         done
@@ -525,4 +594,7 @@ if failed:
 if skipped:
     print(f"Skipped: {skipped}\n")
 PY
+if [[ -s $work/wakeups.jsonl ]]; then
+    python3 "$here/lib/wakeups.py" "$work/wakeups.jsonl" | tee -a "$output"
+fi
 note "table written to $output"

@@ -5,7 +5,8 @@
 # 127.0.0.1; every run is bounded in time.
 #
 #   e2e/bench/gateway.sh [-d SECONDS] [-c "1 16 64"] [-r REPEATS] [-s SETUPS] [-t REQUESTS]
-#                        [-g oha|wrk] [-p CPUS] [-w SECONDS] [-b BASELINE_BINARY] [-o OUTPUT.md]
+#                        [-g oha|wrk] [-p CPUS] [-G CPUS] [-w SECONDS] [-b BASELINE_BINARY]
+#                        [-o OUTPUT.md]
 #
 #   -d  seconds per load run (default 5)           -r  repetitions, setups alternated (3)
 #   -c  concurrency levels (default "1 16 64")     -t  sequential streams for the TTFB probe (200)
@@ -18,6 +19,8 @@
 #       that CPU and compares the setups' costs; unpinned, it also measures where the scheduler
 #       puts each process of the chain: on a VM, a wake-up on another, idle vCPU costs tens of
 #       microseconds (docs/benchmarks.md, "Concurrency 1 on this VM")
+#   -G  pin the generator and the TTFB probe to these CPUs instead (with -p: e.g. `-p 0 -G 1`
+#       gives the load generator a CPU of its own and the proxy and backends the other)
 #   -w  trace the scheduler's wake-ups (tracefs; root) for this many seconds in the middle of
 #       every concurrency-1 run, and report per setup how many hand-offs of the chain woke a
 #       thread on another CPU and how long the woken threads waited (lib/wakeups.py)
@@ -51,7 +54,8 @@ output=
 generator=oha
 pin_cpus=
 wake_window=
-while getopts "d:c:r:s:t:g:p:w:b:o:" option; do
+generator_cpus=
+while getopts "d:c:r:s:t:g:p:G:w:b:o:" option; do
     case $option in
         d) duration=$OPTARG ;;
         c) concurrency=$OPTARG ;;
@@ -63,6 +67,7 @@ while getopts "d:c:r:s:t:g:p:w:b:o:" option; do
         o) output=$OPTARG ;;
         p) pin_cpus=$OPTARG ;;
         w) wake_window=$OPTARG ;;
+        G) generator_cpus=$OPTARG ;;
         *) awk 'NR > 1 && !/^#/ {exit} NR > 1' "$0"; exit 2 ;;
     esac
 done
@@ -73,6 +78,12 @@ pin=()
 if [[ -n $pin_cpus ]]; then
     taskset -c "$pin_cpus" true || { echo "-p $pin_cpus: not a CPU list taskset takes" >&2; exit 2; }
     pin=(taskset -c "$pin_cpus")
+fi
+# The generator and the TTFB probe start through "${generator_pin[@]}": -G, else as -p.
+generator_pin=("${pin[@]}")
+if [[ -n $generator_cpus ]]; then
+    taskset -c "$generator_cpus" true || { echo "-G $generator_cpus: not a CPU list taskset takes" >&2; exit 2; }
+    generator_pin=(taskset -c "$generator_cpus")
 fi
 tracefs=/sys/kernel/tracing
 wake_events=(sched_waking sched_wakeup sched_switch)
@@ -360,10 +371,10 @@ done
 load() {
     local mode=$1 c=$2 target=$3
     if [[ $generator == wrk ]]; then
-        timeout $((duration + 30)) "${pin[@]}" wrk -t $((c < 2 ? c : 2)) -c "$c" -d "${duration}s" \
+        timeout $((duration + 30)) "${generator_pin[@]}" wrk -t $((c < 2 ? c : 2)) -c "$c" -d "${duration}s" \
             --timeout 10s -s "$work/$mode.lua" "$target" | grep '^{"wrk"'
     else
-        timeout $((duration + 30)) "${pin[@]}" oha -z "${duration}s" -c "$c" -m POST \
+        timeout $((duration + 30)) "${generator_pin[@]}" oha -z "${duration}s" -c "$c" -m POST \
             -H 'content-type: application/json' -d "$(cat "$work/$mode.json")" \
             --no-tui --output-format json "$target"
     fi
@@ -447,7 +458,7 @@ echo >&2
 ttfb=$work/ttfb.jsonl
 for repeat in $(seq 1 "$repeats"); do
     for setup in $setups; do
-        timeout 120 "${pin[@]}" python3 - "${url[$setup]}" "$work/stream.json" "$ttfb_requests" "$setup" >>"$ttfb" <<'PY' || true
+        timeout 120 "${generator_pin[@]}" python3 - "${url[$setup]}" "$work/stream.json" "$ttfb_requests" "$setup" >>"$ttfb" <<'PY' || true
 import http.client, json, statistics, sys, time, urllib.parse
 base, body_path, count, setup = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 body = open(body_path, "rb").read()
@@ -479,8 +490,16 @@ hwm_args=()
 for setup in "${!hwm[@]}"; do hwm_args+=("$setup=${hwm[$setup]}"); done
 
 # --- report --------------------------------------------------------------------------------
+placement=
+if [[ -n $pin_cpus && -z $generator_cpus ]]; then
+    placement=", every process pinned to CPUs $pin_cpus"
+elif [[ -n $pin_cpus ]]; then
+    placement=", backends and proxies pinned to CPUs $pin_cpus, the generator to CPUs $generator_cpus"
+elif [[ -n $generator_cpus ]]; then
+    placement=", the generator pinned to CPUs $generator_cpus"
+fi
 python3 - "$results" "$ttfb" "$setups" "$concurrency" "$duration" "$repeats" \
-    "$generator${pin_cpus:+, every process pinned to CPUs $pin_cpus}" \
+    "$generator$placement" \
     "$(IFS=';'; echo "${skipped[*]:-}")" "${hwm_args[@]}" <<'PY' | tee "$output"
 import json, os, statistics, sys
 results, ttfb_path, setups, levels, duration, repeats, generator, skipped, *hwm_args = sys.argv[1:]

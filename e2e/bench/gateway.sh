@@ -168,11 +168,13 @@ work=$(mktemp -d)
 pids=()
 backend_pids=()
 trace_buffer_kb=
+trace_was_on=
 cleanup() {
     if [[ -n $trace_buffer_kb ]]; then
         echo 0 >"$tracefs/tracing_on"
         for event in "${wake_events[@]}"; do echo 0 >"$tracefs/events/sched/$event/enable"; done
         echo "$trace_buffer_kb" >"$tracefs/buffer_size_kb"
+        echo "$trace_was_on" >"$tracefs/tracing_on"
     fi
     for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
     for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
@@ -338,6 +340,7 @@ trace_wakeups() {  # setup, mode, repetition, pid of the generator's run
 if [[ -n $wake_window ]]; then
     # Reads as "7 (expanded: 1408)" before the first use; the first number is what it takes.
     trace_buffer_kb=$(awk '{print $1; exit}' "$tracefs/buffer_size_kb")
+    trace_was_on=$(cat "$tracefs/tracing_on")
     echo 0 >"$tracefs/tracing_on"
     echo 16384 >"$tracefs/buffer_size_kb"
 fi

@@ -86,7 +86,12 @@ if [[ -n $generator_cpus ]]; then
     generator_pin=(taskset -c "$generator_cpus")
 fi
 tracefs=/sys/kernel/tracing
-wake_events=(sched_waking sched_wakeup sched_switch)
+wake_events() {  # 1 or 0: the scheduler events that -w records, on or off
+    local event
+    for event in sched_waking sched_wakeup sched_switch; do
+        echo "$1" >"$tracefs/events/sched/$event/enable"
+    done
+}
 if [[ -n $wake_window ]]; then
     python3 -c 'import sys; assert 0 < float(sys.argv[1]) < float(sys.argv[2])' "$wake_window" "$duration" \
         2>/dev/null || { echo "-w $wake_window: seconds, more than 0 and less than -d $duration" >&2; exit 2; }
@@ -172,7 +177,7 @@ trace_was_on=
 cleanup() {
     if [[ -n $trace_buffer_kb ]]; then
         echo 0 >"$tracefs/tracing_on"
-        for event in "${wake_events[@]}"; do echo 0 >"$tracefs/events/sched/$event/enable"; done
+        wake_events 0
         echo "$trace_buffer_kb" >"$tracefs/buffer_size_kb"
         echo "$trace_was_on" >"$tracefs/tracing_on"
     fi
@@ -312,13 +317,14 @@ cpu_ticks() {  # root pid
 ticks_per_second=$(getconf CLK_TCK)
 
 # -w: the scheduler's wake-up events for $wake_window s in the middle of a run, into
-# $work/wake-SETUP-MODE-REPEAT.trace, with the role of every thread of the chain in .roles.
+# $work/wake-SETUP-MODE-REPEAT.trace, with the role of every thread of the chain in .roles
+# (lib/wakeups.py finds them from the runs in $results).
 tids_of() {  # root pid: the thread ids of it and its descendants
     local pid
     for pid in $(tree_pids "$1"); do ls /proc/"$pid"/task 2>/dev/null || true; done
 }
 trace_wakeups() {  # setup, mode, repetition, pid of the generator's run
-    local base=$work/wake-$1-$2-$3 event pid tid
+    local base=$work/wake-$1-$2-$3 pid tid
     sleep "$wake_delay"
     {
         for tid in $(tids_of "$4"); do echo "$tid generator"; done
@@ -330,11 +336,11 @@ trace_wakeups() {  # setup, mode, repetition, pid of the generator's run
         done
     } >"$base.roles"
     echo >"$tracefs/trace"
-    for event in "${wake_events[@]}"; do echo 1 >"$tracefs/events/sched/$event/enable"; done
+    wake_events 1
     echo 1 >"$tracefs/tracing_on"
     sleep "$wake_window"
     echo 0 >"$tracefs/tracing_on"
-    for event in "${wake_events[@]}"; do echo 0 >"$tracefs/events/sched/$event/enable"; done
+    wake_events 0
     cp "$tracefs/trace" "$base.trace"
 }
 if [[ -n $wake_window ]]; then
@@ -439,15 +445,6 @@ print(json.dumps({"setup": setup, "mode": mode, "c": int(c), "repeat": int(repea
                   "p50_ms": p50, "p99_ms": p99, "success": ok, "codes": codes,
                   "rss_kib": int(rss), "cpu_us": cpu_us}))
 PY
-                if [[ -n $trace_pid && -s $work/wake-$setup-$mode-$repeat.trace ]]; then
-                    # The window's requests: the run's rate times the window.
-                    tail -n 1 "$results" | python3 -c '
-import json, sys
-run, base, window = json.load(sys.stdin), sys.argv[1], float(sys.argv[2])
-print(json.dumps({"setup": run["setup"], "mode": run["mode"], "trace": base + ".trace",
-                  "roles": base + ".roles", "requests": run["rps"] * window}))' \
-                        "$work/wake-$setup-$mode-$repeat" "$wake_window" >>"$work/wakeups.jsonl"
-                fi
                 printf '.' >&2
             done
         done
@@ -616,7 +613,7 @@ if failed:
 if skipped:
     print(f"Skipped: {skipped}\n")
 PY
-if [[ -s $work/wakeups.jsonl ]]; then
-    python3 "$here/lib/wakeups.py" "$work/wakeups.jsonl" | tee -a "$output"
+if [[ -n $wake_window ]]; then
+    python3 "$here/lib/wakeups.py" "$results" "$work" "$wake_window" | tee -a "$output"
 fi
 note "table written to $output"

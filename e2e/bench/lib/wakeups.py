@@ -7,15 +7,17 @@ vCPU's resumption, tens of microseconds on a VM. This reads the kernel's sched_w
 sched_wakeup and sched_switch events (tracefs) and reports, per setup and mode, how many
 wake-ups of each hop went to another CPU per request and how long the woken threads waited.
 
-Usage: wakeups.py RUNS.jsonl
+Usage: wakeups.py RESULTS.jsonl WORK_DIR WINDOW_SECONDS
 
-Each line of RUNS.jsonl names one traced window: {"setup", "mode", "trace", "roles",
-"requests"}. "roles" is a file of "TID ROLE" lines (generator, proxy, backend); "requests" is
-the number of requests answered during the window (the run's rate times the window).
+RESULTS.jsonl holds gateway.sh's runs; a concurrency-1 run was traced when
+WORK_DIR/wake-SETUP-MODE-REPEAT.trace exists, with WORK_DIR/wake-SETUP-MODE-REPEAT.roles ("TID
+ROLE" lines: generator, proxy, backend) beside it. The requests of a window are the run's rate
+times WINDOW_SECONDS.
 """
 
 import collections
 import json
+import os
 import re
 import statistics
 import sys
@@ -56,10 +58,14 @@ def parse(trace_path, roles):
 
 
 def main():
-    windows = collections.defaultdict(list)
-    for line in open(sys.argv[1]):
-        window = json.loads(line)
-        windows[(window["setup"], window["mode"])].append(window)
+    results, work, window_seconds = sys.argv[1], sys.argv[2], float(sys.argv[3])
+    windows = collections.defaultdict(list)  # (setup, mode) -> [(trace base, requests)]
+    for line in open(results):
+        run = json.loads(line)
+        base = os.path.join(work, f"wake-{run['setup']}-{run['mode']}-{run['repeat']}")
+        has_trace = os.path.exists(base + ".trace") and os.path.getsize(base + ".trace") > 0
+        if run["c"] == 1 and has_trace:
+            windows[(run["setup"], run["mode"])].append((base, run["rps"] * window_seconds))
     if not windows:
         return
     print("### wake-ups at concurrency 1 (scheduler trace)\n")
@@ -71,16 +77,16 @@ def main():
           "wait per request (µs) | remote wake-up, median (µs) |")
     print("|---|---|---:|---|---:|---:|---:|")
     for (setup, mode), traced in windows.items():
-        requests = sum(window["requests"] for window in traced)
+        requests = sum(count for _, count in traced)
         if requests <= 0:
             continue
         remote_by_hop = collections.Counter()
         local = 0
         wait = 0.0
         remote_waits = []
-        for window in traced:
-            roles = dict(line.split() for line in open(window["roles"]) if line.strip())
-            for hop, remote, wait_us in parse(window["trace"], roles):
+        for base, _ in traced:
+            roles = dict(line.split() for line in open(base + ".roles") if line.strip())
+            for hop, remote, wait_us in parse(base + ".trace", roles):
                 wait += wait_us
                 if remote:
                     remote_by_hop[hop] += 1

@@ -39,8 +39,13 @@ COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok podr
 log() { printf '[cluster %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { printf '[cluster %s] ERROR: %s\n' "$(date +%H:%M:%S)" "$*" >&2; exit 1; }
 
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+# free_ports N: N distinct free ports, from sockets bound at the same time (separate bind-to-0
+# calls may hand out the same port again once the first socket is closed).
+free_ports() {
+  python3 -c 'import socket, sys
+sockets = [socket.socket() for _ in range(int(sys.argv[1]))]
+for s in sockets: s.bind(("127.0.0.1", 0))
+print(" ".join(str(s.getsockname()[1]) for s in sockets))' "$1"
 }
 
 pid_of() { cat "$PIDS/$1" 2>/dev/null || true; }
@@ -196,8 +201,8 @@ up() {
   mkdir -p "$DIR" "$LOGS" "$PIDS"
   local t0=$SECONDS
   gen_certs
-  local etcd_port peer_port api_port
-  etcd_port="$(free_port)"; peer_port="$(free_port)"; api_port="$(free_port)"
+  local etcd_port peer_port api_port cm_port scheduler_port kwok_port
+  read -r etcd_port peer_port api_port cm_port scheduler_port kwok_port < <(free_ports 6)
   echo "$api_port" >"$DIR/apiserver.port"
   local c="$DIR/pki"
 
@@ -233,7 +238,7 @@ up() {
     --kubeconfig "$DIR/controller-manager.kubeconfig" \
     --authentication-kubeconfig "$DIR/controller-manager.kubeconfig" \
     --authorization-kubeconfig "$DIR/controller-manager.kubeconfig" \
-    --bind-address 127.0.0.1 --secure-port "$(free_port)" \
+    --bind-address 127.0.0.1 --secure-port "$cm_port" \
     --leader-elect=false --use-service-account-credentials \
     --service-account-private-key-file "$c/sa.key" --root-ca-file "$c/ca.crt" \
     --controllers '*,-nodeipam,-cloud-node-lifecycle,-service-lb-controller,-route' \
@@ -244,14 +249,14 @@ up() {
     --kubeconfig "$DIR/scheduler.kubeconfig" \
     --authentication-kubeconfig "$DIR/scheduler.kubeconfig" \
     --authorization-kubeconfig "$DIR/scheduler.kubeconfig" \
-    --bind-address 127.0.0.1 --secure-port "$(free_port)" --leader-elect=false --profiling=false
+    --bind-address 127.0.0.1 --secure-port "$scheduler_port" --leader-elect=false --profiling=false
 
   log "kwok: fake GPU nodes, pod lifecycle"
   local stages=() f
   for f in "$CACHE"/kwok-stages/*.yaml "$here/kwok/pod-start.yaml"; do stages+=(--config "$f"); done
   start kwok "$TOOLS/kwok" --kubeconfig "$DIR/kwok.kubeconfig" \
     --manage-nodes-with-annotation-selector kwok.x-k8s.io/node=fake \
-    --node-ip 127.0.0.1 --server-address "127.0.0.1:$(free_port)" \
+    --node-ip 127.0.0.1 --server-address "127.0.0.1:$kwok_port" \
     --node-lease-duration-seconds 40 "${stages[@]}"
   wait_for kwok 30 kubectl get --raw /api/v1/namespaces/default
 

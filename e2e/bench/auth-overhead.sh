@@ -10,6 +10,8 @@ set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/../.." && pwd)
+# shellcheck source=lib/ports.sh
+source "$here/lib/ports.sh"
 target=${CARGO_TARGET_DIR:-$root/target}
 seconds=${RUN_SECONDS:-5}
 repeats=${REPEATS:-3}
@@ -22,14 +24,13 @@ work=$(mktemp -d)
 pids=()
 trap 'for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; [[ -n ${KEEP:-} ]] || rm -rf "$work"' EXIT
 
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_for() {
     for _ in $(seq 1 100); do curl -fsS -o /dev/null --max-time 1 "$1" 2>/dev/null && return 0; sleep 0.1; done
     echo "timed out waiting for $1" >&2; return 1
 }
 
 model=bench-model
-sim_a=$(port); sim_b=$(port)
+read -r sim_a sim_b < <(free_ports 2)
 for sim in $sim_a $sim_b; do
     VLLM_SIM_TTFT_MS=0 VLLM_SIM_PREFILL_MS_PER_TOKEN=0 VLLM_SIM_ITL_MS=0 \
         "$bin/vllm-sim" "$model" --host 127.0.0.1 --port "$sim" >"$work/sim-$sim.log" 2>&1 &
@@ -57,7 +58,7 @@ declare -A url
 start_gateway() {  # name, extra args...
     local name=$1; shift
     local listen admin
-    listen=$(port); admin=$(port)
+    read -r listen admin < <(free_ports 2)
     "$bin/kinfer-gateway" --discovery static --static-file "$work/models.yaml" \
         --listen "127.0.0.1:$listen" --admin-listen "127.0.0.1:$admin" --engine-metrics-interval 0s \
         --log-filter warn "$@" >"$work/gateway-$name.log" 2>&1 &

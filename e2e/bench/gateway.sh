@@ -111,6 +111,8 @@ source "$here/lib/nginx.sh"
 source "$here/lib/oha.sh"
 # shellcheck source=lib/target.sh
 source "$here/lib/target.sh"
+# shellcheck source=lib/ports.sh
+source "$here/lib/ports.sh"
 mkdir -p "$cache/bin" "$cache/bench"
 output=${output:-$cache/bench/gateway-$(date +%Y%m%d-%H%M%S).md}
 note() { echo "== $*" >&2; }
@@ -187,19 +189,11 @@ cleanup() {
 }
 trap cleanup EXIT
 
-read -r sim_a sim_b < <(python3 - <<'PY'
-import socket
-sockets = [socket.socket() for _ in range(2)]
-for s in sockets:
-    s.bind(("127.0.0.1", 0))
-print(" ".join(str(s.getsockname()[1]) for s in sockets))
-for s in sockets:
-    s.close()
-PY
-)
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
+# Every port of the run at once (at most 13: two backends, three kinfer setups with an admin
+# port each, nginx, two routers with a metrics port each).
+fill_port_pool 16
+take_port sim_a
+take_port sim_b
 
 model=bench-model
 for port in "$sim_a" "$sim_b"; do
@@ -215,8 +209,8 @@ url[direct]="http://127.0.0.1:$sim_a"
 
 start_kinfer() {  # setup, binary
     local port admin
-    port=$(free_port)
-    admin=$(free_port)
+    take_port port
+    take_port admin
     "${pin[@]}" "$2" --discovery static --static-file "$work/models.yaml" \
         --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$admin" --log-filter warn \
         ${KINFER_GATEWAY_BENCH_ARGS:-} >"$work/$1.log" 2>&1 &
@@ -235,7 +229,7 @@ if has_setup kinfer-plain; then start_kinfer kinfer-plain "$bin/kinfer-gateway";
 if has_setup kinfer-base; then start_kinfer kinfer-base "$baseline"; fi
 
 if has_setup nginx; then
-    port=$(free_port)
+    take_port port
     write_nginx_conf "$work/nginx" "$port" "$sim_a" "$sim_b"
     "${pin[@]}" "$nginx_bin" -p "$work/nginx" -c "$work/nginx/nginx.conf" 2>"$work/nginx.log" &
     pids+=($!)
@@ -243,20 +237,22 @@ if has_setup nginx; then
     url[nginx]="http://127.0.0.1:$port"
 fi
 if has_setup vllm-router; then
-    port=$(free_port)
+    take_port port
+    take_port metrics_port
     "${pin[@]}" "$vllm_router_bin" --host 127.0.0.1 --port "$port" \
         --worker-urls "http://127.0.0.1:$sim_a" "http://127.0.0.1:$sim_b" \
-        --policy round_robin --prometheus-host 127.0.0.1 --prometheus-port "$(free_port)" \
+        --policy round_robin --prometheus-host 127.0.0.1 --prometheus-port "$metrics_port" \
         --log-level warning >"$work/vllm-router.log" 2>&1 &
     pids+=($!)
     pid_of[vllm-router]=$!
     url[vllm-router]="http://127.0.0.1:$port"
 fi
 if has_setup sglang-router; then
-    port=$(free_port)
+    take_port port
+    take_port metrics_port
     "${pin[@]}" "$sglang_router_bin" launch --host 127.0.0.1 --port "$port" \
         --worker-urls "http://127.0.0.1:$sim_a" "http://127.0.0.1:$sim_b" \
-        --policy round_robin --prometheus-host 127.0.0.1 --prometheus-port "$(free_port)" \
+        --policy round_robin --prometheus-host 127.0.0.1 --prometheus-port "$metrics_port" \
         --log-level warn >"$work/sglang-router.log" 2>&1 &
     pids+=($!)
     pid_of[sglang-router]=$!

@@ -38,6 +38,8 @@ source "$here/lib/nginx.sh"
 source "$here/lib/oha.sh"
 # shellcheck source=lib/target.sh
 source "$here/lib/target.sh"
+# shellcheck source=lib/ports.sh
+source "$here/lib/ports.sh"
 note() { echo "== $*" >&2; }
 
 if ! command -v valgrind >/dev/null; then
@@ -66,11 +68,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-sim_a=$(free_port)
-sim_b=$(free_port)
+read -r sim_a sim_b < <(free_ports 2)
 for port in "$sim_a" "$sim_b"; do
     "$bin/vllm-sim" serve m --host 127.0.0.1 --port "$port" --max-num-seqs 4096 \
         --sim-ttft-ms 0 --sim-itl-ms 0 --sim-prefill-ms-per-token 0 >"$work/sim-$port.log" 2>&1 &
@@ -87,13 +85,12 @@ body='{"model":"m","messages":[{"role":"user","content":"Hello there, how are yo
 # Total instructions of one proxy process serving `count` requests (4 connections).
 count_instructions() {  # setup, count
     local setup=$1 count=$2 port admin proxy out=$work/callgrind.$1.$2
-    port=$(free_port)
+    read -r port admin < <(free_ports 2)
     case $setup in
         kinfer | kinfer-plain | kinfer-base)
             local binary=$optimized
             [[ $setup == kinfer-plain ]] && binary=$bin/kinfer-gateway
             [[ $setup == kinfer-base ]] && binary=$baseline
-            admin=$(free_port)
             valgrind --tool=callgrind --callgrind-out-file="$out" "$binary" \
                 --discovery static --static-file "$work/models.yaml" \
                 --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$admin" --log-filter warn \

@@ -29,6 +29,8 @@ set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/../.." && pwd)
+# shellcheck source=lib/ports.sh
+source "$here/lib/ports.sh"
 cache=${KINFER_CACHE:-$HOME/.cache/kinfer}
 venv=$cache/venv-sdk
 profile=${KINFER_PROFILE:-release}
@@ -57,18 +59,6 @@ stop_all() {
     pids=()
 }
 trap 'stop_all; rm -rf "$work"' EXIT
-
-free_ports() {
-    "$venv/bin/python" - "$1" <<'PY'
-import socket, sys
-sockets = [socket.socket() for _ in range(int(sys.argv[1]))]
-for s in sockets:
-    s.bind(("127.0.0.1", 0))
-print(" ".join(str(s.getsockname()[1]) for s in sockets))
-for s in sockets:
-    s.close()
-PY
-}
 
 wait_for() {
     for _ in $(seq 1 300); do

@@ -12,6 +12,7 @@ use crate::index::EjectionPolicy;
 use crate::policy::{self, PolicyConfig};
 use crate::proxy::ProxyConfig;
 use crate::server::Limits;
+use crate::slice::SliceSetting;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -56,6 +57,12 @@ pub struct ServerArgs {
     /// connection pool; default: one per CPU core.
     #[arg(long, env = "KINFER_GATEWAY_WORKER_THREADS")]
     pub worker_threads: Option<usize>,
+    /// Scheduler slice of a serving thread while it has at most one request in flight (Linux
+    /// 6.12+): `auto` (twice the kernel's default slice), `off`, or a duration from 0.1ms to
+    /// 100ms. A longer slice lets the thread finish a hand-off before the engine or client it
+    /// woke runs; under load the thread is on the default slice.
+    #[arg(long, env = "KINFER_GATEWAY_LIGHT_LOAD_SLICE", default_value = "auto")]
+    pub light_load_slice: SliceSetting,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

@@ -27,6 +27,7 @@ pub mod prefix;
 pub mod proxy;
 pub mod request;
 pub mod server;
+pub mod slice;
 pub mod usage;
 
 use std::sync::Arc;

@@ -118,9 +118,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     for (number, listener) in listeners.into_iter().enumerate() {
         let gateway = Gateway::worker(&control, proxy_config.clone(), limits.clone());
         let stop = stop.clone();
+        let light_load_slice = cli.server.light_load_slice;
         let worker = std::thread::Builder::new()
             .name(format!("kinfer-serve-{number}"))
             .spawn(move || -> anyhow::Result<()> {
+                kinfer_gateway::slice::install(light_load_slice);
                 let runtime = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()?;

@@ -410,7 +410,10 @@ impl<S: Handler> Connection<S> {
                     return;
                 }
             };
-            if !self.exchange(head).await {
+            let in_flight = crate::slice::InFlight::start();
+            let more = self.exchange(head).await;
+            drop(in_flight);
+            if !more {
                 return;
             }
         }

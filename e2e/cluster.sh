@@ -39,14 +39,8 @@ COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok podr
 log() { printf '[cluster %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { printf '[cluster %s] ERROR: %s\n' "$(date +%H:%M:%S)" "$*" >&2; exit 1; }
 
-# free_ports N: N distinct free ports, from sockets bound at the same time (separate bind-to-0
-# calls may hand out the same port again once the first socket is closed).
-free_ports() {
-  python3 -c 'import socket, sys
-sockets = [socket.socket() for _ in range(int(sys.argv[1]))]
-for s in sockets: s.bind(("127.0.0.1", 0))
-print(" ".join(str(s.getsockname()[1]) for s in sockets))' "$1"
-}
+# shellcheck source=lib/ports.sh
+source "$here/lib/ports.sh"
 
 pid_of() { cat "$PIDS/$1" 2>/dev/null || true; }
 alive() { local p; p="$(pid_of "$1")"; [ -n "$p" ] && kill -0 "$p" 2>/dev/null; }

@@ -10,8 +10,8 @@ set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/../.." && pwd)
-# shellcheck source=lib/ports.sh
-source "$here/lib/ports.sh"
+# shellcheck source=../lib/ports.sh
+source "$here/../lib/ports.sh"
 target=${CARGO_TARGET_DIR:-$root/target}
 seconds=${RUN_SECONDS:-5}
 repeats=${REPEATS:-3}

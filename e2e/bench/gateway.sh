@@ -111,8 +111,8 @@ source "$here/lib/nginx.sh"
 source "$here/lib/oha.sh"
 # shellcheck source=lib/target.sh
 source "$here/lib/target.sh"
-# shellcheck source=lib/ports.sh
-source "$here/lib/ports.sh"
+# shellcheck source=../lib/ports.sh
+source "$here/../lib/ports.sh"
 mkdir -p "$cache/bin" "$cache/bench"
 output=${output:-$cache/bench/gateway-$(date +%Y%m%d-%H%M%S).md}
 note() { echo "== $*" >&2; }

@@ -38,8 +38,8 @@ source "$here/lib/nginx.sh"
 source "$here/lib/oha.sh"
 # shellcheck source=lib/target.sh
 source "$here/lib/target.sh"
-# shellcheck source=lib/ports.sh
-source "$here/lib/ports.sh"
+# shellcheck source=../lib/ports.sh
+source "$here/../lib/ports.sh"
 note() { echo "== $*" >&2; }
 
 if ! command -v valgrind >/dev/null; then

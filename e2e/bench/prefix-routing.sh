@@ -29,8 +29,8 @@ set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/../.." && pwd)
-# shellcheck source=lib/ports.sh
-source "$here/lib/ports.sh"
+# shellcheck source=../lib/ports.sh
+source "$here/../lib/ports.sh"
 cache=${KINFER_CACHE:-$HOME/.cache/kinfer}
 venv=$cache/venv-sdk
 profile=${KINFER_PROFILE:-release}

@@ -129,14 +129,14 @@ impl SliceGovernor {
         None
     }
 
-    /// A request finished at `now` (read only on the default slice, see [`Self::needs_clock`]);
-    /// returns the slice to switch to, if it changes.
-    pub fn finished(&mut self, now: Option<Instant>) -> Option<Slice> {
+    /// A request finished; returns the slice to switch to, if it changes. `now` is called
+    /// only on the default slice, so a lightly loaded thread never reads the clock.
+    pub fn finished(&mut self, now: impl FnOnce() -> Instant) -> Option<Slice> {
         self.in_flight = self.in_flight.saturating_sub(1);
         if self.slice == Slice::Light {
             return None;
         }
-        let now = now?;
+        let now = now();
         let Some(start) = self.window_start else {
             self.window_start = Some(now);
             self.peak = self.in_flight + 1;
@@ -152,11 +152,6 @@ impl SliceGovernor {
         self.window_start = Some(now);
         self.peak = self.in_flight;
         None
-    }
-
-    /// Whether [`Self::finished`] needs the time (only on the default slice).
-    pub fn needs_clock(&self) -> bool {
-        self.slice == Slice::Default
     }
 }
 
@@ -231,8 +226,7 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         THREAD.with(|thread| {
             if let Some(state) = thread.borrow_mut().as_mut() {
-                let now = state.governor.needs_clock().then(Instant::now);
-                apply(state.governor.finished(now), state.light);
+                apply(state.governor.finished(Instant::now), state.light);
             }
         });
     }
@@ -247,8 +241,8 @@ mod tests {
         let mut governor = SliceGovernor::default();
         for _ in 0..1000 {
             assert_eq!(governor.started(), None);
-            assert!(!governor.needs_clock());
-            assert_eq!(governor.finished(None), None);
+            let no_clock = || -> Instant { panic!("the clock was read at light load") };
+            assert_eq!(governor.finished(no_clock), None);
         }
         assert_eq!(governor.slice(), Slice::Light);
     }
@@ -259,7 +253,7 @@ mod tests {
         assert_eq!(governor.started(), None);
         assert_eq!(governor.started(), Some(Slice::Default));
         assert_eq!(governor.started(), None, "no second switch");
-        assert!(governor.needs_clock());
+        assert_eq!(governor.slice(), Slice::Default);
     }
 
     #[test]
@@ -268,19 +262,19 @@ mod tests {
         let mut governor = SliceGovernor::default();
         governor.started();
         governor.started();
-        assert_eq!(governor.finished(Some(t0)), None, "opens the window");
-        assert_eq!(governor.finished(Some(t0)), None);
+        assert_eq!(governor.finished(|| t0), None, "opens the window");
+        assert_eq!(governor.finished(|| t0), None);
         // The window saw two in flight: it does not count as light.
-        assert_eq!(governor.finished(Some(t0 + LIGHT_WINDOW)), None);
+        assert_eq!(governor.finished(|| t0 + LIGHT_WINDOW), None);
         // One at a time for a whole window.
         governor.started();
-        assert_eq!(governor.finished(Some(t0 + LIGHT_WINDOW * 3 / 2)), None);
+        assert_eq!(governor.finished(|| t0 + LIGHT_WINDOW * 3 / 2), None);
         governor.started();
         assert_eq!(
-            governor.finished(Some(t0 + LIGHT_WINDOW * 2)),
+            governor.finished(|| t0 + LIGHT_WINDOW * 2),
             Some(Slice::Light)
         );
-        assert!(!governor.needs_clock());
+        assert_eq!(governor.slice(), Slice::Light);
     }
 
     #[test]
@@ -292,15 +286,23 @@ mod tests {
         for step in 0..100u32 {
             governor.started();
             let now = t0 + LIGHT_WINDOW / 4 * step;
-            assert_eq!(governor.finished(Some(now)), None, "step {step}");
+            assert_eq!(governor.finished(|| now), None, "step {step}");
         }
         assert_eq!(governor.slice(), Slice::Default);
     }
 
-    /// The glue with the real system call, on a thread of its own (as a serving thread).
+    /// On a thread of its own, as a serving thread, so the test runner's thread keeps its
+    /// slice and has no governor.
+    fn on_thread(test: impl FnOnce() + Send + 'static) {
+        std::thread::spawn(test)
+            .join()
+            .expect("the test thread panicked");
+    }
+
+    /// The glue with the real system call.
     #[test]
     fn a_serving_thread_takes_the_long_slice_and_gives_it_up_under_load() {
-        std::thread::spawn(|| {
+        on_thread(|| {
             let default = kinfer_sched::slice().unwrap();
             if default.is_zero() {
                 return; // a kernel before 6.12: install leaves the thread alone
@@ -319,22 +321,18 @@ mod tests {
                 default,
                 "the long slice comes back only after a light window"
             );
-        })
-        .join()
-        .expect("the serving thread test panicked");
+        });
     }
 
     #[test]
     fn without_install_a_request_changes_nothing() {
-        std::thread::spawn(|| {
+        on_thread(|| {
             let before = kinfer_sched::slice().unwrap();
             let first = InFlight::start();
             let second = InFlight::start();
             drop((first, second));
             assert_eq!(kinfer_sched::slice().unwrap(), before);
-        })
-        .join()
-        .expect("the test thread panicked");
+        });
     }
 
     #[test]

@@ -4,8 +4,9 @@
 //! `sched_setattr(2)` (`sched_attr::sched_runtime`, clamped by the kernel to 0.1–100 ms). The
 //! slice sets the thread's virtual deadline: a longer one means that a thread it wakes is
 //! placed ahead of it less often, so it finishes what it is doing before that thread runs.
-//! Kernels before 6.12 accept the call and ignore the value; [`slice`] then reads back a value
-//! other than the one set, which is how [`set_slice`]'s callers find out.
+//! On kernels before 6.12 `sched_getattr` reports no slice (zero) for these threads, so callers
+//! check [`slice`] before setting one (from the kernel's sources; the machine these tests run on
+//! has 6.18).
 //!
 //! This crate holds the only `unsafe` code of the workspace: the two system calls, which no
 //! safe crate wraps, each on a `sched_attr` that lives on the stack for the call.

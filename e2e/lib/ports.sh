@@ -1,10 +1,10 @@
 # shellcheck shell=bash
-# Ports for a benchmark's processes on 127.0.0.1. Sourced by gateway.sh, instructions.sh and
-# prefix-routing.sh.
+# Ports on 127.0.0.1 for the test bed's and the benchmarks' processes. Sourced by e2e/cluster.sh
+# and the scripts of e2e/bench.
 
 # free_ports N: N distinct free ports, from sockets bound at the same time. Separate
 # bind-to-0 calls may hand out the same port again once the first socket is closed, and a
-# process that then fails to bind makes a whole run fail to start.
+# process that then fails to bind makes a whole run (or the local cluster) fail to start.
 free_ports() {
     python3 - "$1" <<'PY'
 import socket, sys

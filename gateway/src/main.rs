@@ -17,6 +17,11 @@ use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
 use tracing_subscriber::EnvFilter;
 
+/// mimalloc, built without transparent huge pages (the `no_thp` feature): fewer instructions per
+/// request than glibc's malloc at the same resident size (docs/gateway.md, "Allocator").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_tracing(cli.log.log_format, &cli.log.log_filter)?;

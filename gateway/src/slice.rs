@@ -22,13 +22,12 @@ use std::cell::RefCell;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
+use kinfer_sched::{MAX_SLICE, MIN_SLICE};
+
 /// Requests in flight on one serving thread up to which it counts as lightly loaded.
 pub const LIGHT_IN_FLIGHT: u32 = 1;
 /// How long a thread must stay lightly loaded before it takes the long slice again.
 pub const LIGHT_WINDOW: Duration = Duration::from_millis(50);
-/// The kernel's bounds for a requested slice.
-const MIN_SLICE: Duration = Duration::from_micros(100);
-const MAX_SLICE: Duration = Duration::from_millis(100);
 
 /// `--light-load-slice`: the slice of a lightly loaded serving thread.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -256,12 +255,18 @@ mod tests {
         assert_eq!(governor.slice(), Slice::Default);
     }
 
-    #[test]
-    fn back_to_the_long_slice_only_after_a_whole_window_at_light_load() {
-        let t0 = Instant::now();
+    /// A governor that went to the default slice: two requests in flight.
+    fn under_load() -> SliceGovernor {
         let mut governor = SliceGovernor::default();
         governor.started();
         governor.started();
+        governor
+    }
+
+    #[test]
+    fn back_to_the_long_slice_only_after_a_whole_window_at_light_load() {
+        let t0 = Instant::now();
+        let mut governor = under_load();
         assert_eq!(governor.finished(|| t0), None, "opens the window");
         assert_eq!(governor.finished(|| t0), None);
         // The window saw two in flight: it does not count as light.
@@ -280,9 +285,7 @@ mod tests {
     #[test]
     fn sustained_load_stays_on_the_default_slice() {
         let t0 = Instant::now();
-        let mut governor = SliceGovernor::default();
-        governor.started();
-        governor.started();
+        let mut governor = under_load();
         for step in 0..100u32 {
             governor.started();
             let now = t0 + LIGHT_WINDOW / 4 * step;

@@ -15,6 +15,11 @@
 use std::io;
 use std::time::Duration;
 
+/// The shortest slice the kernel takes; shorter requests are raised to it.
+pub const MIN_SLICE: Duration = Duration::from_micros(100);
+/// The longest slice the kernel takes; longer requests are clamped to it.
+pub const MAX_SLICE: Duration = Duration::from_millis(100);
+
 /// `struct sched_attr` of `include/uapi/linux/sched/types.h` (`SCHED_ATTR_SIZE_VER1`).
 #[cfg(target_os = "linux")]
 #[repr(C)]

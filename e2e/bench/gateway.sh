@@ -26,6 +26,9 @@
 #       thread on another CPU and how long the woken threads waited (lib/wakeups.py)
 #   -b  an older kinfer-gateway binary, measured as setup `kinfer-base` (before/after)
 #   -o  where the markdown table goes too (default $KINFER_CACHE/bench/gateway-<date>.md)
+#       and the runs as JSON lines beside it (OUTPUT.jsonl). The report ends with issue 4's
+#       targets read from the run: kinfer ÷ nginx and ÷ vllm-router paired within each
+#       repetition, the paired difference of kinfer's and nginx's p50, and peak RSS
 #
 # `kinfer` is the build that ships: the profile-guided release build of gateway/pgo/build.sh
 # (a no-op when it is up to date). `kinfer-plain` is the same code as a plain release build.
@@ -529,7 +532,7 @@ for mode, unit in (("plain", "non-streaming, req/s"), ("stream", "streaming (32 
     print()
     if "direct" in setups:
         print(f"Added p50 latency vs direct (ms): " + "; ".join(
-            f"{setup} " + " / ".join(f"{median(mode, setup, c, 'p50_ms') - median(mode, 'direct', c, 'p50_ms'):+.2f}" for c in levels)
+            f"{setup} " + " / ".join(f"{median(mode, setup, c, 'p50_ms') - median(mode, 'direct', c, 'p50_ms'):+.3f}" for c in levels)
             for setup in setups if setup != "direct") + f" (c={'/'.join(map(str, levels))})\n")
 def paired(mode, setup, c, key, other="nginx"):
     """setup ÷ other within each repetition (adjacent runs, same host phase): median, min, max."""
@@ -539,6 +542,21 @@ def paired(mode, setup, c, key, other="nginx"):
             by_repeat.setdefault(r["repeat"], {})[r["setup"]] = r[key]
     ratios = sorted(v[setup] / v[other] for v in by_repeat.values() if setup in v and other in v)
     return (statistics.median(ratios), ratios[0], ratios[-1]) if ratios else None
+def paired_p50_us(mode, setup, c, other="nginx"):
+    """setup's p50 minus other's within each repetition, in µs, sorted: the difference of the two
+    added p50s (direct's p50 cancels), with the host's drift between repetitions left out."""
+    by_repeat = {}
+    for r in rows:
+        if (r["mode"], r["c"]) == (mode, c) and r["setup"] in (setup, other) and r.get("p50_ms") is not None:
+            by_repeat.setdefault(r["repeat"], {})[r["setup"]] = r["p50_ms"]
+    return sorted((v[setup] - v[other]) * 1000 for v in by_repeat.values() if setup in v and other in v)
+def us(value):
+    return f"{round(value):+d}"
+def p50_cell(diffs):
+    if not diffs:
+        return "–"
+    at_or_below = sum(1 for d in diffs if d <= 0)
+    return f"{us(statistics.median(diffs))} ({us(diffs[0])} to {us(diffs[-1])}; ≤0 in {at_or_below}/{len(diffs)})"
 def paired_cells(setup, other, key, inverse):
     """One table row: setup ÷ other paired (other ÷ setup when inverse), each mode and level."""
     cells = []
@@ -556,12 +574,17 @@ for other, compared in paired_tables:
     print(f"### kinfer ÷ {other}, paired within each repetition\n")
     if other == "nginx":
         print("Each repetition's ratio of two runs made one shortly after the other; the median and the range over "
-              "the repetitions. A host that slows down for a while moves both runs of a pair.\n")
+              "the repetitions. A host that slows down for a while moves both runs of a pair. The p50 row is "
+              "the difference of the two p50s in each pair (so of the two added p50s), and in how many pairs "
+              "kinfer's was at or below nginx's.\n")
     print("| setup | measure |" + "".join(f" {mode} c={c} |" for mode in ("plain", "stream") for c in levels))
     print("|---|---|" + "---:|" * (2 * len(levels)))
     for setup in compared:
         for label, key, inverse in (("requests/s", "rps", False), (f"{other} ÷ kinfer CPU per request", "cpu_us", True)):
             print(f"| {setup} | {label} | " + " | ".join(paired_cells(setup, other, key, inverse)) + " |")
+        if other == "nginx":
+            print(f"| {setup} | p50 minus nginx's, µs | "
+                  + " | ".join(p50_cell(paired_p50_us(mode, setup, c)) for mode in ("plain", "stream") for c in levels) + " |")
     print()
 proxies = [setup for setup in setups if setup != "direct"]
 if any(r.get("cpu_us") for r in rows):
@@ -603,6 +626,31 @@ for setup in setups:
     if peaks or setup in hwm:
         print(f"| {setup} | {max(peaks, default=0) / 1024:.1f} | {int(hwm.get(setup, 0)) / 1024:.1f} |")
 print()
+if "kinfer" in setups and "nginx" in setups:
+    # The gateway issue's targets, read from this run: throughput at least nginx's (paired
+    # median), added p50 no more than nginx's (paired difference of the p50s, median), at least
+    # 3x vllm-router (paired median), peak RSS under 30 MiB.
+    print("### targets (kinfer against nginx and vllm-router, this run)\n")
+    print("| target |" + "".join(f" {mode} c={c} |" for mode in ("plain", "stream") for c in levels))
+    print("|---|" + "---:|" * (2 * len(levels)))
+    def verdict(found, holds, text):
+        return "–" if found is None else ("✓ " if holds(found) else "✗ ") + text(found)
+    checks = [("throughput ≥ nginx's (paired)", lambda m, c: paired(m, "kinfer", c, "rps"),
+               lambda f: f[0] >= 1.0, lambda f: f"{f[0]:.3f}")]
+    def p50_difference(m, c):
+        diffs = paired_p50_us(m, "kinfer", c)
+        return statistics.median(diffs) if diffs else None
+    checks.append(("added p50 ≤ nginx's (paired median, µs)", p50_difference,
+                   lambda f: f <= 0, us))
+    if "vllm-router" in setups:
+        checks.append(("throughput ≥ 3× vllm-router (paired)",
+                       lambda m, c: paired(m, "kinfer", c, "rps", "vllm-router"),
+                       lambda f: f[0] >= 3.0, lambda f: f"{f[0]:.3f}"))
+    for label, measure, holds, text in checks:
+        print(f"| {label} | " + " | ".join(verdict(measure(m, c), holds, text)
+                                           for m in ("plain", "stream") for c in levels) + " |")
+    peak = max((r["rss_kib"] for r in rows if r["setup"] == "kinfer" and r["rss_kib"]), default=0) / 1024
+    print(f"\nPeak RSS under load {peak:.1f} MiB: {'✓' if 0 < peak < 30 else '✗'} (under 30 MiB).\n")
 failed = [r for r in rows if r["success"] < 1.0]
 if failed:
     print(f"{len(failed)} runs had failed requests, e.g. {failed[0]}\n")
@@ -612,4 +660,5 @@ PY
 if [[ -n $wake_window ]]; then
     python3 "$here/lib/wakeups.py" "$results" "$work" "$wake_window" | tee -a "$output"
 fi
-note "table written to $output"
+cp "$results" "${output%.md}.jsonl"
+note "table written to $output (the runs, one JSON line each: ${output%.md}.jsonl)"

@@ -534,22 +534,21 @@ for mode, unit in (("plain", "non-streaming, req/s"), ("stream", "streaming (32 
         print(f"Added p50 latency vs direct (ms): " + "; ".join(
             f"{setup} " + " / ".join(f"{median(mode, setup, c, 'p50_ms') - median(mode, 'direct', c, 'p50_ms'):+.3f}" for c in levels)
             for setup in setups if setup != "direct") + f" (c={'/'.join(map(str, levels))})\n")
-def paired(mode, setup, c, key, other="nginx"):
-    """setup ÷ other within each repetition (adjacent runs, same host phase): median, min, max."""
+def pairs(mode, setup, c, key, other):
+    """(setup's, other's) value of `key` in each repetition that has both (adjacent runs, same host phase)."""
     by_repeat = {}
     for r in rows:
-        if (r["mode"], r["c"]) == (mode, c) and r["setup"] in (setup, other) and r.get(key):
+        if (r["mode"], r["c"]) == (mode, c) and r["setup"] in (setup, other) and r.get(key) is not None:
             by_repeat.setdefault(r["repeat"], {})[r["setup"]] = r[key]
-    ratios = sorted(v[setup] / v[other] for v in by_repeat.values() if setup in v and other in v)
+    return [(v[setup], v[other]) for v in by_repeat.values() if setup in v and other in v]
+def paired(mode, setup, c, key, other="nginx"):
+    """setup ÷ other within each repetition: median, min, max."""
+    ratios = sorted(a / b for a, b in pairs(mode, setup, c, key, other) if a and b)
     return (statistics.median(ratios), ratios[0], ratios[-1]) if ratios else None
 def paired_p50_us(mode, setup, c, other="nginx"):
     """setup's p50 minus other's within each repetition, in µs, sorted: the difference of the two
     added p50s (direct's p50 cancels), with the host's drift between repetitions left out."""
-    by_repeat = {}
-    for r in rows:
-        if (r["mode"], r["c"]) == (mode, c) and r["setup"] in (setup, other) and r.get("p50_ms") is not None:
-            by_repeat.setdefault(r["repeat"], {})[r["setup"]] = r["p50_ms"]
-    return sorted((v[setup] - v[other]) * 1000 for v in by_repeat.values() if setup in v and other in v)
+    return sorted((a - b) * 1000 for a, b in pairs(mode, setup, c, "p50_ms", other))
 def us(value):
     return f"{round(value):+d}"
 def p50_cell(diffs):

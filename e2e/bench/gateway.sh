@@ -550,7 +550,8 @@ def paired_p50_us(mode, setup, c, other="nginx"):
     added p50s (direct's p50 cancels), with the host's drift between repetitions left out."""
     return sorted((a - b) * 1000 for a, b in pairs(mode, setup, c, "p50_ms", other))
 def us(value):
-    return f"{round(value):+d}"
+    """Whole µs with the sign of the unrounded value (-0.4 is "-0", not "+0")."""
+    return f"{value:+.0f}"
 def p50_cell(diffs):
     if not diffs:
         return "–"
@@ -620,10 +621,13 @@ if ttfb:
 print("### proxy memory\n")
 print("| setup | peak RSS under load (MiB) | VmHWM (MiB) |")
 print("|---|---:|---:|")
-for setup in setups:
+def peak_mib(setup):
+    """The setup's largest RSS sampled under load, or None when none was."""
     peaks = [r["rss_kib"] for r in rows if r["setup"] == setup and r["rss_kib"]]
-    if peaks or setup in hwm:
-        print(f"| {setup} | {max(peaks, default=0) / 1024:.1f} | {int(hwm.get(setup, 0)) / 1024:.1f} |")
+    return max(peaks) / 1024 if peaks else None
+for setup in setups:
+    if peak_mib(setup) is not None or setup in hwm:
+        print(f"| {setup} | {peak_mib(setup) or 0:.1f} | {int(hwm.get(setup, 0)) / 1024:.1f} |")
 print()
 if "kinfer" in setups and "nginx" in setups:
     # The gateway issue's targets, read from this run: throughput at least nginx's (paired
@@ -648,8 +652,9 @@ if "kinfer" in setups and "nginx" in setups:
     for label, measure, holds, text in checks:
         print(f"| {label} | " + " | ".join(verdict(measure(m, c), holds, text)
                                            for m in ("plain", "stream") for c in levels) + " |")
-    peak = max((r["rss_kib"] for r in rows if r["setup"] == "kinfer" and r["rss_kib"]), default=0) / 1024
-    print(f"\nPeak RSS under load {peak:.1f} MiB: {'✓' if 0 < peak < 30 else '✗'} (under 30 MiB).\n")
+    peak = peak_mib("kinfer")
+    if peak is not None:
+        print(f"\nPeak RSS under load {peak:.1f} MiB: {'✓' if peak < 30 else '✗'} (under 30 MiB).\n")
 failed = [r for r in rows if r["success"] < 1.0]
 if failed:
     print(f"{len(failed)} runs had failed requests, e.g. {failed[0]}\n")

@@ -4,13 +4,17 @@
 # same non-streaming chat request. Unlike requests/s on a shared 2-core machine, the count does
 # not depend on what else runs, so it compares builds (before/after a change) exactly.
 #
-#   e2e/bench/instructions.sh [-n REQUESTS] [-s "kinfer nginx"] [-b BASELINE_BINARY]
+#   e2e/bench/instructions.sh [-n REQUESTS] [-s "kinfer nginx"] [-b BASELINE_BINARY] [-c 4] [-k]
 #
 #   -n  requests of the long run (default 3000); a run of n/3 is subtracted, which removes
 #       start-up and shutdown: the result is (I(n) - I(n/3)) / (n - n/3)
 #   -s  setups (default "kinfer nginx"); also `kinfer-plain`, the plain release build of the
 #       same code (`kinfer` is the profile-guided build that ships, gateway/pgo/build.sh);
 #       -b adds `kinfer-base`, an older gateway binary
+#   -c  client connections (default 4)
+#   -k  also simulate the caches and branch predictors (callgrind --cache-sim --branch-sim):
+#       every event per request (D1mr/D1mw: first-level data misses on read/write, Bcm/Bim:
+#       mispredicted conditional/indirect branches), in the host's cache geometry
 #
 # Needs valgrind (apt-get install valgrind when root) and oha (see gateway.sh). About 2 minutes
 # per setup: callgrind runs the proxy some 50 times slower.
@@ -19,12 +23,16 @@ set -euo pipefail
 requests=3000
 setups="kinfer nginx"
 baseline=
-while getopts "n:s:b:" option; do
+connections=4
+simulate=()
+while getopts "n:s:b:c:k" option; do
     case $option in
         n) requests=$OPTARG ;;
         s) setups=$OPTARG ;;
         b) baseline=$OPTARG ;;
-        *) sed -n '2,16p' "$0"; exit 2 ;;
+        c) connections=$OPTARG ;;
+        k) simulate=(--cache-sim=yes --branch-sim=yes) ;;
+        *) sed -n '2,20p' "$0"; exit 2 ;;
     esac
 done
 [[ -z $baseline ]] || setups="$setups kinfer-base"
@@ -82,8 +90,8 @@ models:
 YAML
 body='{"model":"m","messages":[{"role":"user","content":"Hello there, how are you?"}],"max_tokens":16}'
 
-# Total instructions of one proxy process serving `count` requests (4 connections).
-count_instructions() {  # setup, count
+# Totals of one proxy process serving `count` requests: the `events:` and `totals:` lines.
+count_events() {  # setup, count
     local setup=$1 count=$2 port admin proxy out=$work/callgrind.$1.$2
     read -r port admin < <(free_ports 2)
     case $setup in
@@ -91,7 +99,7 @@ count_instructions() {  # setup, count
             local binary=$optimized
             [[ $setup == kinfer-plain ]] && binary=$bin/kinfer-gateway
             [[ $setup == kinfer-base ]] && binary=$baseline
-            valgrind --tool=callgrind --callgrind-out-file="$out" "$binary" \
+            valgrind --tool=callgrind "${simulate[@]}" --callgrind-out-file="$out" "$binary" \
                 --discovery static --static-file "$work/models.yaml" \
                 --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$admin" --log-filter warn \
                 --worker-threads 1 --engine-metrics-interval 0s >"$work/$setup.log" 2>&1 &
@@ -99,7 +107,7 @@ count_instructions() {  # setup, count
         nginx)
             write_nginx_conf "$work/nginx" "$port" "$sim_a" "$sim_b" \
                 "worker_processes 1; master_process off;"
-            valgrind --tool=callgrind --callgrind-out-file="$out" \
+            valgrind --tool=callgrind "${simulate[@]}" --callgrind-out-file="$out" \
                 "$(command -v nginx || echo /usr/sbin/nginx)" -p "$work/nginx" \
                 -c "$work/nginx/nginx.conf" >"$work/$setup.log" 2>&1 &
             ;;
@@ -115,7 +123,7 @@ count_instructions() {  # setup, count
         sleep 0.2
     done
     [[ -n $ready ]] || { echo "$setup did not answer; log: $(tail -5 "$work/$setup.log")" >&2; exit 1; }
-    timeout 600 oha -n "$count" -c 4 -m POST -H 'content-type: application/json' -d "$body" \
+    timeout 600 oha -n "$count" -c "$connections" -m POST -H 'content-type: application/json' -d "$body" \
         --no-tui --output-format json "http://127.0.0.1:$port/v1/chat/completions" \
         >"$work/oha.json"
     python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); s=d["summary"]["successRate"]; sys.exit(0 if s == 1 else f"success rate {s}")' "$work/oha.json"
@@ -123,13 +131,31 @@ count_instructions() {  # setup, count
     kill -QUIT "$proxy" 2>/dev/null || true
     kill -TERM "$proxy" 2>/dev/null || true
     wait "$proxy" 2>/dev/null || true
-    awk '/^totals:/ { print $2 }' "$out"
+    grep -E '^(events|totals):' "$out"
 }
 
-printf '| setup | instructions per request |\n|---|---:|\n'
+# One row per setup: each event's (many - few) / (requests - short).
+header=
 for setup in $setups; do
-    note "$setup: $short then $requests requests under callgrind"
-    few=$(count_instructions "$setup" "$short")
-    many=$(count_instructions "$setup" "$requests")
-    printf '| %s | %s |\n' "$setup" "$(( (many - few) / (requests - short) ))"
+    note "$setup: $short then $requests requests under callgrind ($connections connections)"
+    few=$(count_events "$setup" "$short")
+    many=$(count_events "$setup" "$requests")
+    read -r -a names <<<"$(sed -n 's/^events: //p' <<<"$many")"
+    read -r -a low <<<"$(sed -n 's/^totals: //p' <<<"$few")"
+    read -r -a high <<<"$(sed -n 's/^totals: //p' <<<"$many")"
+    if [[ -z $header ]]; then
+        header=1
+        if [[ ${#names[@]} == 1 ]]; then
+            printf '| setup | instructions per request |\n|---|---:|\n'
+        else
+            printf '| setup |'; printf ' %s |' "${names[@]}"; printf '\n|---|'
+            printf -- '---:|%.0s' "${names[@]}"; printf '\n'
+        fi
+    fi
+    printf '| %s |' "$setup"
+    for i in "${!names[@]}"; do
+        awk -v a="${high[i]}" -v b="${low[i]}" -v n=$((requests - short)) \
+            'BEGIN { v = (a - b) / n; printf (v >= 100 || v <= -100) ? " %d |" : " %.1f |", v }'
+    done
+    printf '\n'
 done

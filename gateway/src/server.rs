@@ -79,7 +79,7 @@ pub struct Gateway {
 
 /// A request that passed every check before the hold (model known and allowed, key limits).
 struct Admitted {
-    head: RequestHead,
+    head: Box<RequestHead>,
     body: bytes::Bytes,
     key: Option<Arc<ApiKey>>,
     /// The key's concurrency slot and rate figures, when it has limits.
@@ -102,7 +102,7 @@ pub fn build_router(state: AppState) -> Router {
             post(|State(gateway): State<AppState>, request: Request| {
                 let (parts, body) = request.into_parts();
                 async move {
-                    proxy_request(gateway, RequestHead::from_parts(parts), body)
+                    proxy_request(gateway, Box::new(RequestHead::from_parts(parts)), body)
                         .await
                         .into_response()
                 }
@@ -133,7 +133,7 @@ pub fn api_service(gateway: AppState) -> impl Handler {
     use futures::future::Either;
     use tower::ServiceExt;
     let router = build_router(gateway.clone());
-    move |head: RequestHead, body: Body| {
+    move |head: Box<RequestHead>, body: Body| {
         if is_proxied(&head.method, head.uri.path()) {
             Either::Left(proxy_request(gateway.clone(), head, body))
         } else {
@@ -220,7 +220,7 @@ async fn method_not_allowed(request: Request) -> ApiError {
     }
 }
 
-async fn proxy_request(gateway: AppState, head: RequestHead, body: Body) -> Reply {
+async fn proxy_request(gateway: AppState, head: Box<RequestHead>, body: Body) -> Reply {
     let request_id = request::request_id(head.headers.get(REQUEST_ID_HEADER.as_str()));
     let path_and_query = head
         .uri
@@ -314,7 +314,7 @@ impl Gateway {
 
     async fn route(
         self: &Arc<Self>,
-        mut head: RequestHead,
+        mut head: Box<RequestHead>,
         body: Body,
         log: RequestLog,
     ) -> Result<Reply, (ApiError, RequestLog)> {
@@ -332,7 +332,7 @@ impl Gateway {
 
     async fn route_with_key(
         self: &Arc<Self>,
-        head: RequestHead,
+        head: Box<RequestHead>,
         body: Body,
         key: Option<Arc<ApiKey>>,
         mut log: RequestLog,

@@ -233,7 +233,7 @@ async fn start(config: ServerConfig) -> TestServer {
         release: release.clone(),
     };
     // The service sees an `http::Request`, as the router does (`RequestHead::into_request`).
-    let service = move |head: RequestHead, body: Body| {
+    let service = move |head: Box<RequestHead>, body: Body| {
         let service = service.clone();
         async move {
             if head.uri.path() == "/forwarded" {

@@ -61,9 +61,7 @@ source "$here/lib/target.sh"
 source "$here/../lib/ports.sh"
 note() { echo "== $*" >&2; }
 
-if [[ -n $copies ]]; then
-    :
-elif ! command -v valgrind >/dev/null; then
+if [[ -z $copies ]] && ! command -v valgrind >/dev/null; then
     if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
         note "installing valgrind (apt-get)"
         { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind; } >&2

@@ -28,7 +28,8 @@
 #   -o  where the markdown table goes too (default $KINFER_CACHE/bench/gateway-<date>.md)
 #       and the runs as JSON lines beside it (OUTPUT.jsonl). The report ends with issue 4's
 #       targets read from the run: kinfer ÷ nginx and ÷ vllm-router paired within each
-#       repetition, the paired difference of kinfer's and nginx's p50, and peak RSS
+#       repetition, the paired difference of kinfer's and nginx's p50 (and of their p90, p99
+#       and mean latency, which show the rest of the distribution), and peak RSS
 #
 # `kinfer` is the build that ships: the profile-guided release build of gateway/pgo/build.sh
 # (a no-op when it is up to date). `kinfer-plain` is the same code as a plain release build.
@@ -369,9 +370,9 @@ for mode in plain stream; do
 done = function(summary, latency, requests)
    local e = summary.errors
    io.write(string.format(
-      '{"wrk":true,"requests":%d,"duration_us":%d,"failed":%d,"p50_us":%d,"p99_us":%d}\n',
+      '{"wrk":true,"requests":%d,"duration_us":%d,"failed":%d,"p50_us":%d,"p90_us":%d,"p99_us":%d,"mean_us":%.1f}\n',
       summary.requests, summary.duration, e.connect + e.read + e.write + e.status + e.timeout,
-      latency:percentile(50), latency:percentile(99)))
+      latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.mean))
 end
 LUA
     } >"$work/$mode.lua"
@@ -424,6 +425,7 @@ try:
         answered = data["requests"]
         rps = answered / (data["duration_us"] / 1e6)
         p50, p99 = data["p50_us"] / 1000, data["p99_us"] / 1000
+        p90, mean = data["p90_us"] / 1000, data["mean_us"] / 1000
         # wrk counts answers of status >= 400 and socket errors; codes are not broken down.
         ok = 1.0 - data["failed"] / answered if answered else 0.0
         codes = {"failed": data["failed"]} if data["failed"] else {}
@@ -432,6 +434,8 @@ try:
         answered = sum(data.get("statusCodeDistribution", {}).values())
         p50 = data["latencyPercentiles"]["p50"] * 1000
         p99 = data["latencyPercentiles"]["p99"] * 1000
+        p90 = data["latencyPercentiles"]["p90"] * 1000
+        mean = data["summary"]["average"] * 1000
         ok = data["summary"].get("successRate", 1.0)
         codes = data.get("statusCodeDistribution", {})
     # The proxy's CPU per request: its capacity on cores of its own, which the shared-CPU
@@ -439,9 +443,10 @@ try:
     if int(ticks) > 0 and answered:
         cpu_us = int(ticks) / int(per_second) * 1e6 / answered
 except Exception as error:  # a failed run is recorded, not fatal
-    rps, p50, p99, ok, codes = 0.0, None, None, 0.0, {"error": str(error)}
+    rps, p50, p90, p99, mean, ok, codes = 0.0, None, None, None, None, 0.0, {"error": str(error)}
 print(json.dumps({"setup": setup, "mode": mode, "c": int(c), "repeat": int(repeat), "rps": rps,
-                  "p50_ms": p50, "p99_ms": p99, "success": ok, "codes": codes,
+                  "p50_ms": p50, "p90_ms": p90, "p99_ms": p99, "mean_ms": mean,
+                  "success": ok, "codes": codes,
                   "rss_kib": int(rss), "cpu_us": cpu_us}))
 PY
                 printf '.' >&2
@@ -545,10 +550,11 @@ def paired(mode, setup, c, key, other="nginx"):
     """setup ÷ other within each repetition: median, min, max."""
     ratios = sorted(a / b for a, b in pairs(mode, setup, c, key, other) if a and b)
     return (statistics.median(ratios), ratios[0], ratios[-1]) if ratios else None
-def paired_p50_us(mode, setup, c, other="nginx"):
-    """setup's p50 minus other's within each repetition, in µs, sorted: the difference of the two
-    added p50s (direct's p50 cancels), with the host's drift between repetitions left out."""
-    return sorted((a - b) * 1000 for a, b in pairs(mode, setup, c, "p50_ms", other))
+def paired_p50_us(mode, setup, c, other="nginx", key="p50_ms"):
+    """setup's p50 (or another latency: key) minus other's within each repetition, in µs,
+    sorted: the difference of the two added p50s (direct's p50 cancels), with the host's drift
+    between repetitions left out."""
+    return sorted((a - b) * 1000 for a, b in pairs(mode, setup, c, key, other))
 def us(value):
     """Whole µs with the sign of the unrounded value (-0.4 is "-0", not "+0")."""
     return f"{value:+.0f}"
@@ -574,17 +580,21 @@ for other, compared in paired_tables:
     print(f"### kinfer ÷ {other}, paired within each repetition\n")
     if other == "nginx":
         print("Each repetition's ratio of two runs made one shortly after the other; the median and the range over "
-              "the repetitions. A host that slows down for a while moves both runs of a pair. The p50 row is "
-              "the difference of the two p50s in each pair (so of the two added p50s), and in how many pairs "
-              "kinfer's was at or below nginx's.\n")
+              "the repetitions. A host that slows down for a while moves both runs of a pair. The latency rows "
+              "are the difference of the two latencies in each pair (for the p50, of the two added p50s), and "
+              "in how many pairs kinfer's was at or below nginx's.\n")
     print("| setup | measure |" + "".join(f" {mode} c={c} |" for mode in ("plain", "stream") for c in levels))
     print("|---|---|" + "---:|" * (2 * len(levels)))
     for setup in compared:
         for label, key, inverse in (("requests/s", "rps", False), (f"{other} ÷ kinfer CPU per request", "cpu_us", True)):
             print(f"| {setup} | {label} | " + " | ".join(paired_cells(setup, other, key, inverse)) + " |")
         if other == "nginx":
-            print(f"| {setup} | p50 minus nginx's, µs | "
-                  + " | ".join(p50_cell(paired_p50_us(mode, setup, c)) for mode in ("plain", "stream") for c in levels) + " |")
+            # The p50 row is the target's; p90, p99 and the mean show the rest of the
+            # distribution (the mean of a closed loop is c ÷ throughput, Little's law).
+            for label, key in (("p50", "p50_ms"), ("p90", "p90_ms"), ("p99", "p99_ms"), ("mean latency", "mean_ms")):
+                if any(r.get(key) is not None for r in rows if r["setup"] == setup):
+                    print(f"| {setup} | {label} minus nginx's, µs | " + " | ".join(
+                        p50_cell(paired_p50_us(mode, setup, c, key=key)) for mode in ("plain", "stream") for c in levels) + " |")
     print()
 proxies = [setup for setup in setups if setup != "direct"]
 if any(r.get("cpu_us") for r in rows):

@@ -550,15 +550,15 @@ def paired(mode, setup, c, key, other="nginx"):
     """setup ÷ other within each repetition: median, min, max."""
     ratios = sorted(a / b for a, b in pairs(mode, setup, c, key, other) if a and b)
     return (statistics.median(ratios), ratios[0], ratios[-1]) if ratios else None
-def paired_p50_us(mode, setup, c, other="nginx", key="p50_ms"):
-    """setup's p50 (or another latency: key) minus other's within each repetition, in µs,
-    sorted: the difference of the two added p50s (direct's p50 cancels), with the host's drift
-    between repetitions left out."""
+def paired_latency_us(mode, setup, c, key="p50_ms", other="nginx"):
+    """setup's latency `key` minus other's within each repetition, in µs, sorted: for the p50,
+    the difference of the two added p50s (direct's p50 cancels), with the host's drift between
+    repetitions left out."""
     return sorted((a - b) * 1000 for a, b in pairs(mode, setup, c, key, other))
 def us(value):
     """Whole µs with the sign of the unrounded value (-0.4 is "-0", not "+0")."""
     return f"{value:+.0f}"
-def p50_cell(diffs):
+def latency_cell(diffs):
     if not diffs:
         return "–"
     at_or_below = sum(1 for d in diffs if d <= 0)
@@ -594,7 +594,7 @@ for other, compared in paired_tables:
             for label, key in (("p50", "p50_ms"), ("p90", "p90_ms"), ("p99", "p99_ms"), ("mean latency", "mean_ms")):
                 if any(r.get(key) is not None for r in rows if r["setup"] == setup):
                     print(f"| {setup} | {label} minus nginx's, µs | " + " | ".join(
-                        p50_cell(paired_p50_us(mode, setup, c, key=key)) for mode in ("plain", "stream") for c in levels) + " |")
+                        latency_cell(paired_latency_us(mode, setup, c, key)) for mode in ("plain", "stream") for c in levels) + " |")
     print()
 proxies = [setup for setup in setups if setup != "direct"]
 if any(r.get("cpu_us") for r in rows):
@@ -651,7 +651,7 @@ if "kinfer" in setups and "nginx" in setups:
     checks = [("throughput ≥ nginx's (paired)", lambda m, c: paired(m, "kinfer", c, "rps"),
                lambda f: f[0] >= 1.0, lambda f: f"{f[0]:.3f}")]
     def p50_difference(m, c):
-        diffs = paired_p50_us(m, "kinfer", c)
+        diffs = paired_latency_us(m, "kinfer", c)
         return statistics.median(diffs) if diffs else None
     checks.append(("added p50 ≤ nginx's (paired median, µs)", p50_difference,
                    lambda f: f <= 0, us))

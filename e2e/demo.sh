@@ -73,7 +73,15 @@ start_forward() {
 }
 
 up() {
-  run "install tools (cached in $KINFER_CACHE)" bash "$here/tools/install.sh"
+  # The installer's one line per tool (what it builds, how long a cold run
+  # takes, its log) is shown as it goes: a first run spends minutes here.
+  local what=tools; [ "${KINFER_ENGINE:-sim}" = vllm ] && what=all
+  steps=$((steps + 1))
+  step "install tools (cached in $KINFER_CACHE; a first run builds them: 5-15 min)"
+  if ! bash "$here/tools/install.sh" "$what" 2>&1 >"$LOG_DIR/$steps-install-tools.log" | sed 's/^/    /'; then
+    echo "demo: step 'install tools' failed; logs in $KINFER_CACHE/logs" >&2
+    exit 1
+  fi
   run "build kinfer and start the local GPU cluster (4 fake nodes x 8 GPUs)" bash "$here/cluster.sh" up
   run "install kinfer with its Helm chart" bash "$here/install-kinfer.sh"
   run "apply examples: ${EXAMPLES[*]}" bash -c "kubectl create namespace $NAMESPACE --dry-run=client -o yaml | kubectl apply -f - \

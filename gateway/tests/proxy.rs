@@ -493,7 +493,7 @@ async fn draining_replica_finishes_its_stream_and_gets_nothing_new() {
 
 #[tokio::test]
 async fn embeddings_and_feature_checks() {
-    let embedder = sim("bge", |config| config.vllm.task = Some("embed".into())).await;
+    let embedder = sim("bge", |config| config.vllm.runner = Some("pooling".into())).await;
     let generator = sim("m", |_| {}).await;
     let gateway = TestGateway::start(GatewayConfig::default()).await;
     let mut bge = model("bge", &[address(&embedder)]);

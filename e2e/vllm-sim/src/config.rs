@@ -134,7 +134,8 @@ pub struct VllmArgs {
     #[arg(long)]
     pub num_gpu_blocks_override: Option<u64>,
 
-    /// `embed` (or `embedding`) serves an embedding model; anything else generates.
+    /// Refused, as by vLLM >= 0.11 (`--runner pooling` replaced `--task embed`):
+    /// parsed only so the error can say what to use instead.
     #[arg(long)]
     pub task: Option<String>,
 
@@ -153,6 +154,11 @@ pub struct VllmArgs {
     /// Send the usage chunk on every stream, as if `include_usage` were always set.
     #[arg(long)]
     pub enable_force_include_usage: bool,
+
+    /// Seconds SIGTERM lets in-flight requests finish (new ones get 500);
+    /// 0, vLLM's default, aborts them at once. See [`crate::lifecycle`].
+    #[arg(long, default_value_t = 0)]
+    pub shutdown_timeout: u64,
 
     /// Require `Authorization: Bearer KEY` on /v1 routes (vLLM also reads `VLLM_API_KEY`).
     #[arg(long, num_args = 1.., env = "VLLM_API_KEY", value_name = "KEY")]
@@ -229,6 +235,17 @@ pub struct SimArgs {
         default_value_t = 384
     )]
     pub embedding_dim: usize,
+
+    /// What SIGTERM does: `vllm` as vLLM's API server alone signalled (abort,
+    /// or drain with `--shutdown-timeout`), `stall` as vLLM's whole process
+    /// group signalled (streams stop, connections stay open).
+    #[arg(
+        long = "sim-on-sigterm",
+        env = "VLLM_SIM_ON_SIGTERM",
+        value_enum,
+        default_value_t = crate::lifecycle::OnSigterm::Vllm
+    )]
+    pub on_sigterm: crate::lifecycle::OnSigterm,
 
     /// Log format.
     #[arg(
@@ -312,6 +329,7 @@ impl Config {
             enable_prompt_tokens_details: false,
             enable_force_include_usage: false,
             api_key: Vec::new(),
+            shutdown_timeout: 0,
         };
         let sim = SimArgs {
             ttft_ms: 0.0,
@@ -323,6 +341,7 @@ impl Config {
             drop_rate: 0.0,
             kv_cache_blocks: 4096,
             embedding_dim: 384,
+            on_sigterm: crate::lifecycle::OnSigterm::Vllm,
             log_format: LogFormat::Text,
         };
         Config {
@@ -344,6 +363,16 @@ impl Config {
                 })
             }
         };
+        if self.vllm.task.is_some() {
+            // vLLM 0.32's words.
+            return Err(ConfigError::Invalid {
+                flag: "--task",
+                reason: "--task is not a vllm serve option. For embedding, reranking, or reward \
+                         models, use --runner pooling. To adapt a generative model for pooling, \
+                         also use --convert embed, --convert classify, or --convert reward."
+                    .to_owned(),
+            });
+        }
         fraction("--sim-error-rate", self.sim.error_rate)?;
         fraction("--sim-drop-rate", self.sim.drop_rate)?;
         let latency = |flag: &'static str, value: f64| {
@@ -410,10 +439,7 @@ impl Config {
                 .as_deref()
                 .is_some_and(|v| wanted.iter().any(|w| v.eq_ignore_ascii_case(w)))
         };
-        if is(&self.vllm.task, &["embed", "embedding"])
-            || is(&self.vllm.runner, &["pooling"])
-            || is(&self.vllm.convert, &["embed"])
-        {
+        if is(&self.vllm.runner, &["pooling"]) || is(&self.vllm.convert, &["embed"]) {
             ModelKind::Embed
         } else {
             ModelKind::Generate
@@ -595,9 +621,14 @@ mod tests {
     }
 
     #[test]
+    fn task_is_refused_as_by_vllm() {
+        let err = Config::from_vllm_args(["vllm-sim", "m", "--task", "embed"]).unwrap_err();
+        assert!(err.to_string().contains("--runner pooling"), "{err}");
+    }
+
+    #[test]
     fn embedding_task_spellings() {
         for args in [
-            vec!["vllm-sim", "m", "--task", "embed"],
             vec!["vllm-sim", "m", "--runner", "pooling"],
             vec!["vllm-sim", "m", "--convert", "embed"],
         ] {

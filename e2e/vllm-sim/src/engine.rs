@@ -16,6 +16,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::faults::Faults;
+use crate::lifecycle::Lifecycle;
 use crate::metrics::{FinishReason, FinishedRequest, Metrics};
 use crate::prefix_cache::{block_hashes, PrefixCache};
 use crate::scheduler::{RunningSlot, Scheduler, SchedulerError};
@@ -50,6 +51,8 @@ pub struct Engine {
     pub metrics: Metrics,
     /// Fault injection.
     pub faults: Faults,
+    /// Shutdown phase (SIGTERM).
+    pub lifecycle: Lifecycle,
     block_size: usize,
     prefix_cache: Option<Mutex<PrefixCache>>,
 }
@@ -69,6 +72,7 @@ impl Engine {
             scheduler: Arc::new(Scheduler::new(max_num_seqs)),
             metrics,
             faults,
+            lifecycle: Lifecycle::default(),
             block_size,
             prefix_cache: prefix_cache_blocks
                 .map(|blocks| Mutex::new(PrefixCache::new(block_size, blocks))),

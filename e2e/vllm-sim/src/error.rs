@@ -54,6 +54,13 @@ pub enum ApiError {
     /// No such route.
     #[error("Not Found")]
     RouteNotFound,
+    /// The engine aborted the request (SIGTERM without `--shutdown-timeout`,
+    /// or the drain deadline passed); vLLM's words.
+    #[error("EngineCore encountered an issue. See stack trace (above) for the root cause.")]
+    EngineDead,
+    /// A new request after SIGTERM; vLLM's words (its executor is shut down).
+    #[error("cannot schedule new futures after shutdown")]
+    ShuttingDown,
 }
 
 impl ApiError {
@@ -64,9 +71,11 @@ impl ApiError {
             | ApiError::BadRequest { .. }
             | ApiError::UnsupportedTask(_) => StatusCode::BAD_REQUEST,
             ApiError::ModelNotFound(_) | ApiError::RouteNotFound => StatusCode::NOT_FOUND,
-            ApiError::InjectedFailure | ApiError::Scheduler(_) | ApiError::Internal(_) => {
-                StatusCode::INTERNAL_SERVER_ERROR
-            }
+            ApiError::InjectedFailure
+            | ApiError::Scheduler(_)
+            | ApiError::Internal(_)
+            | ApiError::EngineDead
+            | ApiError::ShuttingDown => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::Starting => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
         }
@@ -78,9 +87,11 @@ impl ApiError {
             ApiError::InvalidRequest(_) => "Bad Request",
             ApiError::BadRequest { .. } | ApiError::UnsupportedTask(_) => "BadRequestError",
             ApiError::ModelNotFound(_) | ApiError::RouteNotFound => "NotFoundError",
-            ApiError::InjectedFailure | ApiError::Scheduler(_) | ApiError::Internal(_) => {
-                "InternalServerError"
-            }
+            ApiError::InjectedFailure
+            | ApiError::Scheduler(_)
+            | ApiError::Internal(_)
+            | ApiError::EngineDead
+            | ApiError::ShuttingDown => "InternalServerError",
             ApiError::Starting => "ServiceUnavailableError",
             ApiError::Unauthorized => "UnauthorizedError",
         }
@@ -99,6 +110,8 @@ impl ApiError {
             ApiError::Starting => "starting",
             ApiError::Unauthorized => "unauthorized",
             ApiError::RouteNotFound => "route_not_found",
+            ApiError::EngineDead => "engine_dead",
+            ApiError::ShuttingDown => "shutting_down",
         }
     }
 

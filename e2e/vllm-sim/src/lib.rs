@@ -26,13 +26,15 @@
 //! Modules: [`config`] and [`argv`] (command line), [`protocol`] (OpenAI types),
 //! [`tokenizer`] (token approximation, output text), [`prefix_cache`],
 //! [`scheduler`], [`engine`] (request lifecycle), [`metrics`], [`faults`],
-//! [`sse`] (response frames), [`server`] (routes), [`error`].
+//! [`sse`] (response frames), [`server`] (routes), [`error`], [`lifecycle`]
+//! (what SIGTERM does).
 
 pub mod argv;
 pub mod config;
 pub mod engine;
 pub mod error;
 pub mod faults;
+pub mod lifecycle;
 pub mod metrics;
 pub mod prefix_cache;
 pub mod protocol;
@@ -199,9 +201,23 @@ pub async fn serve(
         "vllm-sim listening"
     );
     let router = build_router(Arc::clone(&state));
-    let scheduler = Arc::clone(&state.engine().scheduler);
+    let engine = Arc::clone(state.engine());
+    let on_sigterm = config.sim.on_sigterm;
+    let timeout = std::time::Duration::from_secs(config.vllm.shutdown_timeout);
     run(listener, router, async move {
         shutdown.await;
+        tracing::info!(
+            ?on_sigterm,
+            shutdown_timeout_s = timeout.as_secs(),
+            "shutting down"
+        );
+        let scheduler = &engine.scheduler;
+        engine
+            .lifecycle
+            .shut_down(on_sigterm, timeout, || {
+                scheduler.running() + scheduler.waiting()
+            })
+            .await;
         scheduler.close();
     })
     .await

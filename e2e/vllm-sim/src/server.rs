@@ -361,6 +361,13 @@ async fn gate(State(state): State<Arc<SimState>>, request: Request, next: Next) 
         }
         return ApiError::Starting.into_response();
     }
+    // After SIGTERM vLLM still answers, but refuses new work with a 500.
+    if request.method() == axum::http::Method::POST
+        && request.uri().path().starts_with("/v1/")
+        && !state.engine.lifecycle.accepts_requests()
+    {
+        return ApiError::ShuttingDown.into_response();
+    }
     if !state.api_keys.is_empty() && request.uri().path().starts_with("/v1") {
         let authorized = request
             .headers()

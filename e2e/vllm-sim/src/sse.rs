@@ -26,6 +26,7 @@ use serde::Serialize;
 
 use crate::engine::{Engine, Run};
 use crate::error::ApiError;
+use crate::lifecycle::Aborted;
 use crate::metrics::FinishReason;
 use crate::protocol::{
     AssistantMessage, ChatChoice, ChatChunk, ChatChunkChoice, ChatCompletionResponse, CompactUsage,
@@ -259,16 +260,27 @@ pub fn stream(
     async_stream::try_stream! {
         let mut run = Run::new(Arc::clone(&engine), generation.prompt_tokens(), generation.choices());
         let mut buffer: Vec<u8> = Vec::with_capacity(512);
-        if let Err(err) = run.schedule(generation.adapter.clone()).await {
-            // vLLM reports errors inside an open stream as an error frame.
-            write_frame(&mut buffer, &ApiError::from(err).body())?;
+        let lifecycle = &engine.lifecycle;
+        // vLLM reports errors inside an open stream as an error frame, then `[DONE]`.
+        let scheduled = match lifecycle.guard(run.schedule(generation.adapter.clone())).await {
+            Ok(scheduled) => scheduled.map_err(ApiError::from),
+            Err(Aborted) => Err(ApiError::EngineDead),
+        };
+        if let Err(err) = scheduled {
+            write_frame(&mut buffer, &err.body())?;
             buffer.extend_from_slice(b"data: [DONE]\n\n");
             yield Bytes::from(buffer);
             return;
         }
-        let cached = run
-            .prefill(&generation.token_ids(), generation.adapter.as_deref(), true)
-            .await;
+        let Ok(cached) = lifecycle
+            .guard(run.prefill(&generation.token_ids(), generation.adapter.as_deref(), true))
+            .await
+        else {
+            write_frame(&mut buffer, &ApiError::EngineDead.body())?;
+            buffer.extend_from_slice(b"data: [DONE]\n\n");
+            yield Bytes::from(buffer);
+            return;
+        };
 
         if generation.flavor == Flavor::Chat {
             let usage = generation.continuous_usage.then(|| generation.usage(0, cached));
@@ -279,7 +291,12 @@ pub fn stream(
         for position in 0..generation.max_tokens {
             if position > 0 && run.paced() {
                 yield Bytes::from(std::mem::take(&mut buffer));
-                run.wait_for_token(position).await;
+                if lifecycle.guard(run.wait_for_token(position)).await.is_err() {
+                    write_frame(&mut buffer, &ApiError::EngineDead.body())?;
+                    buffer.extend_from_slice(b"data: [DONE]\n\n");
+                    yield Bytes::from(buffer);
+                    return;
+                }
             }
             write_position(&mut buffer, &generation, position, cached)?;
             run.emit(generation.choices());
@@ -339,12 +356,21 @@ pub async fn complete(engine: Arc<Engine>, generation: Generation) -> Result<Vec
         generation.prompt_tokens(),
         generation.choices(),
     );
-    run.schedule(generation.adapter.clone()).await?;
-    let cached = run
-        .prefill(&generation.token_ids(), generation.adapter.as_deref(), true)
-        .await;
+    let lifecycle = &engine.lifecycle;
+    let dead = |Aborted| ApiError::EngineDead;
+    lifecycle
+        .guard(run.schedule(generation.adapter.clone()))
+        .await
+        .map_err(dead)??;
+    let cached = lifecycle
+        .guard(run.prefill(&generation.token_ids(), generation.adapter.as_deref(), true))
+        .await
+        .map_err(dead)?;
     if generation.max_tokens > 1 {
-        run.wait_for_token(generation.max_tokens - 1).await;
+        lifecycle
+            .guard(run.wait_for_token(generation.max_tokens - 1))
+            .await
+            .map_err(dead)?;
     }
     run.emit(generation.max_tokens * generation.choices());
     run.finish(generation.finish);

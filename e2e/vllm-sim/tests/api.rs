@@ -372,7 +372,7 @@ async fn bad_json_is_400_with_vllm_error_body() {
 #[tokio::test]
 async fn embeddings_are_normalized_and_deterministic() {
     let mut config = Config::for_tests("embedder");
-    config.vllm.task = Some("embed".into());
+    config.vllm.runner = Some("pooling".into());
     config.sim.embedding_dim = 32;
     let sim = start(config).await;
 

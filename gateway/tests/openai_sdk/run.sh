@@ -53,7 +53,7 @@ for port in "$sim_a" "$sim_b"; do
         --sim-ttft-ms 5 --sim-itl-ms 2 >"$work/sim-$port.log" 2>&1 &
     pids+=($!)
 done
-"$bin/vllm-sim" serve "$embedder" --task embed --host 127.0.0.1 --port "$sim_embed" \
+"$bin/vllm-sim" serve "$embedder" --runner pooling --host 127.0.0.1 --port "$sim_embed" \
     >"$work/sim-$sim_embed.log" 2>&1 &
 pids+=($!)
 "$bin/vllm-sim" serve late-model --host 127.0.0.1 --port "$sim_late" --max-model-len 2048 \

@@ -21,10 +21,10 @@ pub mod validation;
 
 pub use source::{ModelSource, ModelSourceError};
 pub use spec::{
-    AdapterSpec, AutoscalingMode, AutoscalingSpec, CacheSpec, Dtype, EngineKind, EngineSpec,
-    Feature, InferenceModel, InferenceModelSpec, ModelSpec, ParallelismSpec, PodTemplateSpec,
-    ResourcesSpec, RoutingSpec, RoutingStrategy, SchedulingSpec, SecretKeyRef, StartupProbeSpec,
-    VllmOptions,
+    AdapterSpec, AutoscalingMode, AutoscalingSpec, CacheAccessMode, CacheSpec, Dtype, EngineKind,
+    EngineSpec, Feature, InferenceModel, InferenceModelSpec, ModelSpec, ParallelismSpec,
+    PodTemplateSpec, ResourcesSpec, RoutingSpec, RoutingStrategy, SchedulingSpec, SecretKeyRef,
+    StartupProbeSpec, VllmOptions,
 };
 pub use status::{condition_status, condition_types, reasons, InferenceModelStatus};
 pub use validation::{rules, CelRule, SpecError};

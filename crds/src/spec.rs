@@ -32,6 +32,19 @@ pub const DEFAULT_HF_TOKEN_KEY: &str = "token";
 pub const DEFAULT_STARTUP_TIMEOUT_SECONDS: i32 = 1800;
 /// Default interval between startup probe attempts.
 pub const DEFAULT_STARTUP_PERIOD_SECONDS: i32 = 10;
+/// Default time from the start of a replica's termination to SIGKILL
+/// (`spec.engine.terminationGracePeriodSeconds`): room for long generations to finish.
+pub const DEFAULT_TERMINATION_GRACE_PERIOD_SECONDS: i32 = 180;
+/// Time an engine keeps serving after its pod is marked terminating (the `preStop` sleep), so
+/// the gateway and load balancers stop routing to it before vLLM receives SIGTERM.
+pub const PRE_STOP_SLEEP_SECONDS: i32 = 10;
+/// Time kept between the end of vLLM's `--shutdown-timeout` and SIGKILL, for the engine to
+/// exit once its in-flight requests are done.
+pub const SHUTDOWN_MARGIN_SECONDS: i32 = 5;
+/// Smallest `spec.engine.terminationGracePeriodSeconds`: the one that leaves vLLM one second
+/// of `--shutdown-timeout` (0 would make vLLM abort in-flight requests on SIGTERM).
+pub const MIN_TERMINATION_GRACE_PERIOD_SECONDS: i32 =
+    PRE_STOP_SLEEP_SECONDS + SHUTDOWN_MARGIN_SECONDS + 1;
 /// Default in-flight requests per replica the built-in autoscaler aims for.
 pub const DEFAULT_TARGET_REQUESTS_PER_REPLICA: i32 = 16;
 /// Default time load must stay low before the autoscaler removes a replica.
@@ -130,9 +143,13 @@ pub struct InferenceModelSpec {
     #[serde(default)]
     pub parallelism: ParallelismSpec,
 
-    /// OpenAI API families this model serves. TextGeneration serves /v1/chat/completions and /v1/completions; TextEmbedding serves /v1/embeddings.
+    /// OpenAI API families this model serves: TextGeneration (/v1/chat/completions and /v1/completions) or TextEmbedding (/v1/embeddings, vLLM's pooling runner), not both: vLLM runs a model either way, so serve embeddings of the same weights from a second InferenceModel.
     #[serde(default = "default_features")]
-    #[schemars(length(min = 1, max = 2), extend("x-kubernetes-list-type" = "set"))]
+    #[schemars(
+        length(min = 1, max = 2),
+        extend("x-kubernetes-list-type" = "set"),
+        transform = CelRules(&[&rules::FEATURES_GENERATION_OR_EMBEDDING])
+    )]
     pub features: Vec<Feature>,
 
     /// LoRA adapters loaded on top of the base model. Each is served as its own model ID (its name) next to spec.model.name.
@@ -219,9 +236,14 @@ pub struct EngineSpec {
     #[schemars(transform = CelRules(&[&rules::ENGINE_PORT_RANGE]))]
     pub port: i32,
 
-    /// Typed vLLM options, used when kind is VLLM. When absent, vLLM's own defaults apply (prefix caching on).
+    /// Typed vLLM options, used when kind is VLLM. When absent, vLLM's own defaults apply.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vllm: Option<VllmOptions>,
+
+    /// Time from the start of a replica's termination (scale-down, rollout, node drain) to SIGKILL. The engine first keeps serving for 10 seconds while routing stops, then finishes in-flight requests for the rest of this time minus 5 seconds (vLLM's --shutdown-timeout) while refusing new ones. Raise it above the longest generation you expect. At least 16.
+    #[serde(default = "default_termination_grace_period_seconds")]
+    #[schemars(transform = CelRules(&[&rules::TERMINATION_GRACE_PERIOD_MINIMUM]))]
+    pub termination_grace_period_seconds: i32,
 }
 
 impl Default for EngineSpec {
@@ -233,8 +255,32 @@ impl Default for EngineSpec {
             env: Vec::new(),
             port: DEFAULT_PORT,
             vllm: None,
+            termination_grace_period_seconds: DEFAULT_TERMINATION_GRACE_PERIOD_SECONDS,
         }
     }
+}
+
+impl EngineSpec {
+    /// vLLM's `--shutdown-timeout`: how long the engine finishes in-flight requests after
+    /// SIGTERM. See [`shutdown_timeout_seconds`].
+    pub fn shutdown_timeout_seconds(&self) -> i32 {
+        shutdown_timeout_seconds(self.termination_grace_period_seconds)
+    }
+}
+
+/// The engine's share of a termination grace period: what is left after the `preStop` sleep
+/// and the exit margin, at least 0 (which vLLM reads as "abort at once"; the CRD's minimum keeps
+/// it at 1 or more).
+///
+/// ```text
+/// 0 ........ preStop sleep ........ SIGTERM ..... shutdown timeout ..... margin ... SIGKILL
+///            (still serving)                  (in-flight requests finish)          (grace)
+/// ```
+pub fn shutdown_timeout_seconds(termination_grace_period_seconds: i32) -> i32 {
+    termination_grace_period_seconds
+        .saturating_sub(PRE_STOP_SLEEP_SECONDS)
+        .saturating_sub(SHUTDOWN_MARGIN_SECONDS)
+        .max(0)
 }
 
 /// Which inference engine serves the model.
@@ -256,7 +302,7 @@ impl EngineKind {
 }
 
 /// Common vLLM settings as typed fields; anything else goes in engine.args.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct VllmOptions {
     /// Maximum context length (prompt plus output tokens), vLLM's --max-model-len. Defaults to the model's own limit; lower it to fit the KV cache on smaller GPUs.
@@ -278,21 +324,9 @@ pub struct VllmOptions {
     #[schemars(length(min = 1, max = 64))]
     pub quantization: Option<String>,
 
-    /// Reuse the KV cache of shared prompt prefixes across requests (--enable-prefix-caching). Pairs well with routing.strategy PrefixCache.
-    #[serde(default = "default_true")]
-    pub enable_prefix_caching: bool,
-}
-
-impl Default for VllmOptions {
-    fn default() -> Self {
-        Self {
-            max_model_len: None,
-            gpu_memory_utilization: None,
-            dtype: Dtype::default(),
-            quantization: None,
-            enable_prefix_caching: true,
-        }
-    }
+    /// Reuse the KV cache of shared prompt prefixes across requests: true passes --enable-prefix-caching, false --no-enable-prefix-caching. Unset leaves the choice to the engine (vLLM turns it on for generation models and decides per model for pooling ones, where forcing it crashes some). Pairs well with routing.strategy PrefixCache.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enable_prefix_caching: Option<bool>,
 }
 
 /// Data type of model weights and activations.
@@ -344,11 +378,11 @@ pub struct ResourcesSpec {
     #[schemars(length(min = 1, max = 63))]
     pub gpu_product: Option<String>,
 
-    /// CPU request and limit of the engine container. Defaults to no explicit amount.
+    /// CPU request and limit of the engine container. When unset, the operator requests 2 CPUs per GPU (4 for a CPU-only model) and sets no CPU limit, so the engine may use idle cores without being throttled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu: Option<Quantity>,
 
-    /// Memory request and limit of the engine container. Defaults to no explicit amount.
+    /// Memory request and limit of the engine container. When unset, the operator requests 12Gi per GPU (16Gi for a CPU-only model) with the same limit. /dev/shm counts against it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory: Option<Quantity>,
 
@@ -566,9 +600,35 @@ pub struct CacheSpec {
     #[schemars(length(min = 1, max = 253))]
     pub storage_class_name: Option<String>,
 
+    /// Access mode of the cache PersistentVolumeClaim. Only used with size. ReadWriteOnce works with any StorageClass but mounts on one node only; ReadWriteMany lets replicas on different nodes share the cache and needs a StorageClass that supports it (NFS, EFS, Filestore, CephFS, ...). Defaults to ReadWriteOnce when the model never runs more than one replica (autoscaling.maxReplicas 1, or replicas at most 1 without autoscaling), ReadWriteMany otherwise. A claim's access mode cannot change once it exists: delete the claim to change it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_mode: Option<CacheAccessMode>,
+
     /// Secret holding a Hugging Face access token, for gated or private hf:// models and adapters. Passed to the engine as HF_TOKEN.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hf_token_secret_ref: Option<SecretKeyRef>,
+}
+
+// Access mode of the weight cache PersistentVolumeClaim (a plain comment: a doc comment here
+// would replace the field's description in the CRD). ReadOnlyMany is not offered: the claim
+// starts empty and the engine writes the weights into it; weights that already sit on a volume
+// are a `pvc://` source.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+pub enum CacheAccessMode {
+    /// Read-write by the pods of one node.
+    ReadWriteOnce,
+    /// Read-write by pods on any number of nodes.
+    ReadWriteMany,
+}
+
+impl CacheAccessMode {
+    /// The name Kubernetes uses in `accessModes`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheAccessMode::ReadWriteOnce => "ReadWriteOnce",
+            CacheAccessMode::ReadWriteMany => "ReadWriteMany",
+        }
+    }
 }
 
 /// A key of a Secret in the InferenceModel's namespace.
@@ -696,6 +756,32 @@ impl InferenceModelSpec {
         self.engine.vllm.clone().unwrap_or_default()
     }
 
+    /// Most replicas the spec lets run: autoscaling.maxReplicas, else spec.replicas. A scale
+    /// subresource write (kubectl scale) changes the latter.
+    pub fn max_replicas(&self) -> i32 {
+        match &self.autoscaling {
+            Some(autoscaling) => autoscaling
+                .max_replicas
+                .max(autoscaling.min_replicas)
+                .max(0),
+            None => self.replicas.max(0),
+        }
+    }
+
+    /// Access mode of the cache claim, when there is one (spec.cache.size): the explicit one,
+    /// else ReadWriteOnce where it is enough (at most one replica, so one node mounts it) and
+    /// ReadWriteMany otherwise. ReadWriteOnce is the default where it works because it is what
+    /// every StorageClass provides; a ReadWriteMany claim stays Pending without a class that
+    /// supports it.
+    pub fn cache_access_mode(&self) -> Option<CacheAccessMode> {
+        let cache = self.cache.as_ref().filter(|cache| cache.size.is_some())?;
+        Some(cache.access_mode.unwrap_or(if self.max_replicas() <= 1 {
+            CacheAccessMode::ReadWriteOnce
+        } else {
+            CacheAccessMode::ReadWriteMany
+        }))
+    }
+
     /// Startup probe tuning with defaults filled in.
     pub fn startup_probe(&self) -> StartupProbeSpec {
         self.startup_probe.clone().unwrap_or_default()
@@ -743,8 +829,8 @@ fn default_port() -> i32 {
     DEFAULT_PORT
 }
 
-fn default_true() -> bool {
-    true
+fn default_termination_grace_period_seconds() -> i32 {
+    DEFAULT_TERMINATION_GRACE_PERIOD_SECONDS
 }
 
 fn default_gpu_resource_name() -> String {
@@ -860,8 +946,12 @@ mod tests {
             }
         );
         assert_eq!(spec.served_model_ids(), vec!["Qwen/Qwen2.5-0.5B-Instruct"]);
-        assert!(spec.vllm_options().enable_prefix_caching);
+        assert_eq!(spec.vllm_options().enable_prefix_caching, None);
         assert_eq!(spec.vllm_options().dtype, Dtype::Auto);
+        assert_eq!(spec.engine.termination_grace_period_seconds, 180);
+        assert_eq!(spec.engine.shutdown_timeout_seconds(), 165);
+        assert_eq!(spec.max_replicas(), 1);
+        assert_eq!(spec.cache_access_mode(), None);
         assert_eq!(spec.startup_probe().startup_timeout_seconds, 1800);
         assert_eq!(spec.startup_probe().failure_threshold(), 180);
         assert_eq!(spec.cache, None);
@@ -907,7 +997,10 @@ startupProbe: {periodSeconds: 30}
         );
         let vllm = spec.vllm_options();
         assert_eq!(vllm.max_model_len, Some(4096));
-        assert!(vllm.enable_prefix_caching);
+        assert_eq!(
+            vllm.enable_prefix_caching, None,
+            "unset leaves it to the engine"
+        );
         let autoscaling = spec.autoscaling.as_ref().unwrap();
         assert_eq!(autoscaling.mode, AutoscalingMode::Builtin);
         assert_eq!(autoscaling.min_replicas, 1);
@@ -919,6 +1012,55 @@ startupProbe: {periodSeconds: 30}
         let probe = spec.startup_probe.unwrap();
         assert_eq!(probe.startup_timeout_seconds, 1800);
         assert_eq!(probe.failure_threshold(), 60);
+    }
+
+    #[test]
+    fn shutdown_timeout_is_the_grace_period_minus_pre_stop_and_margin() {
+        assert_eq!(shutdown_timeout_seconds(180), 165);
+        assert_eq!(
+            shutdown_timeout_seconds(MIN_TERMINATION_GRACE_PERIOD_SECONDS),
+            1
+        );
+        assert_eq!(shutdown_timeout_seconds(3600), 3585);
+        // Below the CRD's minimum (an object stored before the rule): never negative.
+        assert_eq!(shutdown_timeout_seconds(10), 0);
+        assert_eq!(shutdown_timeout_seconds(i32::MIN), 0);
+        assert_eq!(shutdown_timeout_seconds(i32::MAX), i32::MAX - 15);
+        let spec = spec_from("model: {name: m}\nengine: {terminationGracePeriodSeconds: 600}");
+        assert_eq!(spec.engine.shutdown_timeout_seconds(), 585);
+    }
+
+    #[test]
+    fn cache_access_mode_is_read_write_once_where_one_node_is_enough() {
+        let mode =
+            |yaml: &str| spec_from(&format!("model: {{name: m}}\n{yaml}")).cache_access_mode();
+        assert_eq!(mode("replicas: 3"), None, "no cache claim");
+        assert_eq!(mode("cache: {hfTokenSecretRef: {name: hf}}"), None);
+        assert_eq!(
+            mode("cache: {size: 50Gi}"),
+            Some(CacheAccessMode::ReadWriteOnce)
+        );
+        assert_eq!(
+            mode("replicas: 2\ncache: {size: 50Gi}"),
+            Some(CacheAccessMode::ReadWriteMany)
+        );
+        assert_eq!(
+            mode("replicas: 1\nautoscaling: {minReplicas: 0, maxReplicas: 1}\ncache: {size: 50Gi}"),
+            Some(CacheAccessMode::ReadWriteOnce)
+        );
+        assert_eq!(
+            mode("replicas: 1\nautoscaling: {maxReplicas: 4}\ncache: {size: 50Gi}"),
+            Some(CacheAccessMode::ReadWriteMany)
+        );
+        assert_eq!(
+            mode("replicas: 4\ncache: {size: 50Gi, accessMode: ReadWriteOnce}"),
+            Some(CacheAccessMode::ReadWriteOnce),
+            "an explicit mode wins"
+        );
+        assert_eq!(
+            serde_json::to_value(CacheAccessMode::ReadWriteMany).unwrap(),
+            CacheAccessMode::ReadWriteMany.as_str()
+        );
     }
 
     #[test]

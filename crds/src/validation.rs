@@ -14,7 +14,10 @@ use schemars::transform::Transform;
 use serde::Serialize;
 
 use crate::source::{ModelSource, ModelSourceError};
-use crate::spec::{InferenceModelSpec, MAX_ADAPTERS, MAX_NAME_LENGTH, MAX_SOURCE_LENGTH};
+use crate::spec::{
+    Feature, InferenceModelSpec, MAX_ADAPTERS, MAX_NAME_LENGTH, MAX_SOURCE_LENGTH,
+    MIN_TERMINATION_GRACE_PERIOD_SECONDS,
+};
 
 /// One `x-kubernetes-validations` entry.
 #[derive(Serialize, Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,6 +107,25 @@ pub mod rules {
         location: "spec.engine.port",
         rule: "self >= 1 && self <= 65535",
         message: "spec.engine.port must be between 1 and 65535",
+        field_path: None,
+    };
+
+    /// The grace period must leave vLLM at least one second of `--shutdown-timeout` after the
+    /// preStop sleep and the exit margin
+    /// ([`MIN_TERMINATION_GRACE_PERIOD_SECONDS`](crate::spec::MIN_TERMINATION_GRACE_PERIOD_SECONDS);
+    /// a test checks the literal against it).
+    pub const TERMINATION_GRACE_PERIOD_MINIMUM: CelRule = CelRule {
+        location: "spec.engine.terminationGracePeriodSeconds",
+        rule: "self >= 16",
+        message: "spec.engine.terminationGracePeriodSeconds must be >= 16 (10 s preStop sleep, then at least 1 s for in-flight requests, then a 5 s margin)",
+        field_path: None,
+    };
+
+    /// vLLM runs a model either as a generator or as a pooling (embedding) model, never both.
+    pub const FEATURES_GENERATION_OR_EMBEDDING: CelRule = CelRule {
+        location: "spec.features",
+        rule: "!(self.exists(f, f == 'TextGeneration') && self.exists(f, f == 'TextEmbedding'))",
+        message: "spec.features must not contain both TextGeneration and TextEmbedding: vLLM serves a model either for generation or for embeddings; use a second InferenceModel for the other",
         field_path: None,
     };
 
@@ -198,8 +220,10 @@ pub mod rules {
         &MODEL_REVISION_HF_ONLY,
         &ENGINE_PORT_RANGE,
         &GPU_MEMORY_UTILIZATION_RANGE,
+        &TERMINATION_GRACE_PERIOD_MINIMUM,
         &GPUS_NOT_NEGATIVE,
         &PARALLELISM_MATCHES_GPUS,
+        &FEATURES_GENERATION_OR_EMBEDDING,
         &ADAPTER_NAME_NOT_EMPTY,
         &ADAPTER_NAME_NO_SEPARATORS,
         &ADAPTER_SOURCE_SCHEME,
@@ -240,6 +264,10 @@ pub enum SpecError {
     /// See [`rules::GPU_MEMORY_UTILIZATION_RANGE`].
     #[error("{} (got {value})", rules::GPU_MEMORY_UTILIZATION_RANGE.message)]
     GpuMemoryUtilizationOutOfRange { value: f64 },
+
+    /// See [`rules::TERMINATION_GRACE_PERIOD_MINIMUM`].
+    #[error("{} (got {seconds})", rules::TERMINATION_GRACE_PERIOD_MINIMUM.message)]
+    TerminationGracePeriodTooShort { seconds: i32 },
 
     /// See [`rules::GPUS_NOT_NEGATIVE`].
     #[error("{} (got {gpus})", rules::GPUS_NOT_NEGATIVE.message)]
@@ -313,6 +341,10 @@ pub enum SpecError {
     /// spec.features is a set.
     #[error("spec.features must not repeat {feature}")]
     DuplicateFeature { feature: &'static str },
+
+    /// See [`rules::FEATURES_GENERATION_OR_EMBEDDING`].
+    #[error("{}", rules::FEATURES_GENERATION_OR_EMBEDDING.message)]
+    GenerationAndEmbedding,
 }
 
 impl SpecError {
@@ -328,6 +360,9 @@ impl SpecError {
             SpecError::GpuMemoryUtilizationOutOfRange { .. } => {
                 "spec.engine.vllm.gpuMemoryUtilization".into()
             }
+            SpecError::TerminationGracePeriodTooShort { .. } => {
+                "spec.engine.terminationGracePeriodSeconds".into()
+            }
             SpecError::NegativeGpus { .. } => "spec.resources.gpus".into(),
             SpecError::ParallelismMismatch { .. } => "spec.parallelism".into(),
             SpecError::AdapterNameEmpty { index }
@@ -341,7 +376,9 @@ impl SpecError {
             SpecError::BelowMinimum { field, .. } => (*field).into(),
             SpecError::TooLong { field, .. } => field.clone(),
             SpecError::TooManyAdapters { .. } => "spec.adapters".into(),
-            SpecError::NoFeatures | SpecError::DuplicateFeature { .. } => "spec.features".into(),
+            SpecError::NoFeatures
+            | SpecError::DuplicateFeature { .. }
+            | SpecError::GenerationAndEmbedding => "spec.features".into(),
         }
     }
 
@@ -356,6 +393,9 @@ impl SpecError {
             SpecError::GpuMemoryUtilizationOutOfRange { .. } => {
                 &rules::GPU_MEMORY_UTILIZATION_RANGE
             }
+            SpecError::TerminationGracePeriodTooShort { .. } => {
+                &rules::TERMINATION_GRACE_PERIOD_MINIMUM
+            }
             SpecError::NegativeGpus { .. } => &rules::GPUS_NOT_NEGATIVE,
             SpecError::ParallelismMismatch { .. } => &rules::PARALLELISM_MATCHES_GPUS,
             SpecError::AdapterNameEmpty { .. } => &rules::ADAPTER_NAME_NOT_EMPTY,
@@ -364,6 +404,7 @@ impl SpecError {
             SpecError::DuplicateAdapterName { .. } => &rules::ADAPTER_NAMES_UNIQUE,
             SpecError::AdapterNameIsModelName { .. } => &rules::ADAPTER_NAME_NOT_MODEL_NAME,
             SpecError::AutoscalingMinAboveMax { .. } => &rules::AUTOSCALING_MIN_LE_MAX,
+            SpecError::GenerationAndEmbedding => &rules::FEATURES_GENERATION_OR_EMBEDDING,
             SpecError::BelowMinimum { .. }
             | SpecError::TooLong { .. }
             | SpecError::TooManyAdapters { .. }
@@ -381,6 +422,7 @@ impl SpecError {
             SpecError::RevisionWithoutHuggingFace { .. } => "revision_without_hf",
             SpecError::PortOutOfRange { .. } => "port_out_of_range",
             SpecError::GpuMemoryUtilizationOutOfRange { .. } => "gpu_memory_utilization",
+            SpecError::TerminationGracePeriodTooShort { .. } => "termination_grace_period",
             SpecError::NegativeGpus { .. } => "negative_gpus",
             SpecError::ParallelismMismatch { .. } => "parallelism_mismatch",
             SpecError::AdapterNameEmpty { .. } => "adapter_name_empty",
@@ -394,6 +436,7 @@ impl SpecError {
             SpecError::TooManyAdapters { .. } => "too_many_adapters",
             SpecError::NoFeatures => "no_features",
             SpecError::DuplicateFeature { .. } => "duplicate_feature",
+            SpecError::GenerationAndEmbedding => "generation_and_embedding",
         }
     }
 }
@@ -461,6 +504,10 @@ impl InferenceModelSpec {
                 check_minimum(errors, "spec.engine.vllm.maxModelLen", 1, max_model_len);
             }
         }
+        let seconds = self.engine.termination_grace_period_seconds;
+        if seconds < MIN_TERMINATION_GRACE_PERIOD_SECONDS {
+            errors.push(SpecError::TerminationGracePeriodTooShort { seconds });
+        }
     }
 
     fn check_resources(&self, errors: &mut Vec<SpecError>) {
@@ -499,6 +546,9 @@ impl InferenceModelSpec {
                     feature: feature.as_str(),
                 });
             }
+        }
+        if self.serves(Feature::TextGeneration) && self.serves(Feature::TextEmbedding) {
+            errors.push(SpecError::GenerationAndEmbedding);
         }
     }
 
@@ -652,7 +702,10 @@ fn check_length(errors: &mut Vec<SpecError>, field: &str, value: &str, max: usiz
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spec::{AdapterSpec, AutoscalingSpec, Feature, StartupProbeSpec, VllmOptions};
+    use crate::spec::{
+        AdapterSpec, AutoscalingSpec, StartupProbeSpec, VllmOptions, PRE_STOP_SLEEP_SECONDS,
+        SHUTDOWN_MARGIN_SECONDS,
+    };
 
     fn valid() -> InferenceModelSpec {
         serde_yaml::from_str(
@@ -971,6 +1024,54 @@ adapters:
                 feature: "TextEmbedding"
             }
         );
+    }
+
+    #[test]
+    fn a_model_generates_or_embeds_not_both() {
+        let mut spec = valid();
+        spec.features = vec![Feature::TextGeneration, Feature::TextEmbedding];
+        let error = only_error(&spec, "spec.features");
+        assert_eq!(error, SpecError::GenerationAndEmbedding);
+        assert!(error
+            .to_string()
+            .contains("TextGeneration and TextEmbedding"));
+        spec.features = vec![Feature::TextEmbedding];
+        assert_eq!(spec.validate(), Ok(()));
+    }
+
+    #[test]
+    fn termination_grace_period_leaves_a_shutdown_timeout() {
+        let mut spec = valid();
+        spec.engine.termination_grace_period_seconds = MIN_TERMINATION_GRACE_PERIOD_SECONDS - 1;
+        assert_eq!(
+            only_error(&spec, "spec.engine.terminationGracePeriodSeconds"),
+            SpecError::TerminationGracePeriodTooShort { seconds: 15 }
+        );
+        spec.engine.termination_grace_period_seconds = MIN_TERMINATION_GRACE_PERIOD_SECONDS;
+        assert_eq!(spec.validate(), Ok(()));
+        assert_eq!(spec.engine.shutdown_timeout_seconds(), 1);
+    }
+
+    #[test]
+    fn termination_grace_period_rule_uses_the_rust_minimum() {
+        assert_eq!(
+            rules::TERMINATION_GRACE_PERIOD_MINIMUM.rule,
+            format!("self >= {MIN_TERMINATION_GRACE_PERIOD_SECONDS}")
+        );
+        assert!(rules::TERMINATION_GRACE_PERIOD_MINIMUM
+            .message
+            .contains(&format!(">= {MIN_TERMINATION_GRACE_PERIOD_SECONDS} ")));
+        for part in [
+            format!("{PRE_STOP_SLEEP_SECONDS} s preStop sleep"),
+            format!("{SHUTDOWN_MARGIN_SECONDS} s margin"),
+        ] {
+            assert!(
+                rules::TERMINATION_GRACE_PERIOD_MINIMUM
+                    .message
+                    .contains(&part),
+                "{part}"
+            );
+        }
     }
 
     #[test]

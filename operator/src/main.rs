@@ -10,7 +10,7 @@ use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 use kinfer_operator::admin::{self, AdminState};
 use kinfer_operator::autoscaler::AutoscalerConfig;
 use kinfer_operator::controller::build::{
-    BuildConfig, DEFAULT_ENGINE_IMAGE, DEFAULT_S3_SYNC_IMAGE,
+    BuildConfig, DEFAULT_CPU_ENGINE_IMAGE, DEFAULT_ENGINE_IMAGE, DEFAULT_S3_SYNC_IMAGE,
 };
 use kinfer_operator::controller::{self, Context, ControllerConfig};
 use kinfer_operator::leader::{self, LeaderElector, LeaseSettings};
@@ -57,9 +57,13 @@ struct ControllerArgs {
     #[arg(long, env = "KINFER_NAMESPACE")]
     namespace: Option<String>,
 
-    /// Engine image of InferenceModels that do not set spec.engine.image.
+    /// Engine image of InferenceModels with GPUs that do not set spec.engine.image.
     #[arg(long, env = "KINFER_DEFAULT_ENGINE_IMAGE", default_value = DEFAULT_ENGINE_IMAGE)]
     default_engine_image: String,
+
+    /// Engine image of CPU-only InferenceModels (resources.gpus 0) that do not set spec.engine.image.
+    #[arg(long, env = "KINFER_DEFAULT_CPU_ENGINE_IMAGE", default_value = DEFAULT_CPU_ENGINE_IMAGE)]
+    default_cpu_engine_image: String,
 
     /// Image of the init containers that copy s3:// sources into the weight cache (runs `aws s3 sync`).
     #[arg(long, env = "KINFER_S3_SYNC_IMAGE", default_value = DEFAULT_S3_SYNC_IMAGE)]
@@ -287,6 +291,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             namespace,
             build: BuildConfig {
                 default_engine_image: args.controller.default_engine_image,
+                default_cpu_engine_image: args.controller.default_cpu_engine_image,
                 s3_sync_image: args.controller.s3_sync_image,
             },
         },
@@ -363,9 +368,10 @@ mod tests {
             panic!("run expected")
         };
         assert!(!args.leader.leader_election);
+        assert_eq!(args.controller.default_engine_image, DEFAULT_ENGINE_IMAGE);
         assert_eq!(
-            args.controller.default_engine_image,
-            "vllm/vllm-openai:v0.11.0"
+            args.controller.default_cpu_engine_image,
+            DEFAULT_CPU_ENGINE_IMAGE
         );
         assert_eq!(args.admin.admin_addr, "0.0.0.0:9090".parse().unwrap());
         assert_eq!(args.log.log_format, LogFormat::Text);

@@ -1,5 +1,5 @@
 //! Snapshot tests of the builders: every InferenceModel in `operator/tests/fixtures/` and in
-//! `examples/` is rendered to its children (Deployment, Service, cache claim) and compared with
+//! `examples/` is rendered to its children (Deployment, Service, cache claim, PodDisruptionBudget) and compared with
 //! `operator/tests/golden/<source>-<file>`. After an intended change, regenerate with
 //!
 //!     UPDATE_GOLDEN=1 cargo test -p kinfer-operator --test golden
@@ -54,6 +54,7 @@ fn render(path: &Path) -> String {
     if let Some(claim) = &children.cache_claim {
         documents.push(serde_yaml::to_string(claim).unwrap());
     }
+    documents.push(serde_yaml::to_string(&children.disruption_budget).unwrap());
     format!(
         "# Generated from {} by operator/tests/golden.rs; do not edit.\n# Regenerate: UPDATE_GOLDEN=1 cargo test -p kinfer-operator --test golden\n---\n{}",
         path.strip_prefix(operator_dir().parent().unwrap()).unwrap_or(path).display(),

@@ -6,6 +6,7 @@ use std::fmt::Debug;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::NamespaceResourceScope;
 use kinfer_crds::labels::{self, selector_string};
 use kinfer_crds::{InferenceModel, InferenceModelStatus};
@@ -53,11 +54,44 @@ pub async fn apply_children(
 ) -> Result<Deployment, Error> {
     // The claim first: the Deployment's pods mount it.
     if let Some(claim) = &children.cache_claim {
+        check_claim_access_modes(client, namespace, claim).await?;
         apply_one(client, namespace, claim).await?;
     }
     let deployment = apply_one(client, namespace, &children.deployment).await?;
     apply_one(client, namespace, &children.service).await?;
+    apply_one(client, namespace, &children.disruption_budget).await?;
     Ok(deployment)
+}
+
+/// A claim's access modes cannot change once it exists, and the API server's answer to the
+/// attempt ("spec is immutable after creation") does not say what to do. The default mode
+/// follows the replica count, so scaling a model past one replica can ask for it.
+async fn check_claim_access_modes(
+    client: &Client,
+    namespace: &str,
+    claim: &PersistentVolumeClaim,
+) -> Result<(), Error> {
+    let api: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), namespace);
+    let name = claim.name_any();
+    let existing = api.get_opt(&name).await.map_err(|source| Error::List {
+        kind: "PersistentVolumeClaim",
+        source,
+    })?;
+    let modes = |claim: &PersistentVolumeClaim| {
+        claim
+            .spec
+            .as_ref()
+            .and_then(|spec| spec.access_modes.clone())
+            .unwrap_or_default()
+    };
+    match existing {
+        Some(existing) if modes(&existing) != modes(claim) => Err(Error::CacheAccessModeChanged {
+            name,
+            existing: modes(&existing).join(","),
+            desired: modes(claim).join(","),
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// Deletes the objects of kind `K` owned by `model` whose names are not in `keep`.
@@ -134,6 +168,14 @@ pub async fn prune_children(
             client,
             model,
             &names(children.service.metadata.name.clone()),
+        )
+        .await?,
+    );
+    deleted.extend(
+        prune_kind::<PodDisruptionBudget>(
+            client,
+            model,
+            &names(children.disruption_budget.metadata.name.clone()),
         )
         .await?,
     );

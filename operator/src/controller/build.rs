@@ -9,9 +9,22 @@
 //!   GPUs that a fully used cluster does not have, and the rollout would wait for it forever;
 //!   this way an old replica gives its GPUs back before the new one is scheduled. With one
 //!   replica that means a short outage on every spec change, the price of never deadlocking.
-//! - **Draining**: a `preStop` sleep keeps the old engine serving while the gateway notices the
-//!   pod is terminating and stops sending it requests; vLLM (uvicorn) then finishes in-flight
-//!   requests on SIGTERM within `terminationGracePeriodSeconds`.
+//! - **Draining** (docs/operations.md, "Draining"): a `preStop` sleep keeps the old engine
+//!   serving while the gateway and load balancers notice the pod is terminating and stop sending
+//!   it requests. vLLM does not drain by itself: without `--shutdown-timeout` a SIGTERM stops
+//!   generation mid-stream and leaves clients hanging. So the operator passes
+//!   `--shutdown-timeout` = grace period - preStop sleep - margin
+//!   ([`kinfer_crds::spec::shutdown_timeout_seconds`]); vLLM then finishes in-flight requests
+//!   and answers new ones with 500 until they are done or the timeout ends.
+//! - **No BestEffort engines**: without `spec.resources.cpu`/`memory` the engine requests CPU
+//!   and memory scaled by its GPU count ([`DEFAULT_CPU_PER_GPU`], [`DEFAULT_MEMORY_GIB_PER_GPU`]),
+//!   with a memory limit equal to the request and no CPU limit, plus ephemeral storage for its
+//!   emptyDirs, which have size limits. Under node pressure a BestEffort pod is evicted first,
+//!   and a GPU engine is the most expensive thing to restart.
+//! - **Pod Security "restricted"**: the engine runs as uid/gid [`ENGINE_USER_ID`] (vLLM's images
+//!   run as root by default) with RuntimeDefault seccomp, no privilege escalation and no
+//!   capabilities. `HOME` and the compile caches point into the `home` emptyDir, the Hugging Face
+//!   cache into the cache volume (`fsGroup` makes both writable).
 //! - **s3:// sources** are copied into the cache volume by an init container per source running
 //!   `aws s3 sync` (image: the operator's `--s3-sync-image`), then served from that path. It
 //!   works for adapters too (vLLM's `runai_streamer` load format only covers the base model),
@@ -20,9 +33,16 @@
 //!   (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_ENDPOINT_URL`, ...), which the init
 //!   containers receive too.
 //! - **pvc:// sources** are mounted read-only at `/models/<claim>`.
-//! - **Cache PVC** (`spec.cache.size`) is `ReadWriteMany` because every replica of the
-//!   Deployment mounts the same claim, possibly from different nodes; its StorageClass must
-//!   support that (NFS, EFS, Filestore, CephFS, ...).
+//! - **Cache PVC** (`spec.cache.size`): every replica of the Deployment mounts the same claim.
+//!   Its access mode is `spec.cache.accessMode`, by default ReadWriteOnce when at most one
+//!   replica runs (every StorageClass supports it) and ReadWriteMany otherwise (replicas may sit
+//!   on different nodes; needs NFS, EFS, Filestore, CephFS, ...).
+//! - **`HF_HUB_OFFLINE=1`** when no source is `hf://`: the weights are on a volume or synced
+//!   before the engine starts, so a call to the Hub could only slow the start or fail it in a
+//!   cluster without Internet access.
+//! - **PodDisruptionBudget** (`maxUnavailable: 1`, `unhealthyPodEvictionPolicy: AlwaysAllow`):
+//!   a node drain takes the replicas of a model down one at a time, while replicas that are not
+//!   ready (crash looping, still loading) never block it.
 //! - **`enableServiceLinks: false`**: Kubernetes would otherwise inject `<SERVICE>_PORT`
 //!   variables, and a Service named `vllm` yields `VLLM_PORT=tcp://...`, which vLLM reads as
 //!   its own setting and fails on.
@@ -33,22 +53,37 @@ use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
 };
 use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, HTTPGetAction, Lifecycle,
-    LifecycleHandler, PersistentVolumeClaim, PersistentVolumeClaimSpec,
-    PersistentVolumeClaimVolumeSource, PodSpec, PodTemplateSpec, Probe, ResourceRequirements,
-    SecretKeySelector, Service, ServicePort, ServiceSpec, SleepAction, Toleration, Volume,
-    VolumeMount, VolumeResourceRequirements,
+    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
+    HTTPGetAction, Lifecycle, LifecycleHandler, PersistentVolumeClaim, PersistentVolumeClaimSpec,
+    PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
+    ResourceRequirements, SeccompProfile, SecretKeySelector, SecurityContext, Service, ServicePort,
+    ServiceSpec, SleepAction, Toleration, Volume, VolumeMount, VolumeResourceRequirements,
 };
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kinfer_crds::labels::{engine_annotations, engine_labels, selector_labels};
-use kinfer_crds::spec::GPU_PRODUCT_NODE_LABEL;
+use kinfer_crds::spec::{GPU_PRODUCT_NODE_LABEL, PRE_STOP_SLEEP_SECONDS};
 use kinfer_crds::{Feature, InferenceModel, InferenceModelSpec, ModelSource, ModelSourceError};
 use kube::{Resource, ResourceExt};
 
-/// Default engine image for `engine.kind: VLLM`.
-pub const DEFAULT_ENGINE_IMAGE: &str = "vllm/vllm-openai:v0.11.0";
+/// The vLLM release of the default engine images: the behaviour suite
+/// (e2e/vllm-sim/tests/behaviour.rs) last passed against vLLM 0.32.0, and the arguments the
+/// builders write (`--runner pooling`, `--shutdown-timeout`) follow its `vllm serve --help`.
+macro_rules! vllm_release {
+    () => {
+        "v0.32.0"
+    };
+}
+
+/// Default engine image for `engine.kind: VLLM` on GPUs.
+pub const DEFAULT_ENGINE_IMAGE: &str = concat!("vllm/vllm-openai:", vllm_release!());
+/// Default engine image for `engine.kind: VLLM` with `resources.gpus: 0`: vLLM's CPU build. The
+/// name is the one vLLM's release notes list for the CPU image (`vllm/vllm-openai-cpu:v<version>`);
+/// the installation docs also document architecture-suffixed tags (`v<version>-x86_64`). Not
+/// pulled from here: a cluster whose CPU nodes lack the tag sets `--default-cpu-engine-image`.
+pub const DEFAULT_CPU_ENGINE_IMAGE: &str = concat!("vllm/vllm-openai-cpu:", vllm_release!());
 /// Default image of the init containers that copy `s3://` sources into the cache.
 pub const DEFAULT_S3_SYNC_IMAGE: &str = "amazon/aws-cli:2.22.0";
 
@@ -66,12 +101,35 @@ pub const HF_HOME: &str = "/cache/huggingface";
 pub const S3_CACHE_DIR: &str = "/cache/s3";
 /// Where `pvc://claim/path` sources are mounted: `<this>/claim`.
 pub const MODELS_MOUNT_ROOT: &str = "/models";
-/// Time the engine keeps serving after the pod is marked terminating, so the gateway's watch
-/// removes it from routing before vLLM receives SIGTERM.
-pub const PRE_STOP_SLEEP_SECONDS: i64 = 10;
-/// Time from the start of termination to SIGKILL: the preStop sleep plus room for long
-/// generations to finish.
-pub const TERMINATION_GRACE_PERIOD_SECONDS: i64 = 180;
+/// Where the `home` emptyDir is mounted: `HOME`, `XDG_CACHE_HOME` and vLLM's cache root (torch
+/// compile, Triton and FlashInfer caches), writable by [`ENGINE_USER_ID`].
+pub const HOME_MOUNT_PATH: &str = "/home/engine";
+/// User and group the engine pods run as. vLLM's images run as root unless told otherwise, which
+/// Pod Security "restricted" forbids; any non-root uid works because every directory the engine
+/// writes is a volume made group-writable through `fsGroup`.
+pub const ENGINE_USER_ID: i64 = 1000;
+/// CPUs requested per GPU when spec.resources.cpu is unset. vLLM runs one busy engine-core
+/// process per GPU besides its API server and tokenizers; 2 per GPU still fits the common
+/// 4-vCPU, 1-GPU nodes (AWS g4dn/g6.xlarge, GCP g2-standard-4) next to their daemons. No CPU
+/// limit goes with it: a throttled engine stalls every stream it is generating.
+pub const DEFAULT_CPU_PER_GPU: i32 = 2;
+/// CPUs requested by a CPU-only model (gpus 0) when spec.resources.cpu is unset: the CPU does
+/// the model's arithmetic.
+pub const DEFAULT_CPU_WITHOUT_GPU: i32 = 4;
+/// Memory (GiB) requested, and its limit, per GPU when spec.resources.memory is unset: vLLM's
+/// processes hold a few GiB each (API server, engine core, one worker per GPU); the weights are
+/// memory-mapped, so their page cache is reclaimable and does not cause an OOM kill. Fits 1-GPU
+/// nodes with 16 GiB.
+pub const DEFAULT_MEMORY_GIB_PER_GPU: i32 = 12;
+/// Memory (GiB) requested, and its limit, by a CPU-only model when spec.resources.memory is
+/// unset: the weights and the KV cache live in it.
+pub const DEFAULT_MEMORY_GIB_WITHOUT_GPU: i32 = 16;
+/// Size limit (GiB) of the emptyDir weight cache (no spec.cache.size) per GPU, a CPU-only model
+/// counting as one: a model sharded over N GPUs weighs at most about N GPUs' memory, and 50 GiB
+/// holds a 24B bf16 model per GPU. Bigger models need a cache claim (spec.cache.size).
+pub const CACHE_EMPTY_DIR_GIB_PER_GPU: i32 = 50;
+/// Size limit (GiB) of the `home` emptyDir: compile caches are hundreds of MiB.
+pub const HOME_SIZE_LIMIT_GIB: i32 = 10;
 /// Added to the startup timeout to get the Deployment's progressDeadlineSeconds, so a slow but
 /// healthy download is not reported as a failed rollout.
 pub const PROGRESS_DEADLINE_MARGIN_SECONDS: i32 = 600;
@@ -82,8 +140,10 @@ pub const MAX_MODEL_NAME_LENGTH: usize = 63;
 /// Operator settings the builders need.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BuildConfig {
-    /// Engine image when `spec.engine.image` is not set.
+    /// Engine image when `spec.engine.image` is not set and the model has GPUs.
     pub default_engine_image: String,
+    /// Engine image when `spec.engine.image` is not set and `resources.gpus` is 0.
+    pub default_cpu_engine_image: String,
     /// Image of the `s3://` sync init containers; must provide `aws`.
     pub s3_sync_image: String,
 }
@@ -92,6 +152,7 @@ impl Default for BuildConfig {
     fn default() -> Self {
         Self {
             default_engine_image: DEFAULT_ENGINE_IMAGE.to_string(),
+            default_cpu_engine_image: DEFAULT_CPU_ENGINE_IMAGE.to_string(),
             s3_sync_image: DEFAULT_S3_SYNC_IMAGE.to_string(),
         }
     }
@@ -104,6 +165,8 @@ pub struct Children {
     pub service: Service,
     /// The weight cache claim, when `spec.cache.size` is set.
     pub cache_claim: Option<PersistentVolumeClaim>,
+    /// Keeps voluntary disruptions (node drains) to one engine replica at a time.
+    pub disruption_budget: PodDisruptionBudget,
 }
 
 /// Why the children could not be built.
@@ -130,6 +193,11 @@ impl BuildError {
 
 /// Name of the engine Deployment: the InferenceModel's name.
 pub fn deployment_name(model_name: &str) -> String {
+    model_name.to_string()
+}
+
+/// Name of the engine PodDisruptionBudget: the InferenceModel's name, like its Deployment.
+pub fn disruption_budget_name(model_name: &str) -> String {
     model_name.to_string()
 }
 
@@ -231,7 +299,9 @@ pub fn build(
         .map(|(cache, size)| PersistentVolumeClaim {
             metadata: metadata(cache_claim_name(&name)),
             spec: Some(PersistentVolumeClaimSpec {
-                access_modes: Some(vec!["ReadWriteMany".to_string()]),
+                access_modes: spec
+                    .cache_access_mode()
+                    .map(|mode| vec![mode.as_str().to_string()]),
                 resources: Some(VolumeResourceRequirements {
                     requests: Some(BTreeMap::from([("storage".to_string(), size)])),
                     ..VolumeResourceRequirements::default()
@@ -288,10 +358,26 @@ pub fn build(
         status: None,
     };
 
+    let disruption_budget = PodDisruptionBudget {
+        metadata: metadata(disruption_budget_name(&name)),
+        spec: Some(PodDisruptionBudgetSpec {
+            max_unavailable: Some(IntOrString::Int(1)),
+            selector: Some(LabelSelector {
+                match_labels: Some(selector_labels(&name)),
+                match_expressions: None,
+            }),
+            // A replica that is not ready serves nothing; keeping it must not block a drain.
+            unhealthy_pod_eviction_policy: Some("AlwaysAllow".to_string()),
+            min_available: None,
+        }),
+        status: None,
+    };
+
     Ok(Children {
         deployment,
         service,
         cache_claim,
+        disruption_budget,
     })
 }
 
@@ -305,6 +391,8 @@ struct Sources {
     claims: Vec<String>,
     /// `(container name, s3 URI, local directory)` to sync before the engine starts.
     s3_syncs: Vec<(String, String, String)>,
+    /// Whether any source is on the Hugging Face Hub (downloaded by the engine itself).
+    uses_hub: bool,
 }
 
 impl Sources {
@@ -314,6 +402,7 @@ impl Sources {
             adapters: Vec::new(),
             claims: Vec::new(),
             s3_syncs: Vec::new(),
+            uses_hub: false,
         };
         sources.model = sources.location(spec.model_source()?, "fetch-model".to_string());
         for (index, adapter) in spec.adapters.iter().enumerate() {
@@ -327,7 +416,10 @@ impl Sources {
     /// What vLLM is given for `source`, recording the volumes and syncs it needs.
     fn location(&mut self, source: ModelSource, sync_container: String) -> String {
         match source {
-            ModelSource::HuggingFace { repo } => repo,
+            ModelSource::HuggingFace { repo } => {
+                self.uses_hub = true;
+                repo
+            }
             ModelSource::Pvc { claim, path } => {
                 let root = format!("{MODELS_MOUNT_ROOT}/{claim}");
                 if !self.claims.contains(&claim) {
@@ -403,7 +495,10 @@ fn pod_template(
         },
         None => Volume {
             name: "cache".to_string(),
-            empty_dir: Some(EmptyDirVolumeSource::default()),
+            empty_dir: Some(EmptyDirVolumeSource {
+                medium: None,
+                size_limit: Some(gibibytes(cache_empty_dir_gib(spec))),
+            }),
             ..Volume::default()
         },
     };
@@ -417,6 +512,14 @@ fn pod_template(
             ..Volume::default()
         },
         cache_volume,
+        Volume {
+            name: "home".to_string(),
+            empty_dir: Some(EmptyDirVolumeSource {
+                medium: None,
+                size_limit: Some(gibibytes(HOME_SIZE_LIMIT_GIB)),
+            }),
+            ..Volume::default()
+        },
     ];
     for (index, claim) in sources.claims.iter().enumerate() {
         volumes.push(Volume {
@@ -443,12 +546,24 @@ fn pod_template(
                 uri.clone(),
                 directory.clone(),
             ]),
-            env: (!spec.engine.env.is_empty()).then(|| spec.engine.env.clone()),
-            volume_mounts: Some(vec![VolumeMount {
-                name: "cache".to_string(),
-                mount_path: CACHE_MOUNT_PATH.to_string(),
-                ..VolumeMount::default()
-            }]),
+            // HOME: the AWS CLI keeps its credential cache there.
+            env: Some(with_user_env(
+                vec![plain_env("HOME", HOME_MOUNT_PATH)],
+                &spec.engine.env,
+            )),
+            volume_mounts: Some(vec![
+                VolumeMount {
+                    name: "cache".to_string(),
+                    mount_path: CACHE_MOUNT_PATH.to_string(),
+                    ..VolumeMount::default()
+                },
+                VolumeMount {
+                    name: "home".to_string(),
+                    mount_path: HOME_MOUNT_PATH.to_string(),
+                    ..VolumeMount::default()
+                },
+            ]),
+            security_context: Some(container_security_context()),
             ..Container::default()
         })
         .collect();
@@ -471,8 +586,24 @@ fn pod_template(
             service_account_name: spec.pod_template.service_account_name.clone(),
             image_pull_secrets: (!spec.pod_template.image_pull_secrets.is_empty())
                 .then(|| spec.pod_template.image_pull_secrets.clone()),
-            termination_grace_period_seconds: Some(TERMINATION_GRACE_PERIOD_SECONDS),
+            termination_grace_period_seconds: Some(i64::from(
+                spec.engine.termination_grace_period_seconds,
+            )),
             enable_service_links: Some(false),
+            security_context: Some(PodSecurityContext {
+                run_as_non_root: Some(true),
+                run_as_user: Some(ENGINE_USER_ID),
+                run_as_group: Some(ENGINE_USER_ID),
+                fs_group: Some(ENGINE_USER_ID),
+                // Without it the kubelet re-owns every file of a cache claim on each mount:
+                // minutes for a large model's weights.
+                fs_group_change_policy: Some("OnRootMismatch".to_string()),
+                seccomp_profile: Some(SeccompProfile {
+                    type_: "RuntimeDefault".to_string(),
+                    localhost_profile: None,
+                }),
+                ..PodSecurityContext::default()
+            }),
             ..PodSpec::default()
         }),
     }
@@ -492,6 +623,11 @@ fn engine_container(
         VolumeMount {
             name: "cache".to_string(),
             mount_path: CACHE_MOUNT_PATH.to_string(),
+            ..VolumeMount::default()
+        },
+        VolumeMount {
+            name: "home".to_string(),
+            mount_path: HOME_MOUNT_PATH.to_string(),
             ..VolumeMount::default()
         },
     ];
@@ -519,14 +655,9 @@ fn engine_container(
 
     Container {
         name: ENGINE_CONTAINER.to_string(),
-        image: Some(
-            spec.engine
-                .image
-                .clone()
-                .unwrap_or_else(|| config.default_engine_image.clone()),
-        ),
+        image: Some(engine_image(spec, config)),
         args: Some(engine_args(spec, sources)),
-        env: Some(engine_env(spec)),
+        env: Some(engine_env(spec, sources)),
         ports: Some(vec![ContainerPort {
             name: Some(PORT_NAME.to_string()),
             container_port: spec.engine.port,
@@ -548,13 +679,36 @@ fn engine_container(
         lifecycle: Some(Lifecycle {
             pre_stop: Some(LifecycleHandler {
                 sleep: Some(SleepAction {
-                    seconds: PRE_STOP_SLEEP_SECONDS,
+                    seconds: i64::from(PRE_STOP_SLEEP_SECONDS),
                 }),
                 ..LifecycleHandler::default()
             }),
             ..Lifecycle::default()
         }),
+        security_context: Some(container_security_context()),
         ..Container::default()
+    }
+}
+
+/// What Pod Security "restricted" asks of every container (the pod-level part is in
+/// [`pod_template`]).
+fn container_security_context() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".to_string()]),
+            add: None,
+        }),
+        ..SecurityContext::default()
+    }
+}
+
+/// spec.engine.image, else the operator's default for GPU or CPU-only models.
+fn engine_image(spec: &InferenceModelSpec, config: &BuildConfig) -> String {
+    match &spec.engine.image {
+        Some(image) => image.clone(),
+        None if spec.gpus() > 0 => config.default_engine_image.clone(),
+        None => config.default_cpu_engine_image.clone(),
     }
 }
 
@@ -595,23 +749,28 @@ fn engine_args(spec: &InferenceModelSpec, sources: &Sources) -> Vec<String> {
         if let Some(quantization) = &vllm.quantization {
             args.extend(["--quantization".to_string(), quantization.clone()]);
         }
-        args.push(
-            if vllm.enable_prefix_caching {
-                "--enable-prefix-caching"
-            } else {
-                "--no-enable-prefix-caching"
-            }
-            .to_string(),
-        );
+        // Only when asked: vLLM decides per model otherwise, and forcing it on crashes some
+        // pooling models.
+        match vllm.enable_prefix_caching {
+            Some(true) => args.push("--enable-prefix-caching".to_string()),
+            Some(false) => args.push("--no-enable-prefix-caching".to_string()),
+            None => {}
+        }
     }
     if let Some(revision) = &spec.model.revision {
         args.extend(["--revision".to_string(), revision.clone()]);
     }
-    // `--task embed` is understood by every vLLM release up to 0.11 (where `--runner pooling`
-    // is the new spelling), so it works with older pinned images too.
-    if spec.serves(Feature::TextEmbedding) && !spec.serves(Feature::TextGeneration) {
-        args.extend(["--task".to_string(), "embed".to_string()]);
+    // vLLM 0.32 has no `--task` (removed in favour of `--runner`, which 0.10 introduced). A
+    // model generates or embeds, never both (spec.features rule).
+    if spec.serves(Feature::TextEmbedding) {
+        args.extend(["--runner".to_string(), "pooling".to_string()]);
     }
+    // vLLM's default of 0 aborts in-flight requests on SIGTERM; with a timeout it finishes them
+    // and refuses new ones (docs/operations.md, "Draining").
+    args.extend([
+        "--shutdown-timeout".to_string(),
+        spec.engine.shutdown_timeout_seconds().to_string(),
+    ]);
     if !sources.adapters.is_empty() {
         args.push("--enable-lora".to_string());
         args.push("--lora-modules".to_string());
@@ -631,12 +790,29 @@ fn engine_args(spec: &InferenceModelSpec, sources: &Sources) -> Vec<String> {
     args
 }
 
-fn engine_env(spec: &InferenceModelSpec) -> Vec<EnvVar> {
-    let mut env = vec![EnvVar {
-        name: "HF_HOME".to_string(),
-        value: Some(HF_HOME.to_string()),
+fn plain_env(name: &str, value: &str) -> EnvVar {
+    EnvVar {
+        name: name.to_string(),
+        value: Some(value.to_string()),
         value_from: None,
-    }];
+    }
+}
+
+fn engine_env(spec: &InferenceModelSpec, sources: &Sources) -> Vec<EnvVar> {
+    let cache_home = format!("{HOME_MOUNT_PATH}/.cache");
+    let mut env = vec![
+        plain_env("HF_HOME", HF_HOME),
+        // A non-root uid without a passwd entry: HOME is otherwise "/", and Python's
+        // getpass.getuser() (torch's compile cache) fails unless USER is set.
+        plain_env("HOME", HOME_MOUNT_PATH),
+        plain_env("USER", "engine"),
+        plain_env("XDG_CACHE_HOME", &cache_home),
+        plain_env("VLLM_CACHE_ROOT", &format!("{cache_home}/vllm")),
+        plain_env("NUMBA_CACHE_DIR", &format!("{cache_home}/numba")),
+    ];
+    if !sources.uses_hub {
+        env.push(plain_env("HF_HUB_OFFLINE", "1"));
+    }
     if let Some(secret) = spec
         .cache
         .as_ref()
@@ -655,9 +831,14 @@ fn engine_env(spec: &InferenceModelSpec) -> Vec<EnvVar> {
             }),
         });
     }
-    // The user's variables override the operator's of the same name. Server-side apply keys
-    // env by name and rejects duplicates, so an override replaces rather than repeats.
-    for user in &spec.engine.env {
+    with_user_env(env, &spec.engine.env)
+}
+
+/// `env` with the user's variables (spec.engine.env) added; they override the operator's of the
+/// same name. Server-side apply keys env by name and rejects duplicates, so an override replaces
+/// rather than repeats.
+fn with_user_env(mut env: Vec<EnvVar>, user_env: &[EnvVar]) -> Vec<EnvVar> {
+    for user in user_env {
         match env.iter_mut().find(|existing| existing.name == user.name) {
             Some(existing) => *existing = user.clone(),
             None => env.push(user.clone()),
@@ -666,25 +847,64 @@ fn engine_env(spec: &InferenceModelSpec) -> Vec<EnvVar> {
     env
 }
 
+fn gibibytes(amount: i32) -> Quantity {
+    Quantity(format!("{amount}Gi"))
+}
+
+/// Size limit (GiB) of the emptyDir weight cache.
+fn cache_empty_dir_gib(spec: &InferenceModelSpec) -> i32 {
+    CACHE_EMPTY_DIR_GIB_PER_GPU.saturating_mul(spec.gpus().max(1))
+}
+
 fn resources(spec: &InferenceModelSpec) -> ResourceRequirements {
-    let mut amounts = BTreeMap::new();
-    if spec.gpus() > 0 {
-        amounts.insert(
-            spec.resources.gpu_resource_name.clone(),
-            Quantity(spec.gpus().to_string()),
-        );
+    let gpus = spec.gpus();
+    let mut requests = BTreeMap::new();
+    let mut limits = BTreeMap::new();
+    // Extended resources need request = limit.
+    if gpus > 0 {
+        let amount = Quantity(gpus.to_string());
+        requests.insert(spec.resources.gpu_resource_name.clone(), amount.clone());
+        limits.insert(spec.resources.gpu_resource_name.clone(), amount);
     }
-    if let Some(cpu) = &spec.resources.cpu {
-        amounts.insert("cpu".to_string(), cpu.clone());
+    // Set by the user: request = limit, as the field promises.
+    match &spec.resources.cpu {
+        Some(cpu) => {
+            requests.insert("cpu".to_string(), cpu.clone());
+            limits.insert("cpu".to_string(), cpu.clone());
+        }
+        None => {
+            let cpus = if gpus > 0 {
+                DEFAULT_CPU_PER_GPU.saturating_mul(gpus)
+            } else {
+                DEFAULT_CPU_WITHOUT_GPU
+            };
+            requests.insert("cpu".to_string(), Quantity(cpus.to_string()));
+        }
     }
-    if let Some(memory) = &spec.resources.memory {
-        amounts.insert("memory".to_string(), memory.clone());
+    let memory = spec.resources.memory.clone().unwrap_or_else(|| {
+        gibibytes(if gpus > 0 {
+            DEFAULT_MEMORY_GIB_PER_GPU.saturating_mul(gpus)
+        } else {
+            DEFAULT_MEMORY_GIB_WITHOUT_GPU
+        })
+    });
+    requests.insert("memory".to_string(), memory.clone());
+    limits.insert("memory".to_string(), memory);
+    // What the emptyDirs may fill (no limit: their sizeLimits bound them). Memory-backed
+    // /dev/shm is memory, not ephemeral storage.
+    let mut scratch_gib = HOME_SIZE_LIMIT_GIB;
+    if spec
+        .cache
+        .as_ref()
+        .and_then(|cache| cache.size.as_ref())
+        .is_none()
+    {
+        scratch_gib = scratch_gib.saturating_add(cache_empty_dir_gib(spec));
     }
-    // Requests equal limits: extended resources require it, and an engine that holds its
-    // whole GPU memory from the start gains nothing from burstable CPU or memory.
+    requests.insert("ephemeral-storage".to_string(), gibibytes(scratch_gib));
     ResourceRequirements {
-        requests: (!amounts.is_empty()).then(|| amounts.clone()),
-        limits: (!amounts.is_empty()).then_some(amounts),
+        requests: Some(requests),
+        limits: Some(limits),
         ..ResourceRequirements::default()
     }
 }
@@ -716,7 +936,9 @@ mod tests {
                 "--port",
                 "8000",
                 "--tensor-parallel-size",
-                "1"
+                "1",
+                "--shutdown-timeout",
+                "165"
             ]
         );
     }
@@ -765,15 +987,329 @@ spec:
         );
     }
 
+    fn pod(model: &InferenceModel) -> k8s_openapi::api::core::v1::PodSpec {
+        let children = build(model, 1, &BuildConfig::default()).unwrap();
+        children.deployment.spec.unwrap().template.spec.unwrap()
+    }
+
+    fn env_value<'a>(env: &'a [EnvVar], name: &str) -> Option<&'a str> {
+        env.iter()
+            .find(|var| var.name == name)
+            .and_then(|var| var.value.as_deref())
+    }
+
+    fn flag_value<'a>(args: &'a [String], flag: &str) -> Option<&'a str> {
+        let position = args.iter().position(|arg| arg == flag)?;
+        args.get(position + 1).map(String::as_str)
+    }
+
     #[test]
-    fn embedding_only_models_run_the_embed_task() {
+    fn embedding_models_run_the_pooling_runner() {
         let args =
             args("metadata: {name: m}\nspec: {model: {name: e5}, features: [TextEmbedding]}");
-        assert!(args.ends_with(&["--task".to_string(), "embed".to_string()]));
-        let both = super::tests::args(
-            "metadata: {name: m}\nspec: {model: {name: e5}, features: [TextGeneration, TextEmbedding]}",
+        assert_eq!(flag_value(&args, "--runner"), Some("pooling"));
+        assert!(
+            !args.contains(&"--task".to_string()),
+            "vLLM 0.32 has no --task"
         );
-        assert!(!both.contains(&"--task".to_string()));
+        let generation = super::tests::args("metadata: {name: m}\nspec: {model: {name: m}}");
+        assert!(!generation.contains(&"--runner".to_string()));
+    }
+
+    #[test]
+    fn prefix_caching_is_passed_only_when_set() {
+        let flags = |vllm: &str| {
+            args(&format!(
+                "metadata: {{name: m}}\nspec: {{model: {{name: m}}, engine: {{vllm: {vllm}}}}}"
+            ))
+            .into_iter()
+            .filter(|arg| arg.contains("prefix-caching"))
+            .collect::<Vec<_>>()
+        };
+        assert!(
+            flags("{maxModelLen: 4096}").is_empty(),
+            "the engine decides"
+        );
+        assert_eq!(
+            flags("{enablePrefixCaching: true}"),
+            ["--enable-prefix-caching"]
+        );
+        assert_eq!(
+            flags("{enablePrefixCaching: false}"),
+            ["--no-enable-prefix-caching"]
+        );
+    }
+
+    #[test]
+    fn grace_period_sets_the_pod_and_the_shutdown_timeout() {
+        let model = model(
+            "metadata: {name: m}\nspec: {model: {name: m}, engine: {terminationGracePeriodSeconds: 900}}",
+        );
+        let pod = pod(&model);
+        assert_eq!(pod.termination_grace_period_seconds, Some(900));
+        let engine = &pod.containers[0];
+        let args = engine.args.as_deref().unwrap();
+        assert_eq!(flag_value(args, "--shutdown-timeout"), Some("885"));
+        let pre_stop = engine
+            .lifecycle
+            .as_ref()
+            .and_then(|lifecycle| lifecycle.pre_stop.as_ref())
+            .and_then(|handler| handler.sleep.as_ref())
+            .map(|sleep| sleep.seconds);
+        assert_eq!(pre_stop, Some(10));
+        // Default: 180 s, so 165 s for in-flight requests.
+        let pod = super::tests::pod(&super::tests::model(
+            "metadata: {name: m}\nspec: {model: {name: m}}",
+        ));
+        assert_eq!(pod.termination_grace_period_seconds, Some(180));
+        let args = pod.containers[0].args.clone().unwrap();
+        assert_eq!(flag_value(&args, "--shutdown-timeout"), Some("165"));
+    }
+
+    #[test]
+    fn default_image_depends_on_gpus() {
+        let config = BuildConfig::default();
+        let image = |yaml: &str| pod(&model(yaml)).containers[0].image.clone().unwrap();
+        assert_eq!(
+            image("metadata: {name: m}\nspec: {model: {name: m}}"),
+            DEFAULT_ENGINE_IMAGE
+        );
+        assert_eq!(
+            image("metadata: {name: m}\nspec: {model: {name: m}, resources: {gpus: 0}}"),
+            config.default_cpu_engine_image
+        );
+        // Both defaults come from the same vLLM release.
+        assert_eq!(
+            DEFAULT_CPU_ENGINE_IMAGE
+                .rsplit_once(':')
+                .map(|(_, tag)| tag),
+            DEFAULT_ENGINE_IMAGE.rsplit_once(':').map(|(_, tag)| tag)
+        );
+        assert_eq!(
+            image("metadata: {name: m}\nspec: {model: {name: m}, resources: {gpus: 0}, engine: {image: mine:1}}"),
+            "mine:1"
+        );
+    }
+
+    #[test]
+    fn pods_meet_the_restricted_pod_security_standard() {
+        let model = model(
+            "metadata: {name: m}\nspec: {model: {name: m}, adapters: [{name: a, source: s3://bucket/a}]}",
+        );
+        let pod = pod(&model);
+        let security = pod.security_context.unwrap();
+        assert_eq!(security.run_as_non_root, Some(true));
+        assert_eq!(security.run_as_user, Some(ENGINE_USER_ID));
+        assert_ne!(security.run_as_user, Some(0));
+        assert_eq!(security.fs_group, Some(ENGINE_USER_ID));
+        assert_eq!(
+            security.seccomp_profile.map(|profile| profile.type_),
+            Some("RuntimeDefault".to_string())
+        );
+        let containers = pod
+            .containers
+            .iter()
+            .chain(pod.init_containers.iter().flatten());
+        let mut count = 0;
+        for container in containers {
+            count += 1;
+            let security = container.security_context.clone().unwrap();
+            assert_eq!(
+                security.allow_privilege_escalation,
+                Some(false),
+                "{}",
+                container.name
+            );
+            assert_eq!(
+                security
+                    .capabilities
+                    .and_then(|capabilities| capabilities.drop),
+                Some(vec!["ALL".to_string()])
+            );
+            assert_eq!(security.privileged, None);
+            // Every container has a writable HOME on a volume.
+            let env = container.env.clone().unwrap();
+            assert_eq!(env_value(&env, "HOME"), Some(HOME_MOUNT_PATH));
+            assert!(container
+                .volume_mounts
+                .iter()
+                .flatten()
+                .any(|mount| mount.name == "home" && mount.mount_path == HOME_MOUNT_PATH));
+        }
+        assert_eq!(count, 2, "the engine and the s3 sync");
+        let env = pod.containers[0].env.clone().unwrap();
+        for name in ["XDG_CACHE_HOME", "VLLM_CACHE_ROOT", "NUMBA_CACHE_DIR"] {
+            assert!(
+                env_value(&env, name).is_some_and(|value| value.starts_with(HOME_MOUNT_PATH)),
+                "{name}"
+            );
+        }
+        assert_eq!(env_value(&env, "HF_HOME"), Some(HF_HOME));
+        // /dev/shm stays.
+        let volumes = pod.volumes.unwrap();
+        assert!(volumes.iter().any(|volume| volume.name == "shm"
+            && volume
+                .empty_dir
+                .as_ref()
+                .and_then(|dir| dir.medium.as_deref())
+                == Some("Memory")));
+    }
+
+    #[test]
+    fn hub_goes_offline_when_no_source_is_on_the_hub() {
+        let offline = |yaml: &str| {
+            let model = model(yaml);
+            let sources = Sources::resolve(&model.spec).unwrap();
+            env_value(&engine_env(&model.spec, &sources), "HF_HUB_OFFLINE").map(str::to_string)
+        };
+        assert_eq!(
+            offline("metadata: {name: m}\nspec: {model: {name: m}}"),
+            None
+        );
+        assert_eq!(
+            offline("metadata: {name: m}\nspec: {model: {name: m, source: pvc://weights/m}}"),
+            Some("1".to_string())
+        );
+        assert_eq!(
+            offline("metadata: {name: m}\nspec: {model: {name: m, source: s3://bucket/m}}"),
+            Some("1".to_string())
+        );
+        assert_eq!(
+            offline(
+                "metadata: {name: m}\nspec: {model: {name: m, source: pvc://weights/m}, adapters: [{name: a, source: hf://org/a}]}"
+            ),
+            None,
+            "an adapter still comes from the Hub"
+        );
+        assert_eq!(
+            offline(
+                "metadata: {name: m}\nspec: {model: {name: m, source: pvc://weights/m}, engine: {env: [{name: HF_HUB_OFFLINE, value: \"0\"}]}}"
+            ),
+            Some("0".to_string()),
+            "the user's variable wins"
+        );
+    }
+
+    #[test]
+    fn default_resources_scale_with_gpus() {
+        let resources = |yaml: &str| pod(&model(yaml)).containers[0].resources.clone().unwrap();
+        let amount = |map: &Option<BTreeMap<String, Quantity>>, key: &str| {
+            map.as_ref()
+                .and_then(|map| map.get(key))
+                .map(|quantity| quantity.0.clone())
+        };
+        let four = resources("metadata: {name: m}\nspec: {model: {name: m}, resources: {gpus: 4}}");
+        assert_eq!(
+            amount(&four.requests, "nvidia.com/gpu").as_deref(),
+            Some("4")
+        );
+        assert_eq!(amount(&four.limits, "nvidia.com/gpu").as_deref(), Some("4"));
+        assert_eq!(amount(&four.requests, "cpu").as_deref(), Some("8"));
+        assert_eq!(amount(&four.limits, "cpu"), None, "no CPU limit");
+        assert_eq!(amount(&four.requests, "memory").as_deref(), Some("48Gi"));
+        assert_eq!(amount(&four.limits, "memory").as_deref(), Some("48Gi"));
+        // The emptyDir cache (4 x 50Gi) plus home (10Gi).
+        assert_eq!(
+            amount(&four.requests, "ephemeral-storage").as_deref(),
+            Some("210Gi")
+        );
+        assert_eq!(amount(&four.limits, "ephemeral-storage"), None);
+
+        let cpu_only =
+            resources("metadata: {name: m}\nspec: {model: {name: m}, resources: {gpus: 0}}");
+        assert_eq!(amount(&cpu_only.requests, "cpu").as_deref(), Some("4"));
+        assert_eq!(
+            amount(&cpu_only.requests, "memory").as_deref(),
+            Some("16Gi")
+        );
+        assert_eq!(
+            cpu_only.requests.as_ref().map(|requests| requests.len()),
+            Some(3),
+            "no GPU"
+        );
+
+        // The user's amounts win (request = limit, as documented); a cache claim takes the
+        // weights off ephemeral storage.
+        let set = resources(
+            "metadata: {name: m}\nspec: {model: {name: m}, resources: {cpu: 500m, memory: 8Gi}, cache: {size: 20Gi}}",
+        );
+        assert_eq!(amount(&set.requests, "cpu").as_deref(), Some("500m"));
+        assert_eq!(amount(&set.limits, "cpu").as_deref(), Some("500m"));
+        assert_eq!(amount(&set.limits, "memory").as_deref(), Some("8Gi"));
+        assert_eq!(
+            amount(&set.requests, "ephemeral-storage").as_deref(),
+            Some("10Gi")
+        );
+    }
+
+    #[test]
+    fn empty_dirs_have_size_limits() {
+        let pod = pod(&model(
+            "metadata: {name: m}\nspec: {model: {name: m}, resources: {gpus: 2}}",
+        ));
+        let limit = |name: &str| {
+            pod.volumes
+                .iter()
+                .flatten()
+                .find(|volume| volume.name == name)
+                .and_then(|volume| volume.empty_dir.as_ref())
+                .and_then(|dir| dir.size_limit.as_ref())
+                .map(|quantity| quantity.0.clone())
+        };
+        assert_eq!(limit("cache").as_deref(), Some("100Gi"));
+        assert_eq!(limit("home").as_deref(), Some("10Gi"));
+    }
+
+    #[test]
+    fn cache_claim_access_mode() {
+        let modes = |yaml: &str| {
+            build(&model(yaml), 1, &BuildConfig::default())
+                .unwrap()
+                .cache_claim
+                .and_then(|claim| claim.spec)
+                .and_then(|spec| spec.access_modes)
+        };
+        assert_eq!(
+            modes("metadata: {name: m}\nspec: {model: {name: m}, cache: {size: 20Gi}}"),
+            Some(vec!["ReadWriteOnce".to_string()])
+        );
+        assert_eq!(
+            modes(
+                "metadata: {name: m}\nspec: {model: {name: m}, replicas: 2, cache: {size: 20Gi}}"
+            ),
+            Some(vec!["ReadWriteMany".to_string()])
+        );
+        assert_eq!(
+            modes("metadata: {name: m}\nspec: {model: {name: m}, replicas: 2, cache: {size: 20Gi, accessMode: ReadWriteOnce}}"),
+            Some(vec!["ReadWriteOnce".to_string()])
+        );
+    }
+
+    #[test]
+    fn disruption_budget_takes_one_replica_at_a_time() {
+        let model = model("metadata: {name: m}\nspec: {model: {name: m}}");
+        let children = build(&model, 3, &BuildConfig::default()).unwrap();
+        let budget = children.disruption_budget;
+        assert_eq!(budget.metadata.name.as_deref(), Some("m"));
+        assert_eq!(
+            budget.metadata.owner_references,
+            children.deployment.metadata.owner_references
+        );
+        let spec = budget.spec.unwrap();
+        assert_eq!(spec.max_unavailable, Some(IntOrString::Int(1)));
+        assert_eq!(spec.min_available, None);
+        assert_eq!(
+            spec.selector.and_then(|selector| selector.match_labels),
+            children
+                .deployment
+                .spec
+                .map(|spec| spec.selector)
+                .and_then(|selector| selector.match_labels)
+        );
+        assert_eq!(
+            spec.unhealthy_pod_eviction_policy.as_deref(),
+            Some("AlwaysAllow")
+        );
     }
 
     #[test]
@@ -786,9 +1322,21 @@ spec:
   engine: {env: [{name: HF_HOME, value: /data}, {name: X, value: "1"}]}
 "#,
         );
-        let env = engine_env(&model.spec);
+        let sources = Sources::resolve(&model.spec).unwrap();
+        let env = engine_env(&model.spec, &sources);
         let names: Vec<_> = env.iter().map(|var| var.name.as_str()).collect();
-        assert_eq!(names, ["HF_HOME", "X"]);
+        assert_eq!(
+            names,
+            [
+                "HF_HOME",
+                "HOME",
+                "USER",
+                "XDG_CACHE_HOME",
+                "VLLM_CACHE_ROOT",
+                "NUMBA_CACHE_DIR",
+                "X"
+            ]
+        );
         assert_eq!(env[0].value.as_deref(), Some("/data"));
     }
 
@@ -798,10 +1346,12 @@ spec:
         let children = build(&model, 1, &BuildConfig::default()).unwrap();
         let pod = children.deployment.spec.unwrap().template.spec.unwrap();
         assert_eq!(pod.tolerations, None);
-        assert_eq!(
-            pod.containers[0].resources,
-            Some(ResourceRequirements::default())
-        );
+        let resources = pod.containers[0].resources.clone().unwrap();
+        assert!(resources
+            .requests
+            .iter()
+            .chain(resources.limits.iter())
+            .all(|amounts| !amounts.contains_key("nvidia.com/gpu")));
     }
 
     #[test]

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kinfer_crds::labels;
@@ -76,6 +77,18 @@ pub enum Error {
         source: kube::Error,
     },
 
+    #[error(
+        "the cache claim {name} is {existing} and a claim's access mode cannot change, but the \
+         spec now asks for {desired} (spec.cache.accessMode, or its default, which follows the \
+         most replicas the model may run). Set spec.cache.accessMode: {existing} to keep the \
+         claim, or delete it (kubectl delete pvc {name}) to have it recreated empty"
+    )]
+    CacheAccessModeChanged {
+        name: String,
+        existing: String,
+        desired: String,
+    },
+
     #[error(transparent)]
     Build(#[from] build::BuildError),
 }
@@ -88,6 +101,7 @@ impl Error {
             Error::Delete { .. } => "delete",
             Error::List { .. } => "list",
             Error::Status { .. } => "status",
+            Error::CacheAccessModeChanged { .. } => "cache_access_mode_changed",
             Error::Build(error) => error.metric_label(),
         }
     }
@@ -302,6 +316,10 @@ pub async fn run_with_triggers(
     )
     .owns(api::<Deployment>(&client, namespace), owned.clone())
     .owns(api::<Service>(&client, namespace), owned.clone())
+    .owns(
+        api::<PodDisruptionBudget>(&client, namespace),
+        owned.clone(),
+    )
     .owns(api::<PersistentVolumeClaim>(&client, namespace), owned)
     // Pod status (scheduling, image pulls, crash loops, readiness) feeds the model's
     // status; pods are mapped to their model through the kinfer.dev/model label.
@@ -477,6 +495,21 @@ mod tests {
         assert_eq!(backoff(5), Duration::from_secs(32));
         assert_eq!(backoff(9), MAX_BACKOFF);
         assert_eq!(backoff(u32::MAX), MAX_BACKOFF);
+    }
+
+    #[test]
+    fn cache_access_mode_message_says_what_to_do() {
+        let message = Error::CacheAccessModeChanged {
+            name: "m-cache".into(),
+            existing: "ReadWriteOnce".into(),
+            desired: "ReadWriteMany".into(),
+        }
+        .to_string();
+        assert!(
+            message.contains("spec.cache.accessMode: ReadWriteOnce"),
+            "{message}"
+        );
+        assert!(message.contains("kubectl delete pvc m-cache"), "{message}");
     }
 
     #[test]

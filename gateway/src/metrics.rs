@@ -129,13 +129,13 @@ impl Metrics {
         let upstream_errors = Family::<ErrorLabels, Counter>::default();
         registry.register(
             "upstream_errors",
-            "Failures talking to an engine, by kind (connect, timeout, status, body)",
+            "Failures talking to an engine, by kind (connect, reset, timeout, status, shutdown, body, idle_timeout)",
             upstream_errors.clone(),
         );
         let ejections = Family::<ModelLabels, Counter>::default();
         registry.register(
             "replica_ejections",
-            "Replicas taken out of rotation for a while after consecutive failures",
+            "Replicas taken out of rotation for a while after consecutive failures or an engine's shutdown answer",
             ejections.clone(),
         );
         let index_updates = Counter::default();

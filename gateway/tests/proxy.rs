@@ -724,3 +724,115 @@ async fn the_proxy_fast_path_answers_like_the_router() {
         assert_eq!(served["object"], routed["object"], "{method} {path}");
     }
 }
+
+/// vLLM 0.32's answer to a new request once SIGTERM started its shutdown (`--shutdown-timeout`).
+const SHUTDOWN_ANSWER: &str = r#"{"error":{"message":"cannot schedule new futures after shutdown","type":"InternalServerError","param":null,"code":500}}"#;
+
+/// An upstream answering every chat request with `status` and `body` (JSON), counting them.
+async fn answering(
+    status: http::StatusCode,
+    body: &'static str,
+) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = count.clone();
+    let address = upstream(axum::Router::new().route(
+        "/v1/chat/completions",
+        post(move || {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async move { (status, [("content-type", "application/json")], body) }
+        }),
+    ))
+    .await;
+    (address, count)
+}
+
+#[tokio::test]
+async fn an_engine_shutting_down_is_retried_elsewhere_and_leaves_the_rotation() {
+    let (shutting_down, refused) =
+        answering(http::StatusCode::INTERNAL_SERVER_ERROR, SHUTDOWN_ANSWER).await;
+    let good = sim("m", |_| {}).await;
+    let gateway = TestGateway::start(GatewayConfig::default()).await;
+    gateway.publish(vec![model("m", &[shutting_down.clone(), address(&good)])]);
+    for _ in 0..4 {
+        let response = gateway.chat("m").await;
+        assert_eq!(response.status(), 200);
+        assert_eq!(
+            response.headers()["x-kinfer-replica"],
+            address(&good).as_str()
+        );
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(body["object"], "chat.completion");
+    }
+    assert_eq!(
+        refused.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "out of rotation after its first refusal"
+    );
+    let metrics = gateway.metrics();
+    for line in [
+        r#"kinfer_gateway_retries_total{model="m"} 1"#,
+        r#"kinfer_gateway_upstream_errors_total{model="m",kind="shutdown"} 1"#,
+        r#"kinfer_gateway_replica_ejections_total{model="m"} 1"#,
+        r#"kinfer_gateway_requests_total{model="m",code="200"} 4"#,
+    ] {
+        assert!(metrics.contains(line), "{line}\n{metrics}");
+    }
+
+    // With nowhere else to go, the engine's answer is the client's, byte for byte.
+    gateway.publish(vec![model("m", &[shutting_down])]);
+    let response = gateway.chat("m").await;
+    assert_eq!(response.status(), 500);
+    assert_eq!(response.text().await.unwrap(), SHUTDOWN_ANSWER);
+}
+
+#[tokio::test]
+async fn other_engine_500s_pass_through_without_a_retry() {
+    const ANSWER: &str = r#"{"error":{"message":"CUDA out of memory","type":"InternalServerError","param":null,"code":500}}"#;
+    let (failing, failed) = answering(http::StatusCode::INTERNAL_SERVER_ERROR, ANSWER).await;
+    let (good, served) = answering(http::StatusCode::OK, r#"{"object":"chat.completion"}"#).await;
+    let gateway = TestGateway::start(GatewayConfig::default()).await;
+    gateway.publish(vec![model("m", &[failing.clone(), good])]);
+    let mut statuses = Vec::new();
+    for _ in 0..2 {
+        let response = gateway.chat("m").await;
+        statuses.push(response.status().as_u16());
+        if response.status() == 500 {
+            assert_eq!(response.headers()["x-kinfer-replica"], failing.as_str());
+            assert_eq!(response.text().await.unwrap(), ANSWER);
+        }
+    }
+    statuses.sort();
+    assert_eq!(statuses, [200, 500]);
+    for count in [&failed, &served] {
+        assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+    assert!(gateway
+        .metrics()
+        .contains(r#"kinfer_gateway_retries_total{model="m"} 0"#));
+
+    // A 500 longer than what is read to look for a shutdown, in chunks, even if it mentions
+    // one: passed on whole.
+    let long = format!("shutdown {}", "x".repeat(10_000));
+    let answer = long.clone();
+    let chunked = upstream(axum::Router::new().route(
+        "/v1/chat/completions",
+        post(move || {
+            let pieces: Vec<Result<Bytes, std::io::Error>> = answer
+                .as_bytes()
+                .chunks(3000)
+                .map(|piece| Ok(Bytes::copy_from_slice(piece)))
+                .collect();
+            async move {
+                (
+                    http::StatusCode::INTERNAL_SERVER_ERROR,
+                    axum::body::Body::from_stream(futures::stream::iter(pieces)),
+                )
+            }
+        }),
+    ))
+    .await;
+    gateway.publish(vec![model("m", &[chunked])]);
+    let response = gateway.chat("m").await;
+    assert_eq!(response.status(), 500);
+    assert_eq!(response.text().await.unwrap(), long);
+}

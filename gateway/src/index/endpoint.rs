@@ -1,5 +1,5 @@
 //! One engine replica as the request path sees it: where it is, how loaded it is, and whether
-//! it is currently ejected for failing.
+//! it is currently ejected for failing (or for shutting down).
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -301,6 +301,25 @@ impl Endpoint {
         self.outlier.ejected.store(true, Ordering::Relaxed);
         Some(duration)
     }
+
+    /// Take the replica out of rotation for `duration` at once: the engine said it is shutting
+    /// down, so the next request would be refused too. Unlike [`Self::record_failure`] this
+    /// does not count towards the doubling: a draining pod is gone soon, not failing. Returns
+    /// whether the replica was in rotation until now.
+    pub(crate) fn eject_draining(&self, now: Instant, duration: Duration) -> bool {
+        let mut until = self
+            .outlier
+            .ejected_until
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        let was_available = !until.is_some_and(|deadline| now < deadline);
+        let deadline = now + duration;
+        if until.is_none_or(|current| current < deadline) {
+            *until = Some(deadline);
+        }
+        self.outlier.ejected.store(true, Ordering::Relaxed);
+        was_available
+    }
 }
 
 #[cfg(test)]
@@ -370,6 +389,34 @@ mod tests {
         assert!(endpoint.is_available(later));
         endpoint.record_success();
         endpoint.record_failure(later, &policy);
+        assert_eq!(
+            endpoint.record_failure(later, &policy),
+            Some(Duration::from_secs(10))
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_draining_replica_is_out_for_a_while_without_doubling() {
+        let policy = EjectionPolicy {
+            consecutive_failures: 1,
+            base: Duration::from_secs(10),
+            max: Duration::from_secs(300),
+        };
+        let endpoint = Endpoint::new("a", "127.0.0.1:1").unwrap();
+        let now = Instant::now();
+        assert!(endpoint.eject_draining(now, Duration::from_secs(5)));
+        assert!(!endpoint.is_available(now + Duration::from_secs(4)));
+        assert!(
+            !endpoint.eject_draining(now + Duration::from_secs(1), Duration::from_secs(1)),
+            "already out"
+        );
+        assert!(
+            !endpoint.is_available(now + Duration::from_secs(4)),
+            "a shorter ejection does not shorten the current one"
+        );
+        let later = now + Duration::from_secs(5);
+        assert!(endpoint.is_available(later));
+        // The next failure ejection starts from the base time: draining did not double it.
         assert_eq!(
             endpoint.record_failure(later, &policy),
             Some(Duration::from_secs(10))

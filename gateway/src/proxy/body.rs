@@ -193,7 +193,8 @@ pub struct ProxyBody {
     /// Held until the body ends: the replica's in-flight count.
     _inflight: InflightGuard,
     log: RequestLog,
-    /// A frame read before the response head was handed to the server; see [`Self::prefetch`].
+    /// A frame read before the response head was handed to the server; see [`Self::prefetch`]
+    /// and [`Self::with_read`].
     prefetched: Option<Result<Frame<Bytes>, H1Error>>,
 }
 
@@ -219,6 +220,15 @@ impl ProxyBody {
         }
     }
 
+    /// The start of the body, already read from the engine (to look at an error answer before
+    /// deciding to pass it on): sent first.
+    pub fn with_read(mut self, read: Bytes) -> Self {
+        if !read.is_empty() {
+            self.prefetched = Some(Ok(Frame::data(read)));
+        }
+        self
+    }
+
     /// Read the first frame now (waiting at most the idle timeout). Used for bodies with a
     /// content-length: the server then writes the head and the body in one write, instead of
     /// flushing the head alone because the body was not there yet when it first looked, which
@@ -226,6 +236,9 @@ impl ProxyBody {
     pub async fn prefetch(&mut self) {
         use futures::FutureExt;
         use http_body_util::BodyExt;
+        if self.prefetched.is_some() {
+            return;
+        }
         // Usually the frame is already there: no timer for that case.
         let polled = match self.inner.frame().now_or_never() {
             Some(polled) => polled,

@@ -1,6 +1,13 @@
 //! Forwarding a request to an engine replica: pooled keep-alive connections, timeouts,
 //! retries on another replica before any response byte, passive outlier ejection, and the
 //! streaming pass-through of the response body.
+//!
+//! What is retried on another replica (the request body is whole in memory, so it can be sent
+//! again): a failed connect, a connection reset before the response head, 502 and 503, and the
+//! 500 an engine shutting down gives to requests it will no longer schedule (vLLM with
+//! `--shutdown-timeout` finishes what it runs and refuses the rest with "cannot schedule new
+//! futures after shutdown"); that replica also leaves the rotation for a while. Every other
+//! answer, other 500s included, goes to the client as the engine gave it.
 
 mod body;
 mod budget;
@@ -16,7 +23,7 @@ use bytes::Bytes;
 use http::header::{self, HeaderName};
 use http::uri::PathAndQuery;
 use http::{HeaderValue, Method, Response, StatusCode};
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -113,11 +120,73 @@ pub struct Proxy {
     metrics: Arc<Metrics>,
 }
 
+/// A 500 body up to this size is read whole to see whether the engine is shutting down (vLLM's
+/// answer is about a hundred bytes); a larger one is an answer to pass on.
+const SHUTDOWN_BODY_LIMIT: usize = 4096;
+
 /// A failure before any response byte that another replica might not have.
 enum Retryable {
     Unreachable(String),
     /// Boxed: the rare path should not make every attempt's future larger.
-    Status(Box<(ResponseHead, ResponseBody, Home, InflightGuard)>),
+    Status(Box<Answered>),
+}
+
+/// An engine's answer not yet passed on: its head, the start of its body if it was read (see
+/// [`read_error_body`]), and the rest.
+struct Answered {
+    head: ResponseHead,
+    read: Bytes,
+    body: ResponseBody,
+    home: Home,
+    guard: InflightGuard,
+}
+
+/// The start of an error answer's body, read before deciding what to do with the answer.
+enum ErrorBody {
+    /// The whole body.
+    Whole(Bytes),
+    /// Longer than the limit, or slower than the idle timeout: the rest is still to come.
+    Partial(Bytes),
+}
+
+/// Read `body` to its end if it ends within `limit` bytes and `idle_timeout`.
+async fn read_error_body(
+    body: &mut ResponseBody,
+    limit: usize,
+    idle_timeout: Duration,
+) -> Result<ErrorBody, H1Error> {
+    let mut read = bytes::BytesMut::new();
+    let reading = async {
+        while let Some(frame) = body.frame().await {
+            if let Ok(data) = frame?.into_data() {
+                read.extend_from_slice(&data);
+                if read.len() > limit {
+                    return Ok(false);
+                }
+            }
+        }
+        Ok::<bool, H1Error>(true)
+    };
+    // A frame is whole or not read at all (the decoder keeps what it has not returned), so
+    // stopping at the deadline loses nothing.
+    let whole = tokio::time::timeout(idle_timeout, reading)
+        .await
+        .unwrap_or(Ok(false))?;
+    let read = read.freeze();
+    Ok(if whole {
+        ErrorBody::Whole(read)
+    } else {
+        ErrorBody::Partial(read)
+    })
+}
+
+/// Whether an error body says the engine is shutting down (vLLM: "cannot schedule new futures
+/// after shutdown", in its JSON error envelope or as plain text).
+fn mentions_shutdown(body: &[u8]) -> bool {
+    let lower = body.to_ascii_lowercase();
+    ["shutdown", "shutting down", "shut down"]
+        .iter()
+        .any(|phrase| memchr::memmem::find(&lower, phrase.as_bytes()).is_some())
 }
 
 impl Proxy {
@@ -181,6 +250,26 @@ impl Proxy {
             .policy
             .pick(&candidates, info)
             .map(|index| candidates[index].clone())
+    }
+
+    /// The engine refused the request because it is shutting down: it takes no new request
+    /// until its pod is gone from the index, so it leaves the rotation for the first ejection
+    /// time (unless ejection is off).
+    fn record_shutdown(&self, entry: &ModelEntry, endpoint: &Endpoint) {
+        self.metrics.count_upstream_error(&entry.id, "shutdown");
+        let policy = &self.config.ejection;
+        if policy.consecutive_failures == 0 {
+            return;
+        }
+        if endpoint.eject_draining(Instant::now(), policy.base) {
+            entry.metrics.ejections.inc();
+            tracing::info!(
+                replica = endpoint.name(),
+                model = %entry.id,
+                seconds = policy.base.as_secs_f64(),
+                "replica is shutting down; out of rotation"
+            );
+        }
     }
 
     fn record_failure(&self, entry: &ModelEntry, endpoint: &Endpoint, kind: &'static str) {
@@ -252,11 +341,60 @@ impl Proxy {
                     ) =>
                 {
                     self.record_failure(entry, &endpoint, "status");
-                    Retryable::Status(Box::new((parts, body, home, guard)))
+                    Retryable::Status(Box::new(Answered {
+                        head: parts,
+                        read: Bytes::new(),
+                        body,
+                        home,
+                        guard,
+                    }))
+                }
+                Ok((parts, mut body, home))
+                    if parts.status == StatusCode::INTERNAL_SERVER_ERROR =>
+                {
+                    let idle_timeout = self.config.idle_timeout;
+                    // Boxed: the rare path should not make every attempt's future larger.
+                    let reading = read_error_body(&mut body, SHUTDOWN_BODY_LIMIT, idle_timeout);
+                    match Box::pin(reading).await {
+                        Ok(ErrorBody::Whole(read)) if mentions_shutdown(&read) => {
+                            self.record_shutdown(entry, &endpoint);
+                            Retryable::Status(Box::new(Answered {
+                                head: parts,
+                                read,
+                                body,
+                                home,
+                                guard,
+                            }))
+                        }
+                        Ok(ErrorBody::Whole(read) | ErrorBody::Partial(read)) => {
+                            endpoint.record_success();
+                            let answered = Answered {
+                                head: parts,
+                                read,
+                                body,
+                                home,
+                                guard,
+                            };
+                            return Ok(self.respond(answered, log).await);
+                        }
+                        // Nothing reached the client yet: as a connection reset before the
+                        // answer.
+                        Err(error) => {
+                            self.record_failure(entry, &endpoint, "reset");
+                            Retryable::Unreachable(format!("{} ({error})", endpoint.name()))
+                        }
+                    }
                 }
                 Ok((parts, body, home)) => {
                     endpoint.record_success();
-                    return Ok(self.respond(parts, body, home, guard, log).await);
+                    let answered = Answered {
+                        head: parts,
+                        read: Bytes::new(),
+                        body,
+                        home,
+                        guard,
+                    };
+                    return Ok(self.respond(answered, log).await);
                 }
             };
             let next = if tried.len() < attempts {
@@ -278,10 +416,7 @@ impl Proxy {
                 }
                 _ => {
                     return match failure {
-                        Retryable::Status(failed) => {
-                            let (parts, body, home, guard) = *failed;
-                            Ok(self.respond(parts, body, home, guard, log).await)
-                        }
+                        Retryable::Status(answered) => Ok(self.respond(*answered, log).await),
                         Retryable::Unreachable(reason) => {
                             log.replica = Some(endpoint);
                             let error = ApiError::BackendUnreachable {
@@ -296,18 +431,18 @@ impl Proxy {
         }
     }
 
-    async fn respond(
-        &self,
-        head: ResponseHead,
-        upstream: ResponseBody,
-        home: Home,
-        guard: InflightGuard,
-        mut log: RequestLog,
-    ) -> Reply {
-        let ResponseHead {
-            status,
-            headers: mut forwarded,
-        } = head;
+    async fn respond(&self, answered: Answered, mut log: RequestLog) -> Reply {
+        let Answered {
+            head:
+                ResponseHead {
+                    status,
+                    headers: mut forwarded,
+                },
+            read,
+            body: upstream,
+            home,
+            guard,
+        } = answered;
         strip_hop_by_hop(&mut forwarded);
         let endpoint = guard.endpoint().clone();
         let placement = endpoint.placement_headers();
@@ -320,7 +455,8 @@ impl Proxy {
         log.status = Some(status.as_u16());
         log.replica = Some(endpoint);
         let sized = upstream.is_sized();
-        let mut body = ProxyBody::new(upstream, home, self.config.idle_timeout, guard, log);
+        let mut body =
+            ProxyBody::new(upstream, home, self.config.idle_timeout, guard, log).with_read(read);
         // Streams (chunked, SSE) go out at once; a sized body is complete or nearly so.
         if sized {
             body.prefetch().await;
@@ -388,6 +524,24 @@ mod tests {
         let names: Vec<_> = out.iter().map(|(name, _)| name).collect();
         assert_eq!(names, [&b"Authorization"[..], b"X-Request-Id"]);
         assert_eq!(out.get("authorization"), Some(&b"Bearer k"[..]));
+    }
+
+    #[test]
+    fn shutdown_answers_are_recognised() {
+        for body in [
+            &br#"{"error":{"message":"cannot schedule new futures after shutdown","type":"InternalServerError","param":null,"code":500}}"#[..],
+            br#"{"object":"error","message":"RuntimeError: cannot schedule new futures after Shutdown","type":"InternalServerError","code":500}"#,
+            b"Internal Server Error: the engine is shutting down",
+        ] {
+            assert!(mentions_shutdown(body), "{}", String::from_utf8_lossy(body));
+        }
+        for body in [
+            &br#"{"error":{"message":"CUDA out of memory","type":"InternalServerError","param":null,"code":500}}"#[..],
+            b"Internal Server Error",
+            b"",
+        ] {
+            assert!(!mentions_shutdown(body), "{}", String::from_utf8_lossy(body));
+        }
     }
 
     #[test]

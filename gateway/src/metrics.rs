@@ -52,6 +52,7 @@ pub struct Metrics {
     ready_replicas: Family<ModelLabels, Gauge>,
     retries: Family<ModelLabels, Counter>,
     upstream_errors: Family<ErrorLabels, Counter>,
+    stream_error_events: Family<ErrorLabels, Counter>,
     ejections: Family<ModelLabels, Counter>,
     /// Routing table publications (one per discovery change).
     pub index_updates: Counter,
@@ -132,6 +133,12 @@ impl Metrics {
             "Failures talking to an engine, by kind (connect, reset, timeout, status, shutdown, body, idle_timeout)",
             upstream_errors.clone(),
         );
+        let stream_error_events = Family::<ErrorLabels, Counter>::default();
+        registry.register(
+            "stream_error_events",
+            "SSE error events the gateway wrote to end a stream whose engine failed or fell silent, by the event's code (upstream_error, upstream_idle_timeout)",
+            stream_error_events.clone(),
+        );
         let ejections = Family::<ModelLabels, Counter>::default();
         registry.register(
             "replica_ejections",
@@ -183,6 +190,7 @@ impl Metrics {
             ready_replicas,
             retries,
             upstream_errors,
+            stream_error_events,
             ejections,
             index_updates,
             scrape_failures,
@@ -228,6 +236,16 @@ impl Metrics {
 
     pub fn count_upstream_error(&self, model: &str, kind: &'static str) {
         self.upstream_errors
+            .get_or_create(&ErrorLabels {
+                model: model.to_string(),
+                kind,
+            })
+            .inc();
+    }
+
+    /// Count one SSE error event written to a client; `kind` is the event's code.
+    pub fn count_stream_error_event(&self, model: &str, kind: &'static str) {
+        self.stream_error_events
             .get_or_create(&ErrorLabels {
                 model: model.to_string(),
                 kind,

@@ -836,3 +836,148 @@ async fn other_engine_500s_pass_through_without_a_retry() {
     assert_eq!(response.status(), 500);
     assert_eq!(response.text().await.unwrap(), long);
 }
+
+const FIRST_EVENT: &str = "data: {\"choices\":[{\"delta\":{\"content\":\"Hel\"}}]}\n\n";
+const SECOND_EVENT: &str = "data: {\"choices\":[{\"delta\":{\"content\":\"lo\"}}]}\n\n";
+
+/// Read the rest of a response body; a cut body fails the test.
+async fn read_to_clean_end(
+    mut stream: impl futures::Stream<Item = reqwest::Result<Bytes>> + Unpin,
+) -> String {
+    let mut text = String::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.expect("a clean end of the body, not a cut");
+        text.push_str(std::str::from_utf8(&chunk).expect("UTF-8 events"));
+    }
+    text
+}
+
+/// The JSON of an SSE error event `data: {...}\n\n` that ends `text` after `before`.
+fn error_event_after(text: &str, before: &str) -> serde_json::Value {
+    let event = text
+        .strip_prefix(before)
+        .unwrap_or_else(|| panic!("{text:?} does not start with {before:?}"));
+    let json = event
+        .strip_prefix("data: ")
+        .and_then(|rest| rest.strip_suffix("\n\n"))
+        .unwrap_or_else(|| panic!("not one event: {event:?}"));
+    serde_json::from_str(json).expect("the event's data is JSON")
+}
+
+#[tokio::test]
+async fn a_stream_that_falls_silent_ends_with_an_error_event() {
+    let (closed, mut upstream_closed) = tokio::sync::mpsc::unbounded_channel();
+    let silent = raw_upstream(move |mut stream| {
+        let closed = closed.clone();
+        async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            stream.write_all(SSE_HEAD).await.unwrap();
+            stream.write_all(&chunk(FIRST_EVENT)).await.unwrap();
+            stream.write_all(&chunk(SECOND_EVENT)).await.unwrap();
+            // Then nothing (vLLM stopped mid-generation), the connection open until the
+            // gateway closes it.
+            let mut rest = [0_u8; 64];
+            while stream.read(&mut rest).await.is_ok_and(|read| read > 0) {}
+            let _ = closed.send(());
+        }
+    })
+    .await;
+    let idle_timeout = Duration::from_millis(300);
+    let gateway = TestGateway::start(GatewayConfig {
+        proxy: ProxyConfig {
+            idle_timeout,
+            ..ProxyConfig::default()
+        },
+        ..GatewayConfig::default()
+    })
+    .await;
+    gateway.publish(vec![model("m", &[silent])]);
+
+    let started = Instant::now();
+    let response = gateway
+        .post("/v1/chat/completions", chat_body("m", true))
+        .await;
+    assert_eq!(response.status(), 200);
+    let text = tokio::time::timeout(
+        Duration::from_secs(10),
+        read_to_clean_end(response.bytes_stream()),
+    )
+    .await
+    .expect("the stream ends");
+    let took = started.elapsed();
+    let event = error_event_after(&text, &format!("{FIRST_EVENT}{SECOND_EVENT}"));
+    assert_eq!(event["error"]["code"], "upstream_idle_timeout");
+    assert_eq!(event["error"]["type"], "server_error");
+    assert_eq!(event["error"]["param"], serde_json::Value::Null);
+    assert!(
+        event["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("sent nothing for 0.3s"),
+        "{event}"
+    );
+    assert!(
+        took >= idle_timeout && took < idle_timeout + Duration::from_secs(2),
+        "ended after {took:?}"
+    );
+    tokio::time::timeout(Duration::from_secs(5), upstream_closed.recv())
+        .await
+        .expect("the engine's connection is closed");
+    let metrics = gateway.metrics();
+    for line in [
+        r#"kinfer_gateway_stream_error_events_total{model="m",kind="upstream_idle_timeout"} 1"#,
+        r#"kinfer_gateway_upstream_errors_total{model="m",kind="idle_timeout"} 1"#,
+    ] {
+        assert!(metrics.contains(line), "{line}\n{metrics}");
+    }
+}
+
+#[tokio::test]
+async fn a_stream_reset_mid_event_ends_with_an_error_event_of_its_own() {
+    const PARTIAL: &str = "data: {\"choices\":[{\"del";
+    let reset = std::sync::Arc::new(tokio::sync::Notify::new());
+    let engine = raw_upstream({
+        let reset = reset.clone();
+        move |mut stream| {
+            let reset = reset.clone();
+            async move {
+                use tokio::io::AsyncWriteExt;
+                stream.write_all(SSE_HEAD).await.unwrap();
+                stream.write_all(&chunk(FIRST_EVENT)).await.unwrap();
+                stream.write_all(&chunk(PARTIAL)).await.unwrap();
+                // Reset once the client has both (an RST can discard unread data).
+                reset.notified().await;
+                socket2::SockRef::from(&stream)
+                    .set_linger(Some(Duration::ZERO))
+                    .unwrap();
+                drop(stream);
+            }
+        }
+    })
+    .await;
+    let gateway = TestGateway::start(GatewayConfig::default()).await;
+    gateway.publish(vec![model("m", &[engine])]);
+
+    let response = gateway
+        .post("/v1/chat/completions", chat_body("m", true))
+        .await;
+    assert_eq!(response.status(), 200);
+    let mut stream = response.bytes_stream();
+    let mut text = String::new();
+    while !text.ends_with(PARTIAL) {
+        let chunk = stream.next().await.unwrap().unwrap();
+        text.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+    reset.notify_one();
+    let rest = tokio::time::timeout(Duration::from_secs(10), read_to_clean_end(stream))
+        .await
+        .expect("the stream ends");
+    text.push_str(&rest);
+    // The cut event is ended first, so the error event stands alone.
+    let event = error_event_after(&text, &format!("{FIRST_EVENT}{PARTIAL}\n\n"));
+    assert_eq!(event["error"]["code"], "upstream_error");
+    assert_eq!(event["error"]["type"], "server_error");
+    assert!(gateway.metrics().contains(
+        r#"kinfer_gateway_stream_error_events_total{model="m",kind="upstream_error"} 1"#
+    ));
+}

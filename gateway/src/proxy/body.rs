@@ -5,6 +5,12 @@
 //! and writes the access log. When the client goes away, axum drops this body, which drops the
 //! upstream body and connection, which closes the connection: the engine sees the cancel. A
 //! body read to the end gives its connection back to the pool instead.
+//!
+//! When the engine's body fails or falls silent past the idle timeout, the status line went
+//! out long ago. A server-sent event stream then ends with one SSE error event and a clean end
+//! of the body (see [`stream_error_event`]): an OpenAI SDK raises it as an `APIError`, where a
+//! cut connection leaves some clients waiting or retrying blindly. Any other body is cut, so
+//! the client sees an incomplete response rather than a complete-looking one.
 
 use std::fmt;
 use std::future::Future;
@@ -181,6 +187,11 @@ impl std::error::Error for BodyError {
 
 pub struct ProxyBody {
     inner: ResponseBody,
+    /// Some for a server-sent event stream without a content-length: its failure is told to
+    /// the client as an error event (see the module documentation).
+    events: Option<EventBoundary>,
+    /// The error event has been sent: the body ends.
+    ended_with_error_event: bool,
     idle_timeout: Duration,
     /// Fires at most once per `idle_timeout`; frames only move `last_frame`, so a stream of
     /// many small chunks does not touch the timer wheel per chunk. Armed the first time the
@@ -198,6 +209,81 @@ pub struct ProxyBody {
     prefetched: Option<Result<Frame<Bytes>, H1Error>>,
 }
 
+/// The code and message of the SSE error event that ends a failed stream.
+fn describe(error: &BodyError) -> (&'static str, String) {
+    match error {
+        BodyError::Idle(after) => (
+            "upstream_idle_timeout",
+            format!(
+                "the engine sent nothing for {}s and the gateway ended the stream; the response is incomplete, retry the request",
+                after.as_secs_f64()
+            ),
+        ),
+        BodyError::Upstream(error) => (
+            "upstream_error",
+            format!("the engine's stream failed ({error}); the response is incomplete, retry the request"),
+        ),
+    }
+}
+
+/// `data: {"error":{...}}` and the blank line that ends the event, in the OpenAI error
+/// envelope. `type` is `server_error`, as OpenAI's own streams say for their failures.
+/// `separate`: the stream stopped inside an event, which is ended first so the error event is
+/// one of its own (the cut event reaches the client incomplete either way).
+pub fn stream_error_event(code: &str, message: &str, separate: bool) -> Bytes {
+    let envelope = serde_json::json!({
+        "error": { "message": message, "type": "server_error", "param": null, "code": code }
+    });
+    // serde_json writes no raw newline: the event's data is one line.
+    let json = envelope.to_string();
+    let mut event = Vec::with_capacity(json.len() + 10);
+    if separate {
+        event.extend_from_slice(b"\n\n");
+    }
+    event.extend_from_slice(b"data: ");
+    event.extend_from_slice(json.as_bytes());
+    event.extend_from_slice(b"\n\n");
+    Bytes::from(event)
+}
+
+/// Whether the bytes sent so far end between two events (after a blank line), from the last
+/// four of them: an error event appended anywhere else would join the cut event.
+#[derive(Clone, Copy, Debug)]
+struct EventBoundary {
+    /// The last bytes sent, oldest first; starts as a blank line (nothing sent is a boundary).
+    tail: [u8; 4],
+}
+
+impl EventBoundary {
+    fn new() -> Self {
+        Self { tail: *b"\n\n\n\n" }
+    }
+
+    fn sent(&mut self, data: &[u8]) {
+        if data.len() >= 4 {
+            self.tail.copy_from_slice(&data[data.len() - 4..]);
+        } else {
+            self.tail.rotate_left(data.len());
+            self.tail[4 - data.len()..].copy_from_slice(data);
+        }
+    }
+
+    fn is_between_events(&self) -> bool {
+        // An event ends with two line ends in a row (LF, CRLF or CR).
+        self.tail.ends_with(b"\n\n") || self.tail.ends_with(b"\r\r") || self.tail == *b"\r\n\r\n"
+    }
+}
+
+/// Whether a `content-type` value is `text/event-stream` (any case, any parameters).
+pub fn is_event_stream(content_type: &[u8]) -> bool {
+    const NAME: &[u8] = b"text/event-stream";
+    content_type.len() >= NAME.len()
+        && content_type[..NAME.len()].eq_ignore_ascii_case(NAME)
+        && content_type[NAME.len()..]
+            .first()
+            .is_none_or(|&next| next == b';' || next == b' ' || next == b'\t')
+}
+
 impl ProxyBody {
     pub fn new(
         inner: ResponseBody,
@@ -209,6 +295,8 @@ impl ProxyBody {
         let now = Instant::now();
         Self {
             inner,
+            events: None,
+            ended_with_error_event: false,
             idle_timeout,
             idle: None,
             last_frame: now,
@@ -218,6 +306,13 @@ impl ProxyBody {
             log,
             prefetched: None,
         }
+    }
+
+    /// End a failure of this body with an SSE error event instead of cutting it (the body is
+    /// a server-sent event stream whose length the engine did not announce).
+    pub fn with_error_events(mut self) -> Self {
+        self.events = Some(EventBoundary::new());
+        self
     }
 
     /// The start of the body, already read from the engine (to look at an error answer before
@@ -260,6 +355,23 @@ impl ProxyBody {
             .map_or(UNKNOWN_MODEL, |model| model.model.as_str());
         self.log.metrics.count_upstream_error(model, kind);
     }
+
+    /// The body failed: cut it, or end a server-sent event stream with an error event.
+    fn fail(&mut self, error: BodyError) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let Some(events) = self.events else {
+            return Poll::Ready(Some(Err(error)));
+        };
+        let (code, message) = describe(&error);
+        let model = self
+            .log
+            .model
+            .as_ref()
+            .map_or(UNKNOWN_MODEL, |model| model.model.as_str());
+        self.log.metrics.count_stream_error_event(model, code);
+        self.ended_with_error_event = true;
+        let event = stream_error_event(code, &message, !events.is_between_events());
+        Poll::Ready(Some(Ok(Frame::data(event))))
+    }
 }
 
 impl Drop for ProxyBody {
@@ -283,6 +395,9 @@ impl Body for ProxyBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = self.get_mut();
+        if this.ended_with_error_event {
+            return Poll::Ready(None);
+        }
         let polled = match this.prefetched.take() {
             Some(result) => Poll::Ready(Some(result)),
             None => Pin::new(&mut this.inner).poll_frame(cx),
@@ -297,6 +412,9 @@ impl Body for ProxyBody {
                         model.time_to_first_byte.observe(elapsed.as_secs_f64());
                     }
                 }
+                if let (Some(events), Some(data)) = (&mut this.events, frame.data_ref()) {
+                    events.sent(data);
+                }
                 // A body with a content-length ends with its last byte: hyper does not poll
                 // again for the end.
                 if this.inner.is_end_stream() && this.log.outcome == Outcome::Pending {
@@ -308,7 +426,7 @@ impl Body for ProxyBody {
                 this.log.outcome = Outcome::UpstreamError;
                 this.log.error = Some("upstream_body");
                 this.count_error("body");
-                Poll::Ready(Some(Err(BodyError::Upstream(error))))
+                this.fail(BodyError::Upstream(error))
             }
             Poll::Ready(None) => {
                 if this.log.outcome == Outcome::Pending {
@@ -329,7 +447,7 @@ impl Body for ProxyBody {
                             this.log.outcome = Outcome::UpstreamError;
                             this.log.error = Some("idle_timeout");
                             this.count_error("idle_timeout");
-                            return Poll::Ready(Some(Err(BodyError::Idle(this.idle_timeout))));
+                            return this.fail(BodyError::Idle(this.idle_timeout));
                         }
                         idle.as_mut().reset(deadline);
                     }
@@ -339,7 +457,7 @@ impl Body for ProxyBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.prefetched.is_none() && self.inner.is_end_stream()
+        self.ended_with_error_event || (self.prefetched.is_none() && self.inner.is_end_stream())
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -354,5 +472,74 @@ impl Body for ProxyBody {
             hint.set_upper(upper + pending);
         }
         hint
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_event_is_one_data_line_in_the_openai_envelope() {
+        let event = stream_error_event("upstream_error", "it \"broke\"\nbadly", false);
+        let text = std::str::from_utf8(&event).unwrap();
+        let json = text
+            .strip_prefix("data: ")
+            .and_then(|rest| rest.strip_suffix("\n\n"))
+            .expect("one event");
+        assert!(!json.contains('\n'), "{text}");
+        let value: serde_json::Value = serde_json::from_str(json).unwrap();
+        assert_eq!(
+            value,
+            serde_json::json!({"error": {
+                "message": "it \"broke\"\nbadly",
+                "type": "server_error",
+                "param": null,
+                "code": "upstream_error",
+            }})
+        );
+        let separated = stream_error_event("upstream_error", "m", true);
+        assert!(separated.starts_with(b"\n\ndata: {"));
+    }
+
+    #[test]
+    fn event_boundaries_across_frames_of_any_size() {
+        let cases: [(&[&[u8]], bool); 9] = [
+            (&[], true),
+            (&[b"data: 1\n\n"], true),
+            (&[b"data: 1\n", b"\n"], true),
+            (&[b"data: 1\r\n\r\n"], true),
+            (&[b"data: 1\r", b"\n", b"\r", b"\n"], true),
+            (&[b"data: 1\r\r"], true),
+            (&[b"data: 1\n"], false),
+            (&[b"data: 1\n\n", b"data: 2"], false),
+            (&[b"data: 1\n\n", b"d", b"a"], false),
+        ];
+        for (frames, between) in cases {
+            let mut boundary = EventBoundary::new();
+            for frame in frames {
+                boundary.sent(frame);
+            }
+            assert_eq!(boundary.is_between_events(), between, "{frames:?}");
+        }
+    }
+
+    #[test]
+    fn event_stream_content_types() {
+        for yes in [
+            &b"text/event-stream"[..],
+            b"Text/Event-Stream; charset=utf-8",
+            b"text/event-stream;charset=utf-8",
+        ] {
+            assert!(is_event_stream(yes), "{yes:?}");
+        }
+        for no in [
+            &b"application/json"[..],
+            b"text/event-streams",
+            b"text/event",
+            b"",
+        ] {
+            assert!(!is_event_stream(no), "{no:?}");
+        }
     }
 }

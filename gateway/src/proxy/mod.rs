@@ -460,6 +460,12 @@ impl Proxy {
         // Streams (chunked, SSE) go out at once; a sized body is complete or nearly so.
         if sized {
             body.prefetch().await;
+        } else if forwarded
+            .get("content-type")
+            .is_some_and(body::is_event_stream)
+        {
+            // An error event can follow what the engine sent only where no length was announced.
+            body = body.with_error_events();
         }
         let mut response = Response::new(AxumBody::new(body));
         *response.status_mut() = status;

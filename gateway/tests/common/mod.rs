@@ -152,3 +152,59 @@ pub async fn error_of(response: reqwest::Response) -> (u16, serde_json::Value) {
     let body: serde_json::Value = response.json().await.unwrap();
     (status, body["error"].clone())
 }
+
+/// A raw HTTP/1.1 upstream on 127.0.0.1:0, for behaviours a framework server will not produce
+/// (a stream that falls silent with the connection open, a reset in the middle of a body):
+/// each connection's first request is read whole, then `answer` gets the connection.
+pub async fn raw_upstream<F, Answer>(answer: F) -> String
+where
+    F: Fn(tokio::net::TcpStream) -> Answer + Send + Sync + 'static,
+    Answer: std::future::Future<Output = ()> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let answer = std::sync::Arc::new(answer);
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let answer = answer.clone();
+            tokio::spawn(async move {
+                if read_request(&mut stream).await {
+                    answer(stream).await;
+                }
+            });
+        }
+    });
+    addr.to_string()
+}
+
+/// Read one request (head and content-length body); false if the connection closed first.
+async fn read_request(stream: &mut tokio::net::TcpStream) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut read = Vec::new();
+    let mut buffer = [0_u8; 4096];
+    loop {
+        if let Some(end) = read.windows(4).position(|window| window == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&read[..end]).to_ascii_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|line| line.strip_prefix("content-length:"))
+                .map_or(0, |value| value.trim().parse().unwrap());
+            if read.len() >= end + 4 + length {
+                return true;
+            }
+        }
+        match stream.read(&mut buffer).await {
+            Ok(0) | Err(_) => return false,
+            Ok(count) => read.extend_from_slice(&buffer[..count]),
+        }
+    }
+}
+
+/// The head of a chunked server-sent event stream.
+pub const SSE_HEAD: &[u8] =
+    b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n";
+
+/// `data` as one chunk of a chunked body.
+pub fn chunk(data: &str) -> Vec<u8> {
+    format!("{:x}\r\n{data}\r\n", data.len()).into_bytes()
+}

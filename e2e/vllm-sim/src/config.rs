@@ -236,14 +236,15 @@ pub struct SimArgs {
     )]
     pub embedding_dim: usize,
 
-    /// What SIGTERM does: `vllm` as vLLM's API server alone signalled (abort,
-    /// or drain with `--shutdown-timeout`), `stall` as vLLM's whole process
-    /// group signalled (streams stop, connections stay open).
+    /// What SIGTERM does to requests still open when the engine stops (at
+    /// once, or after `--shutdown-timeout`): `stall` (no more output, the
+    /// connection stays open: vLLM's usual outcome) or `abort` (vLLM's
+    /// engine-error frame and `[DONE]`).
     #[arg(
         long = "sim-on-sigterm",
         env = "VLLM_SIM_ON_SIGTERM",
         value_enum,
-        default_value_t = crate::lifecycle::OnSigterm::Vllm
+        default_value_t = crate::lifecycle::OnSigterm::Stall
     )]
     pub on_sigterm: crate::lifecycle::OnSigterm,
 
@@ -341,7 +342,7 @@ impl Config {
             drop_rate: 0.0,
             kv_cache_blocks: 4096,
             embedding_dim: 384,
-            on_sigterm: crate::lifecycle::OnSigterm::Vllm,
+            on_sigterm: crate::lifecycle::OnSigterm::Stall,
             log_format: LogFormat::Text,
         };
         Config {

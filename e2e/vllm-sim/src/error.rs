@@ -33,9 +33,6 @@ pub enum ApiError {
     /// The requested model is neither a served name nor an adapter.
     #[error("The model `{0}` does not exist.")]
     ModelNotFound(String),
-    /// The endpoint does not apply to this model (e.g. chat on an embedding model).
-    #[error("The model does not support {0} API")]
-    UnsupportedTask(&'static str),
     /// A bug in the simulator.
     #[error("{0}")]
     Internal(String),
@@ -67,9 +64,7 @@ impl ApiError {
     /// HTTP status.
     pub fn status(&self) -> StatusCode {
         match self {
-            ApiError::InvalidRequest(_)
-            | ApiError::BadRequest { .. }
-            | ApiError::UnsupportedTask(_) => StatusCode::BAD_REQUEST,
+            ApiError::InvalidRequest(_) | ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
             ApiError::ModelNotFound(_) | ApiError::RouteNotFound => StatusCode::NOT_FOUND,
             ApiError::InjectedFailure
             | ApiError::Scheduler(_)
@@ -85,7 +80,7 @@ impl ApiError {
     pub fn error_type(&self) -> &'static str {
         match self {
             ApiError::InvalidRequest(_) => "Bad Request",
-            ApiError::BadRequest { .. } | ApiError::UnsupportedTask(_) => "BadRequestError",
+            ApiError::BadRequest { .. } => "BadRequestError",
             ApiError::ModelNotFound(_) | ApiError::RouteNotFound => "NotFoundError",
             ApiError::InjectedFailure
             | ApiError::Scheduler(_)
@@ -103,7 +98,6 @@ impl ApiError {
             ApiError::InvalidRequest(_) => "invalid_request",
             ApiError::BadRequest { .. } => "bad_request",
             ApiError::ModelNotFound(_) => "model_not_found",
-            ApiError::UnsupportedTask(_) => "unsupported_task",
             ApiError::InjectedFailure => "injected_failure",
             ApiError::Internal(_) => "internal",
             ApiError::Scheduler(err) => err.metric_label(),

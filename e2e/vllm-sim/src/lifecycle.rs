@@ -2,19 +2,20 @@
 //!
 //! Observed with `vllm serve` 0.32.0 on CPU, signalling the API server's pid
 //! only, as a kubelet signals a container's PID 1:
-//! - without `--shutdown-timeout` (0, vLLM's default: "abort"), the engine
-//!   aborts at once: every open stream gets an error frame ("EngineCore
-//!   encountered an issue ...", code 500) and `[DONE]`, the listener closes and
-//!   the process exits;
+//! - without `--shutdown-timeout` (0, vLLM's default: "abort"), the listener
+//!   closes at once and open streams either stall (no more tokens, no error,
+//!   no `[DONE]`, the connection open until the client leaves: most runs) or
+//!   end with an error frame ("EngineCore encountered an issue ...", code 500)
+//!   and `[DONE]` (some runs: a race in vLLM's shutdown);
 //! - with `--shutdown-timeout N`, in-flight requests run on for up to N seconds
 //!   while new ones are refused with HTTP 500 "cannot schedule new futures after
-//!   shutdown" and `/health` still answers 200; whatever is left at the
-//!   deadline is aborted as above, then the process exits.
+//!   shutdown" and `/health` still answers 200; then the process exits.
 //!
-//! Signalling the whole process group instead (a terminal's Ctrl-C, `kill --
-//! -PGID`) takes vLLM's engine-core process down first: open streams stop
-//! mid-way with no error frame and no `[DONE]`, the connection stays open until
-//! the client gives up. `--sim-on-sigterm stall` reproduces that for fault tests.
+//! Signalling the whole process group (a terminal's Ctrl-C, `kill -- -PGID`)
+//! takes the engine core down first: open streams always stall.
+//!
+//! The simulator stalls by default (the common and the harder case for a
+//! gateway); `--sim-on-sigterm abort` gives the error frame instead.
 
 use std::time::Duration;
 
@@ -35,14 +36,15 @@ pub enum Phase {
     Stalled,
 }
 
-/// What SIGTERM does (`--sim-on-sigterm`).
+/// What SIGTERM does to requests still open when the engine stops (at once
+/// without `--shutdown-timeout`, at its deadline with it): `--sim-on-sigterm`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
 pub enum OnSigterm {
-    /// What vLLM does when its API server alone gets SIGTERM (see the module docs).
+    /// They stall: no more output, no end (vLLM's usual outcome).
     #[default]
-    Vllm,
-    /// What vLLM does when its whole process group gets SIGTERM: streams stall.
     Stall,
+    /// They end with vLLM's engine-error frame and `[DONE]` (or a 500).
+    Abort,
 }
 
 /// Why a request's wait was cut short.
@@ -86,10 +88,8 @@ impl Lifecycle {
         let interrupted = async {
             loop {
                 let current = *phase.borrow_and_update();
-                match current {
-                    Phase::Aborted => return,
-                    Phase::Stalled => std::future::pending::<()>().await,
-                    Phase::Serving | Phase::Draining => {}
+                if matches!(current, Phase::Aborted | Phase::Stalled) {
+                    return current;
                 }
                 if phase.changed().await.is_err() {
                     // The engine is gone: nothing will ever interrupt.
@@ -99,7 +99,12 @@ impl Lifecycle {
         };
         tokio::select! {
             biased;
-            () = interrupted => Err(Aborted),
+            phase = interrupted => {
+                if phase == Phase::Stalled {
+                    std::future::pending::<()>().await;
+                }
+                Err(Aborted)
+            }
             output = work => Ok(output),
         }
     }
@@ -112,20 +117,19 @@ impl Lifecycle {
         shutdown_timeout: Duration,
         in_flight: impl Fn() -> usize,
     ) {
-        match on_sigterm {
-            OnSigterm::Stall => self.set(Phase::Stalled),
-            OnSigterm::Vllm if shutdown_timeout.is_zero() => self.set(Phase::Aborted),
-            OnSigterm::Vllm => {
-                self.set(Phase::Draining);
-                let deadline = Instant::now() + shutdown_timeout;
-                // Polled: the scheduler has no completion signal, and a few
-                // milliseconds of lag on a shutdown path cost nothing.
-                while in_flight() > 0 && Instant::now() < deadline {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                self.set(Phase::Aborted);
+        if !shutdown_timeout.is_zero() {
+            self.set(Phase::Draining);
+            let deadline = Instant::now() + shutdown_timeout;
+            // Polled: the scheduler has no completion signal, and a few
+            // milliseconds of lag on a shutdown path cost nothing.
+            while in_flight() > 0 && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }
+        self.set(match on_sigterm {
+            OnSigterm::Stall => Phase::Stalled,
+            OnSigterm::Abort => Phase::Aborted,
+        });
     }
 }
 
@@ -172,9 +176,14 @@ mod tests {
     async fn zero_timeout_aborts_at_once() {
         let lifecycle = Lifecycle::default();
         lifecycle
-            .shut_down(OnSigterm::Vllm, Duration::ZERO, || 3)
+            .shut_down(OnSigterm::Abort, Duration::ZERO, || 3)
             .await;
         assert_eq!(lifecycle.phase(), Phase::Aborted);
+        let lifecycle = Lifecycle::default();
+        lifecycle
+            .shut_down(OnSigterm::Stall, Duration::ZERO, || 3)
+            .await;
+        assert_eq!(lifecycle.phase(), Phase::Stalled);
     }
 
     #[tokio::test(start_paused = true)]
@@ -183,7 +192,7 @@ mod tests {
         let left = AtomicUsize::new(3);
         let started = Instant::now();
         lifecycle
-            .shut_down(OnSigterm::Vllm, Duration::from_secs(30), || {
+            .shut_down(OnSigterm::Abort, Duration::from_secs(30), || {
                 left.fetch_sub(1, Ordering::Relaxed).saturating_sub(1)
             })
             .await;
@@ -193,7 +202,7 @@ mod tests {
         let lifecycle = Lifecycle::default();
         let started = Instant::now();
         lifecycle
-            .shut_down(OnSigterm::Vllm, Duration::from_secs(30), || 1)
+            .shut_down(OnSigterm::Abort, Duration::from_secs(30), || 1)
             .await;
         assert!(started.elapsed() >= Duration::from_secs(30));
         assert_eq!(lifecycle.phase(), Phase::Aborted);

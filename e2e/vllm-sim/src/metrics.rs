@@ -8,8 +8,8 @@
 //! recording is lock-free; rendering reads the scheduler's live counts.
 //!
 //! Every metric carries `model_name` (the first served model name) and
-//! `engine="0"`. Counters follow the Python client's exposition: `# TYPE name
-//! counter`, then `name_total` and `name_created` samples.
+//! `engine="0"`. Counters follow vLLM 0.32's exposition: `# TYPE name_total
+//! counter` with its sample, then `# TYPE name_created gauge` with its own.
 
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -357,12 +357,8 @@ impl Metrics {
             &self.generation_tokens,
         );
 
-        header(
-            &mut out,
-            "vllm:request_success",
-            "Count of successfully processed requests.",
-            "counter",
-        );
+        let help = "Count of successfully processed requests.";
+        header(&mut out, "vllm:request_success_total", help, "counter");
         for reason in FinishReason::ALL {
             let value = self.request_success(reason);
             let _ = writeln!(
@@ -372,6 +368,7 @@ impl Metrics {
                 go_float(value as f64)
             );
         }
+        header(&mut out, "vllm:request_success_created", help, "gauge");
         for reason in FinishReason::ALL {
             let _ = writeln!(
                 out,
@@ -483,14 +480,17 @@ impl Metrics {
         let _ = writeln!(out, "{name}{{{}}} {}", self.labels, go_float(value));
     }
 
+    /// A counter as vLLM 0.32's client writes it: the family named with its
+    /// `_total` suffix, and `_created` as a gauge family of its own.
     fn counter(&self, out: &mut String, name: &str, help: &str, counter: &Counter) {
-        header(out, name, help, "counter");
+        header(out, &format!("{name}_total"), help, "counter");
         let _ = writeln!(
             out,
             "{name}_total{{{}}} {}",
             self.labels,
             go_float(counter.get() as f64)
         );
+        header(out, &format!("{name}_created"), help, "gauge");
         let _ = writeln!(
             out,
             "{name}_created{{{}}} {}",
@@ -658,7 +658,7 @@ mod tests {
             "vllm:num_requests_running{model_name=\"m\",engine=\"0\"} 0.0",
             "vllm:num_requests_waiting{model_name=\"m\",engine=\"0\"} 0.0",
             "vllm:kv_cache_usage_perc{model_name=\"m\",engine=\"0\"} 0.0",
-            "# TYPE vllm:prompt_tokens counter",
+            "# TYPE vllm:prompt_tokens_total counter",
             "vllm:prompt_tokens_total{model_name=\"m\",engine=\"0\"} 7.0",
             "vllm:request_success_total{model_name=\"m\",engine=\"0\",finished_reason=\"length\"} 1.0",
             "vllm:request_success_total{model_name=\"m\",engine=\"0\",finished_reason=\"abort\"} 0.0",

@@ -1,7 +1,7 @@
 //! OpenAI request and response bodies, shaped like vLLM's
 //! `vllm/entrypoints/openai/protocol.py`.
 //!
-//! Requests are parsed leniently (unknown fields such as `temperature`,
+//! Requests are parsed leniently (unknown fields such as `top_p`,
 //! `tools`' schema details or `response_format` are ignored, as vLLM ignores
 //! what it does not use). Responses reproduce vLLM's field sets and its
 //! serialisation choices: non-streaming bodies carry every field (nulls
@@ -32,6 +32,9 @@ pub struct ChatCompletionRequest {
     /// Choices to generate.
     #[serde(default)]
     pub n: Option<u32>,
+    /// Sampling temperature: only validated, as vLLM validates it.
+    #[serde(default)]
+    pub temperature: Option<f64>,
     /// Stream server-sent events.
     #[serde(default)]
     pub stream: Option<bool>,
@@ -106,6 +109,9 @@ pub struct CompletionRequest {
     /// Choices per prompt.
     #[serde(default)]
     pub n: Option<u32>,
+    /// Sampling temperature: only validated, as vLLM validates it.
+    #[serde(default)]
+    pub temperature: Option<f64>,
     /// Stream server-sent events.
     #[serde(default)]
     pub stream: Option<bool>,

@@ -135,11 +135,13 @@ impl Catalog {
         Err(ApiError::ModelNotFound(name.to_owned()))
     }
 
-    fn require(&self, kind: ModelKind, api: &'static str) -> Result<(), ApiError> {
+    /// vLLM registers only the routes its runner serves: the others are
+    /// FastAPI's 404 `{"detail": "Not Found"}`.
+    fn require(&self, kind: ModelKind) -> Result<(), ApiError> {
         if self.kind == kind {
             Ok(())
         } else {
-            Err(ApiError::UnsupportedTask(api))
+            Err(ApiError::RouteNotFound)
         }
     }
 }
@@ -277,6 +279,16 @@ impl SimState {
         let max_len = self.catalog.max_model_len;
         match requested {
             Some(max_tokens) => {
+                if max_tokens > max_len {
+                    return Err(ApiError::bad_request(
+                        format!(
+                            "max_tokens={max_tokens} cannot be greater than max_model_len={max_len}. \
+                             Please request fewer output tokens. (parameter=max_tokens, \
+                             value={max_tokens})"
+                        ),
+                        Some("max_tokens"),
+                    ));
+                }
                 if prompt_tokens.saturating_add(max_tokens) > max_len {
                     return Err(ApiError::bad_request(
                         format!(
@@ -348,6 +360,7 @@ pub fn build_router(state: Arc<SimState>) -> Router {
         .route("/v1/completions", post(completions))
         .route("/v1/embeddings", post(embeddings))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(Arc::clone(&state), gate))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
@@ -388,6 +401,15 @@ async fn health() -> StatusCode {
 
 async fn version() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "version": SIMULATED_VLLM_VERSION }))
+}
+
+/// FastAPI's answer to a known path with the wrong method.
+async fn method_not_allowed() -> Response {
+    (
+        StatusCode::METHOD_NOT_ALLOWED,
+        Json(serde_json::json!({"detail": "Method Not Allowed"})),
+    )
+        .into_response()
 }
 
 async fn not_found() -> ApiError {
@@ -446,9 +468,8 @@ async fn chat_completions(
 ) -> Result<Response, ApiError> {
     let request: ChatCompletionRequest = parse_json(&headers, &body)?;
     let target = state.catalog.resolve(request.model.as_deref())?;
-    state
-        .catalog
-        .require(ModelKind::Generate, "Chat Completions")?;
+    state.catalog.require(ModelKind::Generate)?;
+    check_temperature(request.temperature)?;
     let tokens = tokenize(&render_chat(&request.messages, request.tools.as_ref()));
     let requested = request.max_completion_tokens.or(request.max_tokens);
     let id = format!("chatcmpl-{}", request_id(&headers, request.request_id));
@@ -479,7 +500,8 @@ async fn completions(
 ) -> Result<Response, ApiError> {
     let request: CompletionRequest = parse_json(&headers, &body)?;
     let target = state.catalog.resolve(request.model.as_deref())?;
-    state.catalog.require(ModelKind::Generate, "Completions")?;
+    state.catalog.require(ModelKind::Generate)?;
+    check_temperature(request.temperature)?;
     let echo = request.echo.unwrap_or(false);
     let prompts = prompt_token_lists(request.prompt)?
         .into_iter()
@@ -503,6 +525,19 @@ async fn completions(
         request.stream_options.as_ref(),
     )?;
     respond(&state, generation, stream).await
+}
+
+/// vLLM's sampling-parameter check, in its words.
+fn check_temperature(temperature: Option<f64>) -> Result<(), ApiError> {
+    match temperature {
+        Some(t) if t < 0.0 || t.is_nan() => Err(ApiError::bad_request(
+            format!(
+                "temperature must be non-negative, got {t:?}. (parameter=temperature, value={t:?})"
+            ),
+            Some("temperature"),
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// Validates the common generation fields and builds the plan.
@@ -590,7 +625,7 @@ async fn embeddings(
 ) -> Result<Response, ApiError> {
     let request: EmbeddingRequest = parse_json(&headers, &body)?;
     let target = state.catalog.resolve(request.model.as_deref())?;
-    state.catalog.require(ModelKind::Embed, "Embeddings")?;
+    state.catalog.require(ModelKind::Embed)?;
     let inputs: Vec<Vec<u32>> = prompt_token_lists(request.input)?
         .into_iter()
         .map(|input| input.tokens)

@@ -236,9 +236,9 @@ async fn chat_non_stream_shape_and_defaults() {
     );
     assert_eq!(response["usage"]["completion_tokens"], 18);
 
-    // Context length is enforced.
+    // Context length is enforced: prompt plus completion.
     let mut request = chat(MODEL, "x");
-    request["max_tokens"] = json!(10_000);
+    request["max_tokens"] = json!(4090);
     let response = sim.post("/v1/chat/completions", request).await;
     assert_eq!(response.status(), 400);
     let body: Value = response.json().await.unwrap();
@@ -419,17 +419,17 @@ async fn embeddings_are_normalized_and_deterministic() {
     assert_eq!(encoded.len(), 44);
     assert_eq!(tokens["usage"]["prompt_tokens"], 4);
 
-    // An embedding model does not chat, as in vLLM.
+    // An embedding model does not chat, as in vLLM: the route does not exist.
     let response = sim
         .post("/v1/chat/completions", chat("embedder", "x"))
         .await;
-    assert_eq!(response.status(), 400);
+    assert_eq!(response.status(), 404);
     // And a generative model does not embed.
     let generative = start(Config::for_tests(MODEL)).await;
     let response = generative
         .post("/v1/embeddings", json!({"input": "x"}))
         .await;
-    assert_eq!(response.status(), 400);
+    assert_eq!(response.status(), 404);
 }
 
 #[tokio::test]

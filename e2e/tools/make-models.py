@@ -38,7 +38,9 @@ VOCAB = 2048
 HIDDEN = 128
 HEADS = 2  # head size 64
 LAYERS = 2
-CONTEXT = 4096
+# Positions the decoder accepts (RoPE: no weights per position), so a manifest's
+# --max-model-len up to 128k runs unchanged; vLLM refuses a larger value than this.
+MAX_POSITIONS = 131072
 SEED = 20261207
 
 SPECIAL = ["<unk>", "<s>", "</s>", "<pad>", "<|im_start|>", "<|im_end|>", "[CLS]", "[SEP]", "[MASK]"]
@@ -85,7 +87,7 @@ def train_tokenizer():
 
 
 def fast(tokenizer, **special):
-    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, model_max_length=CONTEXT, **special)
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, model_max_length=MAX_POSITIONS, **special)
 
 
 def decoder(out, tokenizer):
@@ -99,7 +101,7 @@ def decoder(out, tokenizer):
         num_attention_heads=HEADS,
         num_key_value_heads=HEADS,
         head_dim=HIDDEN // HEADS,
-        max_position_embeddings=CONTEXT,
+        max_position_embeddings=MAX_POSITIONS,
         bos_token_id=ids["<s>"],
         eos_token_id=ids["<|im_end|>"],
         pad_token_id=ids["<pad>"],

@@ -16,9 +16,20 @@ struct Args {
     /// Kubeconfig to use (the in-cluster or default config when absent).
     #[arg(long, env = "KUBECONFIG")]
     kubeconfig: Option<PathBuf>,
-    /// The vLLM stand-in binary started for every engine pod.
+    /// The vLLM stand-in binary started for engine pods that run the stand-in.
     #[arg(long, env = "KINFER_ENGINE_BIN")]
     engine_bin: PathBuf,
+    /// The engine of pods without a `kinfer.dev/test-engine` annotation: `sim`
+    /// or `vllm`.
+    #[arg(long, env = "KINFER_ENGINE", default_value = "sim")]
+    engine: kinfer_e2e::podrunner::plan::EngineKind,
+    /// Real vLLM's `vllm` executable (from `e2e/tools/install.sh vllm`), for
+    /// pods that run real vLLM.
+    #[arg(long, env = "KINFER_VLLM_BIN")]
+    vllm_bin: Option<PathBuf>,
+    /// The generated models real vLLM serves (decoder/, encoder/, lora/).
+    #[arg(long, env = "KINFER_MODELS")]
+    models: Option<PathBuf>,
     /// One log file per engine process is written here.
     #[arg(long, env = "KINFER_POD_LOG_DIR", default_value = "pod-logs")]
     log_dir: PathBuf,
@@ -48,6 +59,15 @@ async fn main() -> anyhow::Result<()> {
         .context("connecting to the API server")?;
     let config = kinfer_e2e::podrunner::RunnerConfig {
         engine_bin: args.engine_bin,
+        default_engine: args.engine,
+        vllm: match (args.vllm_bin, args.models) {
+            (Some(bin), Some(models)) => Some((
+                bin,
+                kinfer_e2e::podrunner::plan::LocalModels::under(&models),
+            )),
+            (None, None) => None,
+            _ => anyhow::bail!("--vllm-bin and --models go together"),
+        },
         log_dir: args.log_dir,
         probe_period: Duration::from_millis(args.probe_period_ms),
         images: args.image_bins,

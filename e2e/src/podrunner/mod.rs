@@ -3,7 +3,9 @@
 //! kwok moves pods bound to fake GPU nodes to `Running` with a loopback pod IP
 //! (see `e2e/kwok/pod-start.yaml`) but leaves them unready. The pod runner
 //! watches those pods and, for each one whose container is a vLLM engine,
-//! starts the vLLM stand-in on the pod's IP with the pod's own arguments; it
+//! starts an engine on the pod's IP with the pod's own arguments (the vLLM
+//! stand-in, or real `vllm serve` on the generated models: [`RunnerConfig::
+//! default_engine`], or per pod the `kinfer.dev/test-engine` annotation); it
 //! then probes the engine's readiness endpoint and writes the pod's `Ready`
 //! condition, as a kubelet does. A crashed engine is restarted with back-off
 //! and reported as `CrashLoopBackOff`; a pod that goes away has its engine
@@ -30,7 +32,7 @@ use kube::{Api, Client, ResourceExt};
 use tokio::sync::{watch, Mutex};
 use tokio::task::JoinHandle;
 
-use plan::{Launch, ProbeState, Program};
+use plan::{EngineKind, Launch, LocalModels, ProbeState, Program};
 
 /// Annotation kwok uses to pick the nodes it manages.
 pub const FAKE_NODE_ANNOTATION: &str = "kwok.x-k8s.io/node";
@@ -48,6 +50,11 @@ pub enum RunnerError {
 pub struct RunnerConfig {
     /// The engine stand-in binary (`vllm-sim`).
     pub engine_bin: PathBuf,
+    /// The engine of pods without a `kinfer.dev/test-engine` annotation.
+    pub default_engine: EngineKind,
+    /// Real vLLM's `vllm` executable and the models it serves, for engine
+    /// pods that run real vLLM.
+    pub vllm: Option<(PathBuf, LocalModels)>,
     /// One log file per engine process goes here.
     pub log_dir: PathBuf,
     /// How often readiness is probed.
@@ -174,7 +181,7 @@ impl Runner {
         if self.running.lock().await.contains_key(&uid) {
             return;
         }
-        match plan::launch_plan(&pod, ip, &self.config.images) {
+        match plan::launch_plan(&pod, ip, &self.config.images, self.config.default_engine) {
             Some(launch) => {
                 let runner = Arc::clone(self);
                 let pod_name = pod.name_any();
@@ -356,8 +363,34 @@ impl Runner {
                 Err(error) => tracing::warn!(pod, %error, "no API credentials for the pod"),
             }
         }
+        let mut args = launch.args.clone();
         let program = match &launch.program {
-            Program::Engine => self.config.engine_bin.clone(),
+            Program::Engine(EngineKind::Sim) => self.config.engine_bin.clone(),
+            Program::Engine(EngineKind::Vllm) => {
+                let Some((bin, models)) = &self.config.vllm else {
+                    tracing::error!(
+                        pod,
+                        "the pod asks for real vLLM, but the runner has no --vllm-bin"
+                    );
+                    return;
+                };
+                let (vllm_args, notes) = plan::vllm_args(&launch.args, models);
+                let home = self.config.log_dir.join(format!("{namespace}_{pod}.home"));
+                if let Err(error) = std::fs::create_dir_all(&home) {
+                    tracing::error!(%error, pod, "cannot create the engine's home");
+                    return;
+                }
+                tracing::info!(
+                    pod,
+                    ?notes,
+                    "real vLLM: the operator's arguments, adapted to this machine"
+                );
+                args = std::iter::once("serve".to_string())
+                    .chain(vllm_args)
+                    .collect();
+                env = plan::vllm_env(&env, &home);
+                bin.clone()
+            }
             Program::Binary(path) => path.clone(),
         };
         let mut restarts: u32 = 0;
@@ -372,7 +405,10 @@ impl Runner {
             };
             let mut command = tokio::process::Command::new(&program);
             command
-                .args(&launch.args)
+                .args(&args)
+                // Its own process group, like a container: real vLLM's engine
+                // core and workers go with it at SIGKILL.
+                .process_group(0)
                 .env_remove("KUBECONFIG")
                 .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
                 .stdin(Stdio::null())
@@ -380,7 +416,7 @@ impl Runner {
                 .stderr(stderr)
                 .kill_on_drop(true);
             let mut child = match command.spawn() {
-                Ok(child) => child,
+                Ok(child) => GroupGuard::new(child),
                 Err(error) => {
                     tracing::error!(%error, pod, program = %program.display(), "cannot start the process");
                     return;
@@ -437,7 +473,7 @@ impl Runner {
     }
 
     /// preStop, SIGTERM, wait for the process up to the grace period, SIGKILL.
-    async fn stop_gracefully(&self, pod: &str, child: &mut tokio::process::Child, t: Termination) {
+    async fn stop_gracefully(&self, pod: &str, child: &mut GroupGuard, t: Termination) {
         let started = tokio::time::Instant::now();
         let deadline = started + t.grace_period;
         tracing::info!(pod, pre_stop = ?t.pre_stop, grace = ?t.grace_period, "terminating");
@@ -457,7 +493,54 @@ impl Runner {
             .is_err()
         {
             tracing::warn!(pod, "grace period over; killing");
-            let _ = child.kill().await;
+            child.kill_group();
+            let _ = child.wait().await;
         }
+    }
+}
+
+/// A process started in its own process group; the whole group is killed
+/// when the guard goes (the pod is gone, the runner stops), as a container's
+/// processes are. Real vLLM forks an engine core and workers that would
+/// otherwise outlive their leader.
+struct GroupGuard {
+    child: tokio::process::Child,
+    pgid: Option<u32>,
+}
+
+impl GroupGuard {
+    fn new(child: tokio::process::Child) -> Self {
+        let pgid = child.id();
+        GroupGuard { child, pgid }
+    }
+
+    /// SIGKILL to every process of the group.
+    fn kill_group(&self) {
+        if let Some(pgid) = self.pgid {
+            // kill(1): the workspace forbids unsafe code.
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", "--", &format!("-{pgid}")])
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+impl std::ops::Deref for GroupGuard {
+    type Target = tokio::process::Child;
+    fn deref(&self) -> &Self::Target {
+        &self.child
+    }
+}
+
+impl std::ops::DerefMut for GroupGuard {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.child
+    }
+}
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        self.kill_group();
     }
 }

@@ -193,6 +193,9 @@ fn vllm_metrics() -> BTreeMap<String, Kind> {
             .rsplit(|c: char| !(c.is_alphanumeric() || c == '_'))
             .next()
             .unwrap_or("");
+        if callee == "created_header" {
+            continue; // the `_created` gauge beside a counter, not a metric of its own
+        }
         let kind = kind_of(callee).or_else(|| {
             let (_, after_help) = next_literal(source, after)?;
             let (kind, _) = next_literal(source, after_help)?;

@@ -357,8 +357,12 @@ impl Metrics {
             &self.generation_tokens,
         );
 
-        let help = "Count of successfully processed requests.";
-        header(&mut out, "vllm:request_success_total", help, "counter");
+        header(
+            &mut out,
+            "vllm:request_success",
+            "Count of successfully processed requests.",
+            "counter",
+        );
         for reason in FinishReason::ALL {
             let value = self.request_success(reason);
             let _ = writeln!(
@@ -368,7 +372,11 @@ impl Metrics {
                 go_float(value as f64)
             );
         }
-        header(&mut out, "vllm:request_success_created", help, "gauge");
+        created_header(
+            &mut out,
+            "vllm:request_success",
+            "Count of successfully processed requests.",
+        );
         for reason in FinishReason::ALL {
             let _ = writeln!(
                 out,
@@ -483,14 +491,14 @@ impl Metrics {
     /// A counter as vLLM 0.32's client writes it: the family named with its
     /// `_total` suffix, and `_created` as a gauge family of its own.
     fn counter(&self, out: &mut String, name: &str, help: &str, counter: &Counter) {
-        header(out, &format!("{name}_total"), help, "counter");
+        header(out, name, help, "counter");
         let _ = writeln!(
             out,
             "{name}_total{{{}}} {}",
             self.labels,
             go_float(counter.get() as f64)
         );
-        header(out, &format!("{name}_created"), help, "gauge");
+        created_header(out, name, help);
         let _ = writeln!(
             out,
             "{name}_created{{{}}} {}",
@@ -530,9 +538,18 @@ impl Metrics {
     }
 }
 
+/// `# HELP` and `# TYPE` of a family; a counter's family is named with its
+/// `_total` suffix, as vLLM 0.32's client writes it.
 fn header(out: &mut String, name: &str, help: &str, kind: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} {kind}");
+    let suffix = if kind == "counter" { "_total" } else { "" };
+    let _ = writeln!(out, "# HELP {name}{suffix} {help}");
+    let _ = writeln!(out, "# TYPE {name}{suffix} {kind}");
+}
+
+/// The header of a counter's `_created` samples: a gauge family of its own.
+fn created_header(out: &mut String, name: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name}_created {help}");
+    let _ = writeln!(out, "# TYPE {name}_created gauge");
 }
 
 /// Formats a float like the Python client's `floatToGoString`: `1.0`, `0.25`,

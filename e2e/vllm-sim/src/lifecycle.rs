@@ -6,7 +6,8 @@
 //!   closes at once and open streams either stall (no more tokens, no error,
 //!   no `[DONE]`, the connection open until the client leaves: most runs) or
 //!   end with an error frame ("EngineCore encountered an issue ...", code 500)
-//!   and `[DONE]` (some runs: a race in vLLM's shutdown);
+//!   and `[DONE]`, or with a `finish_reason: "abort"` chunk and `[DONE]`
+//!   (other runs: races in vLLM's shutdown);
 //! - with `--shutdown-timeout N`, in-flight requests run on for up to N seconds
 //!   while new ones are refused with HTTP 500 "cannot schedule new futures after
 //!   shutdown" and `/health` still answers 200; then the process exits.

@@ -175,7 +175,7 @@ EOF
 ensure_binaries() {
   BIN_DIR="${KINFER_BIN_DIR:-}"
   if [ -z "$BIN_DIR" ]; then
-    log "building kinfer's binaries, the pod runner and vllm-sim (cargo)"
+    log "building kinfer's binaries, the pod runner and vllm-sim (cargo build; cold: ~5-10 min on 2 cores)"
     (cd "$repo" && cargo build --quiet --workspace --bins) || die "cargo build --workspace --bins failed"
     BIN_DIR="$(cd "$repo" && cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/debug"
   fi

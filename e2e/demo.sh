@@ -4,6 +4,8 @@
 #
 #   e2e/demo.sh up|down
 #   KINFER_DEMO_PORT   local port of the OpenAI endpoint (default 8080)
+#   KINFER_ENGINE      sim (default: the vLLM stand-in) or vllm (real vLLM on CPU,
+#                      serving small generated models; see docs/engines.md)
 #
 # The demo cluster is separate from the test suite's (its own folder and pod
 # network), so `make test` can run while the demo is up.
@@ -53,7 +55,8 @@ wait_ready() {
   local f name
   for f in "${EXAMPLES[@]}"; do
     name="$(sed -n 's/^  name: //p' "$repo/examples/$f" | head -n 1)"
-    kubectl -n "$NAMESPACE" wait --for=condition=Ready "inferencemodel/$name" --timeout=120s
+    # Real vLLM takes 1-2 minutes to start here (KINFER_ENGINE=vllm), the stand-in a second.
+    kubectl -n "$NAMESPACE" wait --for=condition=Ready "inferencemodel/$name" --timeout=600s
   done
 }
 

@@ -186,13 +186,17 @@ pub async fn ensure_crd(client: &Client) -> Result<(), HarnessError> {
 
 /// The folder of the test bed's tools (kubectl, helm), `$KINFER_CACHE/bin`.
 pub fn tools_bin() -> std::path::PathBuf {
-    let cache = std::env::var_os("KINFER_CACHE")
+    cache_dir().join("bin")
+}
+
+/// The tool cache (`KINFER_CACHE`, default `~/.cache/kinfer`).
+pub fn cache_dir() -> std::path::PathBuf {
+    std::env::var_os("KINFER_CACHE")
         .map(std::path::PathBuf::from)
         .or_else(|| {
             std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".cache/kinfer"))
         })
-        .unwrap_or_default();
-    cache.join("bin")
+        .unwrap_or_default()
 }
 
 /// The repository root (the e2e crate's parent folder).

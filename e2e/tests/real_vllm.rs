@@ -134,6 +134,36 @@ async fn engine_metrics(ns: &TestNamespace, name: &str) -> Vec<String> {
     out
 }
 
+/// `kinfer_gateway_engine_scrape_failures_total` over the gateway's pods
+/// (their admin port, 9090 in the chart).
+async fn gateway_scrape_failures(ns: &TestNamespace) -> f64 {
+    let pods: Api<Pod> = Api::namespaced(ns.client.clone(), &kinfer_e2e::release_namespace());
+    let list = pods
+        .list(&ListParams::default().labels("app.kubernetes.io/component=gateway"))
+        .await
+        .unwrap();
+    let mut texts = Vec::new();
+    for pod in list.items {
+        let ip = pod.status.and_then(|s| s.pod_ip).unwrap();
+        let text = http()
+            .get(format!("http://{ip}:9090/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        texts.push(text);
+    }
+    assert!(!texts.is_empty(), "no gateway pods");
+    texts
+        .iter()
+        .flat_map(|t| t.lines())
+        .filter(|l| l.starts_with("kinfer_gateway_engine_scrape_failures_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 fn sample_sum(texts: &[String], name: &str) -> f64 {
     texts
         .iter()
@@ -164,6 +194,7 @@ async fn openai_api_through_the_gateway_on_real_vllm() {
     let gateway = gateway_url(&ns.client).await.unwrap();
     wait_served(&gateway, &chat_id, 1).await;
     wait_served(&gateway, &embed_id, 1).await;
+    let scrape_failures = gateway_scrape_failures(&ns).await;
 
     // /v1/models: the model, its adapters and the embedding model.
     let models: Value = http()
@@ -285,6 +316,35 @@ async fn openai_api_through_the_gateway_on_real_vllm() {
         after >= before + 256.0,
         "prefix cache hits {before} -> {after}"
     );
+
+    // The OpenAI Python SDK decodes all of it, errors included (the SDK suite's venv).
+    let python = kinfer_e2e::cache_dir().join("venv-sdk/bin/python");
+    let script = kinfer_e2e::repo_root().join("e2e/tests/sdk/real_vllm_sdk.py");
+    let output = std::process::Command::new(&python)
+        .arg(&script)
+        .args([
+            format!("{gateway}/v1"),
+            kinfer_e2e::api_key(),
+            chat_id.clone(),
+            adapter_id.clone(),
+            embed_id.clone(),
+        ])
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "{}: {e} (run gateway/tests/openai_sdk/run.sh once)",
+                python.display()
+            )
+        });
+    assert!(
+        output.status.success(),
+        "SDK against real vLLM:\n{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    // The gateway scraped the real engines' /metrics all along without a failure.
+    assert_eq!(gateway_scrape_failures(&ns).await, scrape_failures);
 }
 
 /// The autoscaler reads real vLLM's load and adds a replica; then, with

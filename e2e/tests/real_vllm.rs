@@ -20,6 +20,7 @@ use kinfer_crds::InferenceModel;
 use kinfer_e2e::{gateway_url, http, wait_for, wait_model_ready, TestNamespace};
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::Api;
+use serde::Deserialize as _;
 use serde_json::{json, Value};
 
 /// Start-up budget of one real engine on this machine (two busy cores).
@@ -35,7 +36,11 @@ fn enabled() -> bool {
 
 /// An example as a unique model in `ns`, its pods on real vLLM.
 fn real(file: &str, ns: &TestNamespace) -> (InferenceModel, String) {
-    let (mut im, id) = kinfer_e2e::unique_example(file, ns).unwrap();
+    let (im, id) = kinfer_e2e::unique_example(file, ns).unwrap();
+    on_real_vllm(im, id)
+}
+
+fn on_real_vllm(mut im: InferenceModel, id: String) -> (InferenceModel, String) {
     im.spec
         .pod_template
         .annotations
@@ -451,6 +456,26 @@ async fn autoscaling_on_real_load_and_scale_down_under_streaming() {
     api.delete(&name, &DeleteParams::default()).await.unwrap();
 }
 
+/// The InferenceModel of an example file (the first such document of a
+/// multi-document file), made unique to `ns` as [`kinfer_e2e::unique_example`]
+/// does, on real vLLM.
+fn example_model(file: &str, ns: &TestNamespace) -> (InferenceModel, String) {
+    let path = kinfer_e2e::repo_root().join("examples").join(file);
+    let text = std::fs::read_to_string(&path).unwrap();
+    let mut im: InferenceModel = serde_yaml::Deserializer::from_str(&text)
+        .filter_map(|doc| serde_yaml::Value::deserialize(doc).ok())
+        .find(|doc| doc["kind"] == "InferenceModel")
+        .map(|doc| serde_yaml::from_value(doc).unwrap())
+        .unwrap_or_else(|| panic!("{file}: no InferenceModel"));
+    // Named after the resource: two examples may serve the same model.
+    let id = format!("{}/{}", ns.name, im.metadata.name.clone().unwrap());
+    if im.spec.model.source.is_none() {
+        im.spec.model.source = Some(format!("hf://{}", im.spec.model.name));
+    }
+    im.spec.model.name = id.clone();
+    on_real_vllm(im, id)
+}
+
 /// Every example starts on real vLLM with the operator's exact arguments and
 /// answers a request through the gateway, two at a time.
 #[tokio::test]
@@ -466,11 +491,20 @@ async fn every_example_starts_on_real_vllm() {
         .filter_map(|e| e.ok()?.file_name().into_string().ok())
         .filter(|f| f.ends_with(".yaml"))
         .collect();
+    // The InferenceModels beside an HPA or a KEDA ScaledObject in
+    // examples/external-autoscaling/ too (multi-document files).
+    let external = kinfer_e2e::repo_root().join("examples/external-autoscaling");
+    for entry in std::fs::read_dir(&external).unwrap() {
+        let name = entry.unwrap().file_name().into_string().unwrap();
+        if name.ends_with(".yaml") {
+            files.push(format!("external-autoscaling/{name}"));
+        }
+    }
     files.sort();
     for pair in files.chunks(2) {
         let mut started = Vec::new();
         for file in pair {
-            let (im, id) = real(file, &ns);
+            let (im, id) = example_model(file, &ns);
             api.create(&PostParams::default(), &im)
                 .await
                 .unwrap_or_else(|e| panic!("{file}: {e}"));

@@ -13,7 +13,7 @@
 //!   shutdown" and `/health` still answers 200; then the process exits.
 //!
 //! Signalling the whole process group (a terminal's Ctrl-C, `kill -- -PGID`)
-//! takes the engine core down first: open streams always stall.
+//! gives the same outcomes, the stall most often.
 //!
 //! The simulator stalls by default (the common and the harder case for a
 //! gateway); `--sim-on-sigterm abort` gives the error frame instead.

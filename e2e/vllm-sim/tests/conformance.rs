@@ -631,15 +631,14 @@ async fn interrupted(stream: &mut SseReader) -> Interrupted {
             Next::End => panic!("the stream ended without [DONE] or an error frame"),
             Next::Payload(payload) => {
                 assert_ne!(payload, "[DONE]", "the stream must not finish normally");
-                let chunk: Value = serde_json::from_str(&payload).unwrap();
+                let chunk: Value = serde_json::from_str(&payload).expect("a JSON chunk");
                 if let Some(error) = chunk.get("error") {
                     assert_eq!(error["type"], "InternalServerError", "{chunk}");
                     assert_eq!(error["code"], 500, "{chunk}");
                     assert!(
                         error["message"]
                             .as_str()
-                            .unwrap()
-                            .starts_with("EngineCore encountered an issue"),
+                            .is_some_and(|m| m.starts_with("EngineCore encountered an issue")),
                         "{chunk}"
                     );
                     break Interrupted::ErrorFrame;

@@ -106,7 +106,7 @@ for port in "$sim_a" "$sim_b"; do
         --sim-ttft-ms 0 --sim-itl-ms 0 --sim-prefill-ms-per-token 0 >"$work/sim-$port.log" 2>&1 &
     engines+=($!)
 done
-"$sim" serve "$embedder" --task embed --host 127.0.0.1 --port "$sim_embed" \
+"$sim" serve "$embedder" --runner pooling --host 127.0.0.1 --port "$sim_embed" \
     >"$work/sim-$sim_embed.log" 2>&1 &
 engines+=($!)
 cat >"$work/models.yaml" <<YAML

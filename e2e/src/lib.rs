@@ -360,21 +360,40 @@ pub fn unique_example(
     file: &str,
     ns: &TestNamespace,
 ) -> Result<(kinfer_crds::InferenceModel, String), String> {
-    let mut im = example(file)?;
+    let im = example(file)?;
     let id = format!("{}/{}", ns.name, im.spec.model.name.replace('/', "-"));
+    Ok(serve_as(im, id))
+}
+
+/// `im` serving the model ID `id` instead of its own; the weights source stays
+/// the original model.
+pub fn serve_as(
+    mut im: kinfer_crds::InferenceModel,
+    id: String,
+) -> (kinfer_crds::InferenceModel, String) {
     if im.spec.model.source.is_none() {
         im.spec.model.source = Some(format!("hf://{}", im.spec.model.name));
     }
     im.spec.model.name = id.clone();
-    Ok((im, id))
+    (im, id)
 }
 
 /// Waits until the gateway at `gateway` lists `id` with `replicas` ready replicas.
 pub async fn wait_served(gateway: &str, id: &str, replicas: u64) -> Result<(), HarnessError> {
+    wait_served_within(gateway, id, replicas, Duration::from_secs(60)).await
+}
+
+/// [`wait_served`] with its own time budget (real engines start in minutes).
+pub async fn wait_served_within(
+    gateway: &str,
+    id: &str,
+    replicas: u64,
+    timeout: Duration,
+) -> Result<(), HarnessError> {
     let url = format!("{gateway}/v1/models");
     wait_for(
         &format!("the gateway to route {id} to {replicas} replica(s)"),
-        Duration::from_secs(60),
+        timeout,
         || async {
             let body: serde_json::Value = http().get(&url).send().await.ok()?.json().await.ok()?;
             body["data"]

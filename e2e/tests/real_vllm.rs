@@ -56,21 +56,9 @@ async fn create_ready(api: &Api<InferenceModel>, im: &InferenceModel) -> String 
 }
 
 async fn wait_served(gateway: &str, id: &str, replicas: u64) {
-    let url = format!("{gateway}/v1/models");
-    wait_for(
-        &format!("the gateway to route {id} to {replicas} replica(s)"),
-        START,
-        || async {
-            let body: Value = http().get(&url).send().await.ok()?.json().await.ok()?;
-            body["data"]
-                .as_array()?
-                .iter()
-                .any(|m| m["id"] == id && m["ready_replicas"].as_u64() == Some(replicas))
-                .then_some(())
-        },
-    )
-    .await
-    .unwrap();
+    kinfer_e2e::wait_served_within(gateway, id, replicas, START)
+        .await
+        .unwrap();
 }
 
 fn chat(model: &str, content: &str, max_tokens: u64) -> Value {
@@ -413,22 +401,19 @@ async fn autoscaling_on_real_load_and_scale_down_under_streaming() {
             tokio::spawn(async move { stream(&gateway, &long, Duration::from_secs(300)).await })
         })
         .collect();
-    let metrics = {
-        let ns_metrics = engine_metrics(&ns, &name);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let mut texts = ns_metrics.await;
-        while texts
-            .iter()
-            .filter(|t| sample_sum(&[t.to_string()], "vllm:num_requests_running") > 0.0)
-            .count()
-            < 2
-            && Instant::now() < deadline
-        {
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            texts = engine_metrics(&ns, &name).await;
-        }
-        texts
-    };
+    // Up to a minute for the streams to reach both engines.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut metrics = engine_metrics(&ns, &name).await;
+    while metrics
+        .iter()
+        .filter(|t| sample_sum(std::slice::from_ref(t), "vllm:num_requests_running") > 0.0)
+        .count()
+        < 2
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        metrics = engine_metrics(&ns, &name).await;
+    }
     assert_eq!(metrics.len(), 2, "two engines");
     let started = Instant::now();
     api.patch(
@@ -462,17 +447,14 @@ async fn autoscaling_on_real_load_and_scale_down_under_streaming() {
 fn example_model(file: &str, ns: &TestNamespace) -> (InferenceModel, String) {
     let path = kinfer_e2e::repo_root().join("examples").join(file);
     let text = std::fs::read_to_string(&path).unwrap();
-    let mut im: InferenceModel = serde_yaml::Deserializer::from_str(&text)
+    let im: InferenceModel = serde_yaml::Deserializer::from_str(&text)
         .filter_map(|doc| serde_yaml::Value::deserialize(doc).ok())
         .find(|doc| doc["kind"] == "InferenceModel")
         .map(|doc| serde_yaml::from_value(doc).unwrap())
         .unwrap_or_else(|| panic!("{file}: no InferenceModel"));
     // Named after the resource: two examples may serve the same model.
     let id = format!("{}/{}", ns.name, im.metadata.name.clone().unwrap());
-    if im.spec.model.source.is_none() {
-        im.spec.model.source = Some(format!("hf://{}", im.spec.model.name));
-    }
-    im.spec.model.name = id.clone();
+    let (im, id) = kinfer_e2e::serve_as(im, id);
     on_real_vllm(im, id)
 }
 

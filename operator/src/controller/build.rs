@@ -12,7 +12,7 @@
 //! - **Draining** (docs/operations.md, "Draining"): a `preStop` sleep keeps the old engine
 //!   serving while the gateway and load balancers notice the pod is terminating and stop sending
 //!   it requests. vLLM does not drain by itself: without `--shutdown-timeout` a SIGTERM stops
-//!   generation mid-stream and leaves clients hanging. So the operator passes
+//!   generation mid-stream and usually leaves clients hanging (docs/engines.md). So the operator passes
 //!   `--shutdown-timeout` = grace period - preStop sleep - margin
 //!   ([`kinfer_crds::spec::shutdown_timeout_seconds`]); vLLM then finishes in-flight requests
 //!   and answers new ones with 500 until they are done or the timeout ends.
@@ -69,7 +69,7 @@ use kinfer_crds::{Feature, InferenceModel, InferenceModelSpec, ModelSource, Mode
 use kube::{Resource, ResourceExt};
 
 /// The vLLM release of the default engine images: the behaviour suite
-/// (e2e/vllm-sim/tests/behaviour.rs) last passed against vLLM 0.32.0, and the arguments the
+/// (e2e/vllm-sim/tests/conformance.rs) last passed against vLLM 0.32.0, and the arguments the
 /// builders write (`--runner pooling`, `--shutdown-timeout`) follow its `vllm serve --help`.
 macro_rules! vllm_release {
     () => {
@@ -552,16 +552,8 @@ fn pod_template(
                 &spec.engine.env,
             )),
             volume_mounts: Some(vec![
-                VolumeMount {
-                    name: "cache".to_string(),
-                    mount_path: CACHE_MOUNT_PATH.to_string(),
-                    ..VolumeMount::default()
-                },
-                VolumeMount {
-                    name: "home".to_string(),
-                    mount_path: HOME_MOUNT_PATH.to_string(),
-                    ..VolumeMount::default()
-                },
+                mount("cache", CACHE_MOUNT_PATH),
+                mount("home", HOME_MOUNT_PATH),
             ]),
             security_context: Some(container_security_context()),
             ..Container::default()
@@ -615,21 +607,9 @@ fn engine_container(
     config: &BuildConfig,
 ) -> Container {
     let mut volume_mounts = vec![
-        VolumeMount {
-            name: "shm".to_string(),
-            mount_path: "/dev/shm".to_string(),
-            ..VolumeMount::default()
-        },
-        VolumeMount {
-            name: "cache".to_string(),
-            mount_path: CACHE_MOUNT_PATH.to_string(),
-            ..VolumeMount::default()
-        },
-        VolumeMount {
-            name: "home".to_string(),
-            mount_path: HOME_MOUNT_PATH.to_string(),
-            ..VolumeMount::default()
-        },
+        mount("shm", "/dev/shm"),
+        mount("cache", CACHE_MOUNT_PATH),
+        mount("home", HOME_MOUNT_PATH),
     ];
     for (index, claim) in sources.claims.iter().enumerate() {
         volume_mounts.push(VolumeMount {
@@ -687,6 +667,15 @@ fn engine_container(
         }),
         security_context: Some(container_security_context()),
         ..Container::default()
+    }
+}
+
+/// A read-write mount of the pod volume `name` at `path`.
+fn mount(name: &str, path: &str) -> VolumeMount {
+    VolumeMount {
+        name: name.to_string(),
+        mount_path: path.to_string(),
+        ..VolumeMount::default()
     }
 }
 

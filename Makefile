@@ -1,5 +1,5 @@
 # kinfer: the commands README gives. Each is a thin wrapper around a script.
-.PHONY: test unit tools cluster-up cluster-down fmt demo demo-down
+.PHONY: test unit tools cluster-up cluster-down fmt demo demo-down gateway-pgo
 
 ## The whole suite: tools, lint, unit tests, local cluster, e2e (what CI runs).
 test:
@@ -27,3 +27,7 @@ demo:
 
 demo-down:
 	bash e2e/demo.sh down
+
+## Optional: the gateway's profile-guided release build (not part of test or the image); prints its path.
+gateway-pgo:
+	bash gateway/pgo/build.sh

@@ -5,8 +5,8 @@
 #   2. cargo fmt --check and clippy -D warnings
 #   3. unit and in-process tests of every crate; the OpenAI Python SDK suite
 #      against the gateway (static discovery) and stand-in engines
-#   4. the gateway's profile-guided release build (gateway/pgo/build.sh), the one that ships,
-#      and the SDK suite against it
+#   4. the gateway's release build (`cargo build --release`, as the Dockerfile builds it) and
+#      the SDK suite against it
 #   5. the local cluster (e2e/cluster.sh up); the operator's integration tests
 #      (in-process controller); kinfer installed with its Helm chart; the e2e
 #      suite through it; the cluster torn down again, also on failure
@@ -57,9 +57,9 @@ if [ "$real_vllm" = 1 ]; then
   KINFER_ENGINE=vllm cargo test --locked -p kinfer-vllm-sim --test conformance -- --test-threads 2
 fi
 
-step "profile-guided release build of the gateway (what ships), checked with the SDK suite"
-gateway_pgo=$(bash gateway/pgo/build.sh)
-KINFER_GATEWAY_BIN="$gateway_pgo" bash gateway/tests/openai_sdk/run.sh
+step "release build of the gateway (what the image ships), checked with the SDK suite"
+cargo build --locked --release -p kinfer-gateway
+KINFER_GATEWAY_BIN="$CARGO_TARGET_DIR/release/kinfer-gateway" bash gateway/tests/openai_sdk/run.sh
 
 step "local cluster up"
 cleanup() {
@@ -71,7 +71,8 @@ cleanup() {
 }
 trap cleanup EXIT
 bash e2e/cluster.sh up
-export KUBECONFIG="$(bash e2e/cluster.sh kubeconfig)"
+KUBECONFIG="$(bash e2e/cluster.sh kubeconfig)"
+export KUBECONFIG
 
 step "operator integration tests (in-process controller) against the cluster"
 KINFER_IT_KUBECONFIG="$KUBECONFIG" cargo test --locked -p kinfer-operator --test cluster

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# The release build of kinfer-gateway that ships: profile-guided (PGO). Builds an instrumented
-# gateway, trains it on loopback against vllm-sim replicas with the traffic below, merges the
-# profile with the toolchain's llvm-profdata and builds the gateway again with it. Prints the
-# path of the optimized binary on stdout; progress goes to stderr.
+# An optional profile-guided (PGO) release build of kinfer-gateway: neither `make test` nor the
+# image uses it; they ship `cargo build --release -p kinfer-gateway` (why: docs/gateway.md, "The
+# release build"). Builds an instrumented gateway, trains it on loopback against vllm-sim
+# replicas with the traffic below, merges the profile with the toolchain's llvm-profdata and
+# builds the gateway again with it. Prints the path of the optimized binary on stdout; progress
+# goes to stderr.
 #
-#   gateway/pgo/build.sh                 -> $CARGO_TARGET_DIR/pgo/release/kinfer-gateway
+#   make gateway-pgo  (or gateway/pgo/build.sh) -> $CARGO_TARGET_DIR/pgo/release/kinfer-gateway
 #
 # Training traffic (every run bounded in time, every answer checked to be a 200): chat
 # completions non-streaming and streaming at concurrency 1, 16 and 64, completions, embeddings,

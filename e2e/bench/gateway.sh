@@ -31,8 +31,9 @@
 #       repetition, the paired difference of kinfer's and nginx's p50 (and of their p90, p99
 #       and mean latency, which show the rest of the distribution), and peak RSS
 #
-# `kinfer` is the build that ships: the profile-guided release build of gateway/pgo/build.sh
-# (a no-op when it is up to date). `kinfer-plain` is the same code as a plain release build.
+# `kinfer` is the build that ships, the plain release build (`cargo build --release`). With
+# KINFER_BENCH_PGO=1 it is the optional profile-guided build of gateway/pgo/build.sh instead (a
+# no-op when it is up to date); `kinfer-plain` is always the plain release build.
 #
 # Defaults: 5 setups x 2 modes x 3 levels x 3 repetitions x 5 s, about 10 minutes with the
 # installs cached. `-d 2 -r 1` is a two-minute smoke run.
@@ -169,9 +170,12 @@ fi
 
 (cd "$root" && cargo build --release -p kinfer-gateway -p kinfer-vllm-sim --bins) >&2
 bin=$target/release
-if has_setup kinfer; then
-    note "profile-guided build of the gateway (gateway/pgo/build.sh)"
-    optimized=$(CARGO_TARGET_DIR=$target KINFER_VLLM_SIM=$bin/vllm-sim bash "$root/gateway/pgo/build.sh")
+kinfer_gateway=$bin/kinfer-gateway
+kinfer_build=
+if has_setup kinfer && [[ ${KINFER_BENCH_PGO:-0} == 1 ]]; then
+    note "profile-guided build of the gateway (gateway/pgo/build.sh, KINFER_BENCH_PGO=1)"
+    kinfer_gateway=$(CARGO_TARGET_DIR=$target KINFER_VLLM_SIM=$bin/vllm-sim bash "$root/gateway/pgo/build.sh")
+    kinfer_build=", kinfer the profile-guided build"
 fi
 
 # --- processes -----------------------------------------------------------------------------
@@ -228,7 +232,7 @@ models:
     strategy: RoundRobin
     endpoints: [127.0.0.1:$sim_a, 127.0.0.1:$sim_b]
 YAML
-if has_setup kinfer; then start_kinfer kinfer "$optimized"; fi
+if has_setup kinfer; then start_kinfer kinfer "$kinfer_gateway"; fi
 if has_setup kinfer-plain; then start_kinfer kinfer-plain "$bin/kinfer-gateway"; fi
 if has_setup kinfer-base; then start_kinfer kinfer-base "$baseline"; fi
 
@@ -503,7 +507,7 @@ elif [[ -n $generator_cpus ]]; then
     placement=", the generator pinned to CPUs $generator_cpus"
 fi
 python3 - "$results" "$ttfb" "$setups" "$concurrency" "$duration" "$repeats" \
-    "$generator$placement" \
+    "$generator$placement$kinfer_build" \
     "$(IFS=';'; echo "${skipped[*]:-}")" "${hwm_args[@]}" <<'PY' | tee "$output"
 import json, os, statistics, sys
 results, ttfb_path, setups, levels, duration, repeats, generator, skipped, *hwm_args = sys.argv[1:]

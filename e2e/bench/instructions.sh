@@ -8,9 +8,10 @@
 #
 #   -n  requests of the long run (default 3000); a run of n/3 is subtracted, which removes
 #       start-up and shutdown: the result is (I(n) - I(n/3)) / (n - n/3)
-#   -s  setups (default "kinfer nginx"); also `kinfer-plain`, the plain release build of the
-#       same code (`kinfer` is the profile-guided build that ships, gateway/pgo/build.sh);
-#       -b adds `kinfer-base`, an older gateway binary
+#   -s  setups (default "kinfer nginx"); `kinfer` is the plain release build that ships, or
+#       with KINFER_BENCH_PGO=1 the optional profile-guided build (gateway/pgo/build.sh);
+#       `kinfer-plain` is always the plain release build; -b adds `kinfer-base`, an older
+#       gateway binary
 #   -c  client connections (default 4)
 #   -x  a new connection for every request (oha --disable-keepalive): adds accepting and
 #       closing a connection to what is counted
@@ -43,7 +44,7 @@ while getopts "n:s:b:c:xkm" option; do
         k) simulate=(--cache-sim=yes --branch-sim=yes) ;;
         m) copies=1 ;;
         x) keepalive=(--disable-keepalive) ;;
-        *) sed -n '2,28p' "$0"; exit 2 ;;
+        *) sed -n '2,29p' "$0"; exit 2 ;;
     esac
 done
 [[ -z $baseline ]] || setups="$setups kinfer-base"
@@ -73,9 +74,9 @@ fi
 ensure_oha "$cache"
 (cd "$root" && cargo build --release -p kinfer-gateway -p kinfer-vllm-sim --bins) >&2
 bin=$target/release
-optimized=
-if [[ " $setups " == *" kinfer "* ]]; then
-    optimized=$(CARGO_TARGET_DIR=$target KINFER_VLLM_SIM=$bin/vllm-sim bash "$root/gateway/pgo/build.sh")
+kinfer_gateway=$bin/kinfer-gateway
+if [[ " $setups " == *" kinfer "* && ${KINFER_BENCH_PGO:-0} == 1 ]]; then
+    kinfer_gateway=$(CARGO_TARGET_DIR=$target KINFER_VLLM_SIM=$bin/vllm-sim bash "$root/gateway/pgo/build.sh")
 fi
 
 work=$(mktemp -d)
@@ -125,7 +126,7 @@ count_events() {  # setup, count
     read -r port admin < <(free_ports 2)
     case $setup in
         kinfer | kinfer-plain | kinfer-base)
-            local binary=$optimized
+            local binary=$kinfer_gateway
             [[ $setup == kinfer-plain ]] && binary=$bin/kinfer-gateway
             [[ $setup == kinfer-base ]] && binary=$baseline
             measured "$out" "$binary" \

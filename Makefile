@@ -28,6 +28,6 @@ demo:
 demo-down:
 	bash e2e/demo.sh down
 
-## Optional: the gateway's profile-guided release build (not part of test or the image); prints its path.
+## Optional: the gateway's profile-guided build (not in test or the image); prints its path.
 gateway-pgo:
 	bash gateway/pgo/build.sh

@@ -8,11 +8,19 @@
 //! - [`source`]: the `hf://`, `pvc://` and `s3://` source URIs.
 //! - [`labels`]: label and annotation keys shared by the operator and the gateway.
 //!
+//! Also shared by the operator and the gateway, as the one crate both depend on:
+//! - [`metrics_text`]: the reader of Prometheus and OpenMetrics text (vLLM's, the gateway's).
+//! - [`metric_names`]: the metric names one of them exports and the other reads.
+//! - [`duration`]: the duration grammar of their command-line flags.
+//!
 //! [`crd_yaml`] renders the CRD; `cargo run -p kinfer-crds --bin crdgen` prints it.
 //! [`reference::reference_markdown`] renders `docs/inferencemodel.md` from it
 //! (`cargo run -p kinfer-crds --bin crddoc`).
 
+pub mod duration;
 pub mod labels;
+pub mod metric_names;
+pub mod metrics_text;
 pub mod reference;
 pub mod source;
 pub mod spec;

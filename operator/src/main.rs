@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
+use kinfer_crds::duration::parse_nonzero_duration;
 use kinfer_operator::admin::{self, AdminState};
 use kinfer_operator::autoscaler::AutoscalerConfig;
 use kinfer_operator::controller::build::{
@@ -78,15 +79,15 @@ struct AutoscalerArgs {
     enabled: bool,
 
     /// Period of the scrape-and-decide loop (e.g. 1s, 500ms).
-    #[arg(long = "autoscaler-interval", env = "KINFER_AUTOSCALER_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    #[arg(long = "autoscaler-interval", env = "KINFER_AUTOSCALER_INTERVAL", default_value = "1s", value_parser = parse_nonzero_duration)]
     interval: Duration,
 
     /// A gateway or engine whose last successful scrape is older than this is ignored.
-    #[arg(long = "autoscaler-stale-after", env = "KINFER_AUTOSCALER_STALE_AFTER", default_value = "5s", value_parser = parse_duration)]
+    #[arg(long = "autoscaler-stale-after", env = "KINFER_AUTOSCALER_STALE_AFTER", default_value = "5s", value_parser = parse_nonzero_duration)]
     stale_after: Duration,
 
     /// Limit of one /metrics scrape, connect included.
-    #[arg(long = "autoscaler-scrape-timeout", env = "KINFER_AUTOSCALER_SCRAPE_TIMEOUT", default_value = "800ms", value_parser = parse_duration)]
+    #[arg(long = "autoscaler-scrape-timeout", env = "KINFER_AUTOSCALER_SCRAPE_TIMEOUT", default_value = "800ms", value_parser = parse_nonzero_duration)]
     scrape_timeout: Duration,
 
     /// Scrapes running at once.
@@ -138,28 +139,6 @@ impl AutoscalerArgs {
                 .collect(),
         })
     }
-}
-
-/// `500ms`, `1s`, `2m` or a number of seconds.
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: f64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration such as 500ms, 1s or 2m"))?;
-    let seconds = match unit {
-        "ms" => number / 1000.0,
-        "" | "s" => number,
-        "m" => number * 60.0,
-        _ => return Err(format!("unknown unit {unit:?} in {text:?}: use ms, s or m")),
-    };
-    if seconds <= 0.0 || !seconds.is_finite() {
-        return Err(format!("{text:?} must be positive"));
-    }
-    Ok(Duration::from_secs_f64(seconds))
 }
 
 #[derive(Args, Debug)]
@@ -411,12 +390,21 @@ mod tests {
     }
 
     #[test]
-    fn durations() {
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
-        assert_eq!(parse_duration("0.5s"), Ok(Duration::from_millis(500)));
-        assert!(parse_duration("0s").is_err());
-        assert!(parse_duration("1h").is_err());
-        assert!(parse_duration("fast").is_err());
+    fn durations_are_positive() {
+        let interval = |value: &str| {
+            Cli::try_parse_from([
+                "kinfer-operator",
+                "run",
+                &format!("--autoscaler-interval={value}"),
+            ])
+            .map(|cli| match cli.command {
+                Command::Run(args) => args.autoscaler.interval,
+                _ => panic!("run expected"),
+            })
+        };
+        assert_eq!(interval("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(interval("1h 30m").unwrap(), Duration::from_secs(5400));
+        assert!(interval("0s").is_err());
+        assert!(interval("3").is_err(), "a unit is required");
     }
 }

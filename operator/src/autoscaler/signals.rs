@@ -9,18 +9,15 @@
 //!   `vllm:num_requests_waiting` and the `vllm:request_success_total` counter, summed over their
 //!   series (one per engine and finish reason; a pod serves one InferenceModel).
 //!
-//! Only the lines of those metrics are parsed; everything else is skipped unread.
+//! The text is read by [`kinfer_crds::metrics_text`] and the names come from
+//! [`kinfer_crds::metric_names`], which the gateway registers its metrics with. A line of one
+//! of those metrics that cannot be read is an error; any other line is skipped.
 
-use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
-pub const GATEWAY_INFLIGHT: &str = "kinfer_gateway_inflight_requests";
-pub const GATEWAY_QUEUED: &str = "kinfer_gateway_queued_requests";
-pub const GATEWAY_REQUESTS: &str = "kinfer_gateway_requests_total";
-pub const ENGINE_RUNNING: &str = "vllm:num_requests_running";
-pub const ENGINE_WAITING: &str = "vllm:num_requests_waiting";
-pub const ENGINE_FINISHED: &str = "vllm:request_success_total";
+use kinfer_crds::metric_names::{gateway, vllm};
+use kinfer_crds::metrics_text::{self, Sample};
 
 /// Errors reading a `/metrics` answer.
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -42,120 +39,22 @@ impl SignalError {
     }
 }
 
-/// One series of a scrape: name, labels, value.
-#[derive(Debug, PartialEq)]
-struct Sample<'a> {
-    name: &'a str,
-    labels: Vec<(&'a str, Cow<'a, str>)>,
-    value: f64,
-}
-
-impl Sample<'_> {
-    fn label(&self, name: &str) -> Option<&str> {
-        self.labels
-            .iter()
-            .find(|(key, _)| *key == name)
-            .map(|(_, value)| value.as_ref())
-    }
-}
-
-/// The samples of `text` whose metric name is one of `names` (exact match).
+/// The samples of `text` whose metric name is one of `names`. A line that cannot be read is an
+/// error when it starts with one of `names`, and skipped otherwise.
 fn samples<'a>(
     text: &'a str,
-    names: &[&str],
+    names: &'a [&str],
 ) -> impl Iterator<Item = Result<Sample<'a>, SignalError>> + 'a {
-    let names: Vec<String> = names.iter().map(|name| name.to_string()).collect();
-    text.lines().enumerate().filter_map(move |(index, line)| {
-        let line = line.trim_start();
-        if line.is_empty() || line.starts_with('#') {
-            return None;
-        }
-        let name_end = line
-            .find(|c: char| c == '{' || c.is_ascii_whitespace())
-            .unwrap_or(line.len());
-        let name = &line[..name_end];
-        if !names.iter().any(|wanted| wanted == name) {
-            return None;
-        }
-        Some(
-            parse_rest(name, &line[name_end..]).map_err(|reason| SignalError::Malformed {
-                line: index + 1,
-                reason,
-            }),
-        )
+    metrics_text::samples(text).filter_map(move |sample| match sample {
+        Ok(sample) => names.contains(&sample.name).then_some(Ok(sample)),
+        Err(malformed) => malformed
+            .name
+            .is_some_and(|name| names.contains(&name))
+            .then_some(Err(SignalError::Malformed {
+                line: malformed.line,
+                reason: malformed.reason,
+            })),
     })
-}
-
-/// Parses `{labels} value [timestamp]` after the metric name.
-fn parse_rest<'a>(name: &'a str, mut rest: &'a str) -> Result<Sample<'a>, &'static str> {
-    let mut labels = Vec::new();
-    if let Some(after_brace) = rest.strip_prefix('{') {
-        rest = after_brace;
-        loop {
-            rest = rest.trim_start_matches([' ', ',']);
-            if let Some(after) = rest.strip_prefix('}') {
-                rest = after;
-                break;
-            }
-            let equals = rest.find('=').ok_or("label without '='")?;
-            let key = rest[..equals].trim();
-            rest = rest[equals + 1..]
-                .trim_start()
-                .strip_prefix('"')
-                .ok_or("label value without opening quote")?;
-            let (value, after) = quoted(rest)?;
-            labels.push((key, value));
-            rest = after;
-        }
-    }
-    let mut fields = rest.split_ascii_whitespace();
-    let value = fields.next().ok_or("sample without value")?;
-    let value = parse_value(value).ok_or("value is not a number")?;
-    Ok(Sample {
-        name,
-        labels,
-        value,
-    })
-}
-
-/// A label value up to its closing quote, unescaping `\\`, `\"` and `\n`.
-fn quoted(text: &str) -> Result<(Cow<'_, str>, &str), &'static str> {
-    let mut escaped: Option<String> = None;
-    let mut chars = text.char_indices();
-    while let Some((index, c)) = chars.next() {
-        match c {
-            '"' => {
-                let value = match escaped {
-                    Some(value) => Cow::Owned(value),
-                    None => Cow::Borrowed(&text[..index]),
-                };
-                return Ok((value, &text[index + 1..]));
-            }
-            '\\' => {
-                let value = escaped.get_or_insert_with(|| text[..index].to_string());
-                match chars.next() {
-                    Some((_, 'n')) => value.push('\n'),
-                    Some((_, other)) => value.push(other),
-                    None => return Err("unterminated label value"),
-                }
-            }
-            other => {
-                if let Some(value) = escaped.as_mut() {
-                    value.push(other);
-                }
-            }
-        }
-    }
-    Err("unterminated label value")
-}
-
-fn parse_value(text: &str) -> Option<f64> {
-    match text {
-        "+Inf" | "Inf" => Some(f64::INFINITY),
-        "-Inf" => Some(f64::NEG_INFINITY),
-        "NaN" => Some(f64::NAN),
-        _ => text.parse().ok(),
-    }
 }
 
 /// A gauge or counter value as a count: negative, NaN and absurd values count as 0.
@@ -186,20 +85,20 @@ pub struct GatewayReport {
 /// Parses a gateway's `/metrics`.
 pub fn parse_gateway(text: &str) -> Result<GatewayReport, SignalError> {
     // A gateway that knows no model yet exports the metric families without series.
-    if !text.contains(GATEWAY_INFLIGHT) {
-        return Err(SignalError::MissingMetric(GATEWAY_INFLIGHT));
+    if !text.contains(gateway::INFLIGHT_REQUESTS) {
+        return Err(SignalError::MissingMetric(gateway::INFLIGHT_REQUESTS));
     }
     let mut report = GatewayReport::default();
-    for sample in samples(text, &[GATEWAY_INFLIGHT, GATEWAY_QUEUED, GATEWAY_REQUESTS]) {
+    for sample in samples(text, &gateway::READ_BY_OPERATOR) {
         let sample = sample?;
-        let Some(model) = sample.label("model") else {
+        let Some(model) = sample.label(gateway::MODEL_LABEL) else {
             continue;
         };
         let value = count(sample.value);
-        let entry = report.models.entry(model.to_string()).or_default();
+        let entry = report.models.entry(model.into_owned()).or_default();
         match sample.name {
-            GATEWAY_INFLIGHT => entry.inflight += value,
-            GATEWAY_QUEUED => entry.queued += value,
+            gateway::INFLIGHT_REQUESTS => entry.inflight += value,
+            gateway::QUEUED_REQUESTS => entry.queued += value,
             _ => entry.requests += value,
         }
     }
@@ -219,20 +118,25 @@ pub struct EngineReport {
 pub fn parse_engine(text: &str) -> Result<EngineReport, SignalError> {
     let mut report = EngineReport::default();
     let mut seen_running = false;
-    for sample in samples(text, &[ENGINE_RUNNING, ENGINE_WAITING, ENGINE_FINISHED]) {
+    let names = [
+        vllm::NUM_REQUESTS_RUNNING,
+        vllm::NUM_REQUESTS_WAITING,
+        vllm::REQUEST_SUCCESS_TOTAL,
+    ];
+    for sample in samples(text, &names) {
         let sample = sample?;
         let value = count(sample.value);
         match sample.name {
-            ENGINE_RUNNING => {
+            vllm::NUM_REQUESTS_RUNNING => {
                 seen_running = true;
                 report.running += value;
             }
-            ENGINE_WAITING => report.waiting += value,
+            vllm::NUM_REQUESTS_WAITING => report.waiting += value,
             _ => report.finished += value,
         }
     }
     if !seen_running {
-        return Err(SignalError::MissingMetric(ENGINE_RUNNING));
+        return Err(SignalError::MissingMetric(vllm::NUM_REQUESTS_RUNNING));
     }
     Ok(report)
 }
@@ -413,16 +317,16 @@ mod tests {
     pub const ENGINE_SAMPLE: &str = include_str!("testdata/vllm-sim-metrics.txt");
 
     #[test]
-    fn parses_label_escapes_and_values() {
-        let text = "# HELP x y\nfoo{a=\"q\\\"x\\\\y\\nz\",b=\"2\"} 3.5e0 1712\nfoo 4\nfoo{} NaN\n";
+    fn only_the_wanted_names_and_values_as_counts() {
+        let text = "# HELP x y\nfoo{a=\"1\"} 3.5e0 1712\nbar 5\nfoo 4\nfoo{} NaN\n";
         let parsed: Vec<_> = samples(text, &["foo"]).map(Result::unwrap).collect();
-        assert_eq!(parsed[0].label("a"), Some("q\"x\\y\nz"));
-        assert_eq!(parsed[0].label("b"), Some("2"));
-        assert_eq!(parsed[0].value, 3.5);
-        assert_eq!(parsed[1].value, 4.0);
-        assert!(parsed[2].value.is_nan());
-        assert_eq!(count(parsed[2].value), 0);
+        assert_eq!(parsed.len(), 3);
+        assert_eq!(parsed[0].label("a").as_deref(), Some("1"));
+        assert_eq!(count(parsed[0].value), 3);
+        assert_eq!(count(parsed[1].value), 4);
+        assert_eq!(count(parsed[2].value), 0, "NaN");
         assert_eq!(count(-1.0), 0);
+        assert_eq!(count(f64::INFINITY), 0);
     }
 
     #[test]
@@ -436,11 +340,11 @@ mod tests {
         assert_eq!(report.running, 2);
         assert_eq!(
             parse_engine("up 1\n").unwrap_err(),
-            SignalError::MissingMetric(ENGINE_RUNNING)
+            SignalError::MissingMetric(vllm::NUM_REQUESTS_RUNNING)
         );
         assert_eq!(
             parse_gateway("up 1\n").unwrap_err(),
-            SignalError::MissingMetric(GATEWAY_INFLIGHT)
+            SignalError::MissingMetric(gateway::INFLIGHT_REQUESTS)
         );
     }
 

@@ -10,9 +10,9 @@ use kinfer_crds::RoutingStrategy;
 use crate::auth::AccessConfig;
 use crate::index::EjectionPolicy;
 use crate::policy::{self, PolicyConfig};
+use crate::pipeline::Settings;
 use crate::proxy::ProxyConfig;
-use crate::server::Limits;
-use crate::slice::SliceSetting;
+use crate::tls::TlsFiles;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -30,7 +30,7 @@ pub struct Cli {
     #[command(flatten)]
     pub proxy: ProxyArgs,
     #[command(flatten)]
-    pub limits: LimitArgs,
+    pub requests: RequestArgs,
     #[command(flatten)]
     pub auth: AuthArgs,
     #[command(flatten)]
@@ -53,16 +53,39 @@ pub struct ServerArgs {
     /// On SIGTERM, how long in-flight requests (streams included) may take to finish.
     #[arg(long, env = "KINFER_GATEWAY_SHUTDOWN_GRACE", default_value = "30s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
-    /// Serving threads, each with its own runtime, socket (SO_REUSEPORT) and upstream
-    /// connection pool; default: one per CPU core.
+    /// Threads of the runtime serving requests; default: one per CPU core.
     #[arg(long, env = "KINFER_GATEWAY_WORKER_THREADS")]
     pub worker_threads: Option<usize>,
-    /// Scheduler slice of a serving thread while it has at most one request in flight (Linux
-    /// 6.12+): `auto` (twice the kernel's default slice), `off`, or a duration from 0.1ms to
-    /// 100ms. A longer slice lets the thread finish a hand-off before the engine or client it
-    /// woke runs; under load the thread is on the default slice.
-    #[arg(long, env = "KINFER_GATEWAY_LIGHT_LOAD_SLICE", default_value = "auto")]
-    pub light_load_slice: SliceSetting,
+    /// PEM certificate chain of the API port: with --tls-key-file, the API is served over TLS
+    /// (HTTP/2 and HTTP/1.1 by ALPN) instead of plain TCP (HTTP/1.1 and h2c). Both files are
+    /// read again when they change (a renewed certificate needs no restart).
+    #[arg(long, env = "KINFER_GATEWAY_TLS_CERT_FILE", requires = "tls_key_file")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of --tls-cert-file.
+    #[arg(long, env = "KINFER_GATEWAY_TLS_KEY_FILE", requires = "tls_cert_file")]
+    pub tls_key_file: Option<PathBuf>,
+    /// A request head must arrive whole within this, and each next part of a request body
+    /// within this of the one before (408 after); an idle keep-alive connection is closed
+    /// after it too.
+    #[arg(long, env = "KINFER_GATEWAY_CLIENT_HEADER_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub client_header_timeout: Duration,
+    /// A client that takes no byte of its response for this long (it stopped reading) is
+    /// disconnected, which cancels the engine's request.
+    #[arg(long, env = "KINFER_GATEWAY_CLIENT_SEND_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub client_send_timeout: Duration,
+}
+
+impl ServerArgs {
+    /// The TLS files, when both are given.
+    pub fn tls_files(&self) -> Option<TlsFiles> {
+        match (&self.tls_cert_file, &self.tls_key_file) {
+            (Some(cert), Some(key)) => Some(TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+            }),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -178,8 +201,8 @@ pub struct ProxyArgs {
 }
 
 #[derive(Debug, Args)]
-#[command(next_help_heading = "Limits")]
-pub struct LimitArgs {
+#[command(next_help_heading = "Requests")]
+pub struct RequestArgs {
     /// Largest request body (bytes, or with a KiB/MiB/GiB suffix); 413 above.
     #[arg(long, env = "KINFER_GATEWAY_MAX_BODY_SIZE", default_value = "32MiB", value_parser = parse_bytes)]
     pub max_body_size: usize,
@@ -199,25 +222,17 @@ pub struct LimitArgs {
     /// Retry-After of 503 answers.
     #[arg(long, env = "KINFER_GATEWAY_RETRY_AFTER", default_value = "10s", value_parser = parse_duration)]
     pub retry_after: Duration,
-    /// Once a request head has started to arrive, the rest of it must arrive within this; so
-    /// must each next part of a request body. The connection is closed after it.
-    #[arg(long, env = "KINFER_GATEWAY_CLIENT_HEADER_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
-    pub client_header_timeout: Duration,
-    /// A client keep-alive connection with no request for this long is closed.
-    #[arg(long, env = "KINFER_GATEWAY_CLIENT_KEEPALIVE_TIMEOUT", default_value = "75s", value_parser = parse_duration)]
-    pub client_keepalive_timeout: Duration,
-    /// A client that takes no byte of its response for this long (it stopped reading) is
-    /// disconnected, which cancels the engine's request.
-    #[arg(long, env = "KINFER_GATEWAY_CLIENT_SEND_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
-    pub client_send_timeout: Duration,
 }
 
 #[derive(Debug, Args)]
-#[command(next_help_heading = "Authentication and limits")]
+#[command(next_help_heading = "Authentication and quotas")]
 pub struct AuthArgs {
-    /// Require an API key (`Authorization: Bearer` or `x-api-key`) on /v1/*.
-    #[arg(long, env = "KINFER_GATEWAY_AUTH", default_value_t = false, action = clap::ArgAction::Set)]
-    pub auth: bool,
+    /// Require an API key (`Authorization: Bearer` or `x-api-key`) on /v1/*. Default: on
+    /// when a key source is given (--api-key, --api-keys-file, --api-key-namespace), off
+    /// otherwise; `false` with a key source is refused at start, so a configured key always
+    /// means authentication is on.
+    #[arg(long, env = "KINFER_GATEWAY_AUTH", action = clap::ArgAction::Set)]
+    pub auth: Option<bool>,
     /// Namespace of the API key Secrets (label kinfer.dev/api-key) to watch; empty: none.
     #[arg(long, env = "KINFER_GATEWAY_API_KEY_NAMESPACE")]
     pub api_key_namespace: Option<String>,
@@ -295,18 +310,41 @@ impl ProxyArgs {
     }
 }
 
-impl LimitArgs {
-    pub fn to_limits(&self) -> Limits {
-        Limits {
-            max_body_bytes: self.max_body_size,
-            hold_timeout: self.hold_timeout,
-            hold_queue_limit: self.hold_queue_limit,
-            hold_keepalive_interval: self.hold_keepalive_interval,
-            retry_after: self.retry_after,
-            client_header_timeout: self.client_header_timeout,
-            client_keepalive_timeout: self.client_keepalive_timeout,
-            client_send_timeout: self.client_send_timeout,
+impl Cli {
+    pub fn settings(&self) -> Settings {
+        let requests = &self.requests;
+        Settings {
+            max_body_bytes: requests.max_body_size,
+            body_timeout: self.server.client_header_timeout,
+            hold_timeout: requests.hold_timeout,
+            hold_queue_limit: requests.hold_queue_limit,
+            hold_keepalive_interval: requests.hold_keepalive_interval,
+            retry_after: requests.retry_after,
         }
+    }
+}
+
+impl AuthArgs {
+    /// Whether authentication is on: as --auth says, else whether a key source is given.
+    pub fn enabled(&self) -> Result<bool, crate::auth::StartError> {
+        let has_source = self.has_key_source();
+        match self.auth {
+            Some(false) if has_source => Err(crate::auth::StartError::KeysWithoutAuth),
+            Some(enabled) => Ok(enabled),
+            None => Ok(has_source),
+        }
+    }
+
+    /// Whether any API key source is given.
+    pub fn has_key_source(&self) -> bool {
+        self.api_key
+            .as_deref()
+            .is_some_and(|key| !key.trim().is_empty())
+            || self.api_keys_file.is_some()
+            || self
+                .api_key_namespace
+                .as_deref()
+                .is_some_and(|namespace| !namespace.is_empty())
     }
 }
 
@@ -321,14 +359,14 @@ impl RoutingArgs {
 }
 
 impl Cli {
-    pub fn access_config(&self) -> AccessConfig {
-        AccessConfig {
-            enabled: self.auth.auth,
+    pub fn access_config(&self) -> Result<AccessConfig, crate::auth::StartError> {
+        Ok(AccessConfig {
+            enabled: self.auth.enabled()?,
             own_zone: self.routing.zone.clone().filter(|zone| !zone.is_empty()),
             model_max_concurrency: self.auth.model_max_concurrency,
             model_queue_limit: self.auth.model_queue_limit,
             model_queue_timeout: self.auth.model_queue_timeout,
-        }
+        })
     }
 }
 
@@ -414,10 +452,31 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(cli.discovery.namespaces, ["a", "b"]);
-        assert_eq!(cli.limits.max_body_size, 32 << 20);
+        assert_eq!(cli.requests.max_body_size, 32 << 20);
         assert_eq!(cli.proxy.first_byte_timeout, Duration::from_secs(600));
-        assert_eq!(cli.limits.hold_keepalive_interval, Duration::from_secs(15));
+        assert_eq!(cli.requests.hold_keepalive_interval, Duration::from_secs(15));
         assert!(Cli::try_parse_from(["kinfer-gateway", "--discovery", "static"]).is_err());
+        // A TLS certificate without its key (or the reverse) is refused.
+        assert!(Cli::try_parse_from(["kinfer-gateway", "--tls-cert-file", "c.pem"]).is_err());
+    }
+
+    fn auth_of(args: &[&str]) -> Result<bool, crate::auth::StartError> {
+        let mut argv = vec!["kinfer-gateway"];
+        argv.extend_from_slice(args);
+        Cli::try_parse_from(argv).unwrap().auth.enabled()
+    }
+
+    #[test]
+    fn a_key_turns_authentication_on() {
+        assert!(!auth_of(&[]).unwrap());
+        assert!(auth_of(&["--api-key", "K"]).unwrap());
+        assert!(auth_of(&["--api-keys-file", "keys.yaml"]).unwrap());
+        assert!(auth_of(&["--api-key-namespace", "kinfer"]).unwrap());
+        assert!(auth_of(&["--auth", "true"]).unwrap());
+        // Keys with authentication off: refused, not served without a key.
+        let error = auth_of(&["--api-key", "K", "--auth", "false"]).unwrap_err();
+        assert!(error.to_string().contains("--auth=false"), "{error}");
+        assert!(!auth_of(&["--auth", "false"]).unwrap());
     }
 
     #[test]

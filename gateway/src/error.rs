@@ -9,16 +9,16 @@ use http::{header, HeaderValue, StatusCode};
 use serde::Serialize;
 
 use crate::auth::keys::AuthFailure;
-use crate::limits::rate::{format_reset, LimitKind, RateStatus};
+use crate::quota::rate::{format_reset, LimitKind, RateStatus};
 
 /// Everything the gateway itself can answer with instead of the engine's response.
 /// Engine errors are not here: they pass through with the engine's status and body.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
-    #[error("request body is not valid JSON: {0}. Send a JSON object such as {{\"model\": \"...\", ...}}")]
+    #[error("request body is not valid JSON: {}. Send a JSON object such as {{\"model\": \"...\", ...}}", quote(&.0.to_string()))]
     InvalidJson(#[source] serde_json::Error),
 
-    #[error("invalid request body: {0}")]
+    #[error("invalid request body: {}", quote(&.0.to_string()))]
     InvalidBody(#[source] serde_json::Error),
 
     #[error("you must provide a model parameter: the request body has no \"model\" field (or it is empty)")]
@@ -30,12 +30,15 @@ pub enum ApiError {
     #[error("could not read the request body: {0}")]
     BodyRead(#[source] axum::Error),
 
+    #[error("the request body stopped arriving: nothing for {}s", after.as_secs_f64())]
+    BodyTimeout { after: Duration },
+
     #[error(
-        "the model `{model}` does not exist. GET /v1/models lists the models this gateway serves"
+        "the model `{}` does not exist. GET /v1/models lists the models this gateway serves", quote(model)
     )]
     ModelNotFound { model: String },
 
-    #[error("the model `{model}` does not serve {path} (it serves: {features}); pick a model with the {required} feature")]
+    #[error("the model `{model}` does not serve {} (it serves: {features}); pick a model with the {required} feature", quote(path))]
     UnsupportedEndpoint {
         model: String,
         path: String,
@@ -79,7 +82,7 @@ pub enum ApiError {
         status: RateStatus,
     },
 
-    #[error("no replica of the model `{model}` is ready in {placement}; remove the placement (x-kinfer-region, x-kinfer-zone, jurisdiction) or retry after {}s", retry_after.as_secs())]
+    #[error("no replica of the model `{model}` is ready in {}; remove the placement (x-kinfer-region, x-kinfer-zone, jurisdiction) or retry after {}s", quote(placement), retry_after.as_secs())]
     NoReplicaInPlacement {
         model: String,
         placement: String,
@@ -98,20 +101,36 @@ pub enum ApiError {
         retry_after: Duration,
     },
 
-    #[error("unknown endpoint {method} {path}")]
+    #[error("unknown endpoint {} {}", quote(method), quote(path))]
     RouteNotFound { method: String, path: String },
 
-    #[error("method {method} is not allowed on {path}")]
+    #[error("method {} is not allowed on {}", quote(method), quote(path))]
     MethodNotAllowed { method: String, path: String },
 
-    /// A request the HTTP server refuses before any handler sees it (malformed head, head too
-    /// large, unsupported transfer coding): see [`crate::http1::server`].
+    /// A request refused for its HTTP framing rather than its content (no or two `Host`
+    /// headers, a header the engine connection cannot carry).
     #[error("{message}")]
     Protocol {
         status: StatusCode,
         code: &'static str,
         message: String,
     },
+}
+
+/// Longest part of what a client sent that an error message quotes (model names, paths,
+/// header values); longer text is cut, so a 1 MB model name is not echoed back whole.
+pub const MAX_QUOTED_CHARS: usize = 200;
+
+/// `text`, or its first [`MAX_QUOTED_CHARS`] characters and how much was left out.
+pub fn quote(text: &str) -> std::borrow::Cow<'_, str> {
+    match text.char_indices().nth(MAX_QUOTED_CHARS) {
+        None => std::borrow::Cow::Borrowed(text),
+        Some((end, _)) => std::borrow::Cow::Owned(format!(
+            "{}... ({} more bytes)",
+            &text[..end],
+            text.len() - end
+        )),
+    }
 }
 
 fn kind_text(kind: LimitKind) -> &'static str {
@@ -144,6 +163,7 @@ impl ApiError {
             | ApiError::MissingModel
             | ApiError::BodyRead(_) => StatusCode::BAD_REQUEST,
             ApiError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ApiError::ModelNotFound { .. } | ApiError::RouteNotFound { .. } => {
                 StatusCode::NOT_FOUND
             }
@@ -172,6 +192,7 @@ impl ApiError {
             ApiError::MissingModel => "missing_model",
             ApiError::BodyTooLarge { .. } => "body_too_large",
             ApiError::BodyRead(_) => "body_read_failed",
+            ApiError::BodyTimeout { .. } => "body_timeout",
             ApiError::ModelNotFound { .. } => "model_not_found",
             ApiError::UnsupportedEndpoint { .. } => "unsupported_endpoint",
             ApiError::NoReadyReplica { .. } => "no_ready_replica",
@@ -308,6 +329,22 @@ mod tests {
         (status, headers, serde_json::from_slice(&body).unwrap())
     }
 
+    #[test]
+    fn client_text_is_quoted_at_most_200_characters() {
+        let long = "m".repeat(1 << 20);
+        let message = ApiError::ModelNotFound { model: long }.to_string();
+        assert!(message.len() < 400, "{} bytes", message.len());
+        assert!(message.contains(&format!("{}... (", "m".repeat(MAX_QUOTED_CHARS))));
+        let path = format!("/v1/{}", "é".repeat(300));
+        let message = ApiError::RouteNotFound {
+            method: "GET".into(),
+            path,
+        }
+        .to_string();
+        assert!(message.chars().count() < 300, "{message}");
+        assert_eq!(quote("short"), "short");
+    }
+
     #[tokio::test]
     async fn envelope_has_every_openai_field() {
         let (status, headers, body) = render(ApiError::ModelNotFound {
@@ -358,7 +395,7 @@ mod tests {
             limit: 60,
             retry_after: Duration::from_millis(1500),
             status: RateStatus {
-                requests: Some(crate::limits::rate::LimitStatus {
+                requests: Some(crate::quota::rate::LimitStatus {
                     limit: 60,
                     remaining: 0,
                     reset: Duration::from_secs(60),

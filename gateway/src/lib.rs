@@ -1,13 +1,16 @@
 //! kinfer gateway: an OpenAI-compatible HTTP gateway that routes each request, by its `model`
 //! field, to a ready engine replica of the matching InferenceModel.
 //!
-//! - [`server`]: the API ([`server::build_router`]) and the admin port.
+//! - [`server`]: the one routing table of the API, the admin port's, and serving them with
+//!   hyper (HTTP/1.1, h2c, TLS with [`tls`]).
+//! - [`pipeline`]: the request path of proxied requests, step by step: authenticate, resolve,
+//!   admit, hold, place, pick and forward, account.
 //! - [`request`]: the little the gateway reads from a request.
-//! - [`index`]: the routing index and the discovery sources feeding it.
+//! - [`index`]: the routing index (what exists) and the discovery sources feeding it.
 //! - [`hold`]: requests held for a model with no ready replica, released in arrival order.
 //! - [`policy`]: replica selection.
 //! - [`proxy`]: the upstream client, retries, ejection and streaming pass-through.
-//! - [`auth`]: API keys; [`limits`]: per-key rate limits, per-model fair queueing;
+//! - [`auth`]: API keys; [`quota`]: per-key quotas and per-model fair queueing;
 //!   [`usage`]: token accounting from the engines' `usage`.
 //! - [`prefix`]: prompt prefix block hashes for the PrefixCache policy; [`placement`]: region
 //!   and zone pinning.
@@ -17,23 +20,24 @@ pub mod auth;
 pub mod config;
 pub mod error;
 pub mod hold;
-pub mod http1;
 pub mod index;
-pub mod limits;
 pub mod metrics;
+pub mod pipeline;
 pub mod placement;
 pub mod policy;
 pub mod prefix;
 pub mod proxy;
+pub mod quota;
 pub mod request;
 pub mod server;
-pub mod slice;
+pub mod tls;
 pub mod usage;
 
 use std::sync::Arc;
 
 pub use error::ApiError;
-pub use server::{build_admin_router, build_router, AppState, Gateway, Limits};
+pub use pipeline::{AppState, Gateway, Settings};
+pub use server::{build_admin_router, build_router};
 
 use auth::{Access, AccessConfig};
 use index::Index;
@@ -47,8 +51,8 @@ pub struct GatewayConfig {
     pub default_strategy: kinfer_crds::RoutingStrategy,
     pub policy: PolicyConfig,
     pub proxy: ProxyConfig,
-    pub limits: Limits,
-    /// Authentication, key and model limits, placement.
+    pub settings: Settings,
+    /// Authentication, key quotas and model queues, placement.
     pub access: AccessConfig,
 }
 
@@ -67,23 +71,9 @@ impl Gateway {
             index,
             proxy: Proxy::new(config.proxy, metrics.clone()),
             metrics,
-            limits: config.limits,
+            settings: config.settings,
             access,
             policy: config.policy,
-        })
-    }
-
-    /// Another gateway over the same index, metrics and access state (keys, limits), with its
-    /// own upstream connection pool: one per serving thread (see main), so a request never
-    /// leaves the thread it arrived on while limits stay per gateway process.
-    pub fn worker(control: &Gateway, proxy: ProxyConfig, limits: Limits) -> AppState {
-        Arc::new(Gateway {
-            index: control.index.clone(),
-            proxy: Proxy::new(proxy, control.metrics.clone()),
-            metrics: control.metrics.clone(),
-            limits,
-            access: control.access.clone(),
-            policy: control.policy,
         })
     }
 }

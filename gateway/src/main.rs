@@ -1,19 +1,15 @@
-//! The gateway process. Serving follows nginx's model: one single-threaded tokio runtime per
-//! core, each accepting on its own SO_REUSEPORT socket with its own upstream connection pool,
-//! so a request is handled start to end on one thread (no work-stealing, no cross-thread
-//! wake-ups; measured at about two thirds of the CPU per request of one multi-threaded
-//! runtime). The routing index and the metrics are shared. Discovery, the engine metrics
-//! scraper and the admin server run on the main thread's runtime.
-
-use std::net::SocketAddr;
+//! The gateway process: one multi-threaded tokio runtime serves the API (hyper, see
+//! [`kinfer_gateway::server`]), the admin port, discovery and the engine metrics scraper.
 
 use anyhow::Context as _;
 use clap::Parser;
 use kinfer_gateway::config::{Cli, DiscoveryMode, LogFormat};
 use kinfer_gateway::index::{kubernetes, static_file};
 use kinfer_gateway::proxy::{self, scraper};
-use kinfer_gateway::{build_admin_router, server, Gateway, GatewayConfig};
-use tokio::net::{TcpListener, TcpSocket};
+use kinfer_gateway::server::{self, ServeConfig};
+use kinfer_gateway::tls::{self, TlsAcceptor};
+use kinfer_gateway::{build_admin_router, build_router, Gateway, GatewayConfig};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing_subscriber::EnvFilter;
 
@@ -25,7 +21,11 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_tracing(cli.log.log_format, &cli.log.log_filter)?;
-    tokio::runtime::Builder::new_current_thread()
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = cli.server.worker_threads {
+        runtime.worker_threads(threads.max(1));
+    }
+    runtime
         .enable_all()
         .build()
         .context("cannot start the tokio runtime")?
@@ -34,13 +34,12 @@ fn main() -> anyhow::Result<()> {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let proxy_config = cli.proxy.to_config();
-    let limits = cli.limits.to_limits();
-    let control = Gateway::new(GatewayConfig {
+    let gateway = Gateway::new(GatewayConfig {
         default_strategy: cli.routing.default_strategy,
         policy: cli.routing.policy_config(),
         proxy: proxy_config.clone(),
-        limits: limits.clone(),
-        access: cli.access_config(),
+        settings: cli.settings(),
+        access: cli.access_config()?,
     });
 
     match cli.discovery.discovery {
@@ -52,12 +51,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .context("--static-file is required with --discovery static")?;
             // Fail at start on a bad file; later mistakes keep the last good table.
             let configs = static_file::load(&path)?;
-            control.index.publish(configs);
-            control.index.mark_synced();
+            gateway.index.publish(configs);
+            gateway.index.mark_synced();
             tokio::spawn(static_file::watch(
                 path,
                 cli.discovery.static_poll_interval,
-                control.index.clone(),
+                gateway.index.clone(),
             ));
         }
         DiscoveryMode::Kubernetes => {
@@ -69,13 +68,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 inference_models: cli.discovery.watch_inference_models,
                 nodes: cli.discovery.watch_nodes,
             };
-            tokio::spawn(kubernetes::run(client, scope, control.index.clone()));
+            tokio::spawn(kubernetes::run(client, scope, gateway.index.clone()));
         }
     }
 
     kinfer_gateway::auth::start(
         &cli.auth,
-        &control.access,
+        &gateway.access,
         cli.discovery.static_poll_interval,
     )
     .await?;
@@ -83,32 +82,34 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     if !cli.routing.engine_metrics_interval.is_zero() {
         tokio::spawn(scraper::run(
             proxy::http_client(&proxy_config),
-            control.index.clone(),
+            gateway.index.clone(),
             cli.routing.engine_metrics_interval,
-            control.metrics.clone(),
+            gateway.metrics.clone(),
         ));
     }
 
+    let tls = match cli.server.tls_files() {
+        Some(files) => Some(
+            TlsAcceptor::start(files, tls::RELOAD_INTERVAL)
+                .context("cannot load the TLS certificate")?,
+        ),
+        None => None,
+    };
+    let serve_config = ServeConfig {
+        header_timeout: cli.server.client_header_timeout,
+        send_timeout: cli.server.client_send_timeout,
+        tls,
+    };
+    let listener = TcpListener::bind(cli.server.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", cli.server.listen))?;
     let admin_listener = TcpListener::bind(cli.server.admin_listen)
         .await
         .with_context(|| format!("cannot listen on {}", cli.server.admin_listen))?;
-    let threads = cli
-        .server
-        .worker_threads
-        .or_else(|| std::thread::available_parallelism().ok().map(usize::from))
-        .unwrap_or(1)
-        .max(1);
-    // The first socket resolves port 0; the others bind the same address.
-    let first = reuseport_listener(cli.server.listen)?;
-    let listen = first.local_addr()?;
-    let mut listeners = vec![first];
-    for _ in 1..threads {
-        listeners.push(reuseport_listener(listen)?);
-    }
     tracing::info!(
-        %listen,
+        listen = %listener.local_addr()?,
         admin = %admin_listener.local_addr()?,
-        threads,
+        tls = serve_config.tls.is_some(),
         discovery = ?cli.discovery.discovery,
         "kinfer-gateway started"
     );
@@ -116,48 +117,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let (stop_sender, stop) = watch::channel(false);
     let admin = tokio::spawn(server::serve(
         admin_listener,
-        build_admin_router(control.clone()),
+        build_admin_router(gateway.clone()),
+        ServeConfig::default(),
         stopped(stop.clone()),
     ));
-    let mut workers = Vec::with_capacity(threads);
-    for (number, listener) in listeners.into_iter().enumerate() {
-        let gateway = Gateway::worker(&control, proxy_config.clone(), limits.clone());
-        let stop = stop.clone();
-        let light_load_slice = cli.server.light_load_slice;
-        let worker = std::thread::Builder::new()
-            .name(format!("kinfer-serve-{number}"))
-            .spawn(move || -> anyhow::Result<()> {
-                kinfer_gateway::slice::install(light_load_slice);
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()?;
-                runtime.block_on(async move {
-                    let listener = listener.listen(4096)?;
-                    server::serve_api(listener, gateway, stopped(stop)).await
-                })?;
-                Ok(())
-            })
-            .context("cannot start a serving thread")?;
-        workers.push(worker);
-    }
-    let all_done = tokio::task::spawn_blocking(move || {
-        for worker in workers {
-            match worker.join() {
-                Ok(Ok(())) => {}
-                Ok(Err(error)) => tracing::error!(%error, "serving thread failed"),
-                Err(_) => tracing::error!("serving thread panicked"),
-            }
-        }
-    });
+    let api = tokio::spawn(server::serve(
+        listener,
+        build_router(gateway.clone()),
+        serve_config,
+        stopped(stop.clone()),
+    ));
 
     let grace = cli.server.shutdown_grace;
-    tokio::select! {
-        _ = shutdown_signal() => {}
-        _ = stopped(stop.clone()) => {}
-    }
+    shutdown_signal().await;
     tracing::info!("shutting down: no new connections, waiting for in-flight requests");
     let _ = stop_sender.send(true);
-    if tokio::time::timeout(grace, all_done).await.is_err() {
+    if tokio::time::timeout(grace, api).await.is_err() {
         tracing::warn!(
             ?grace,
             "shutdown grace period over; cutting the remaining requests"
@@ -165,21 +140,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     admin.abort();
     Ok(())
-}
-
-fn reuseport_listener(address: SocketAddr) -> anyhow::Result<TcpSocket> {
-    let socket = if address.is_ipv4() {
-        TcpSocket::new_v4()
-    } else {
-        TcpSocket::new_v6()
-    }?;
-    socket.set_reuseaddr(true)?;
-    #[cfg(unix)]
-    socket.set_reuseport(true)?;
-    socket
-        .bind(address)
-        .with_context(|| format!("cannot listen on {address}"))?;
-    Ok(socket)
 }
 
 async fn stopped(mut stop: watch::Receiver<bool>) {

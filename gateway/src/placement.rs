@@ -15,7 +15,7 @@ use http::{HeaderName, HeaderValue};
 use serde::Deserialize;
 use tokio::time::Instant;
 
-use crate::http1::HeaderLookup;
+use http::HeaderMap;
 use crate::index::{Endpoint, ModelEntry};
 
 pub const REGION_HEADER: HeaderName = HeaderName::from_static("x-kinfer-region");
@@ -102,11 +102,11 @@ static JURISDICTION: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
 
 /// The placement the request asks for: headers first, then `jurisdiction` in the body (looked
 /// for only when the bytes `"jurisdiction"` appear, so other requests are not parsed again).
-pub fn requested(headers: &impl HeaderLookup, body: &[u8]) -> PlacementRequest {
+pub fn requested(headers: &HeaderMap, body: &[u8]) -> PlacementRequest {
     let header = |name: &HeaderName| {
         headers
-            .header(name.as_str())
-            .and_then(|value| std::str::from_utf8(value).ok())
+            .get(name)
+            .and_then(|value| value.to_str().ok())
             .map(str::trim)
             .filter(|value| !value.is_empty())
             .map(String::from)

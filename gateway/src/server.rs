@@ -1,98 +1,44 @@
-//! The HTTP surface: [`build_router`] (the OpenAI-compatible API, used by main and by tests)
-//! and [`build_admin_router`] (metrics and probes, on their own port).
+//! The HTTP surface: the one routing table of the OpenAI-compatible API ([`build_router`]), the
+//! admin port's ([`build_admin_router`]), and [`serve`], which serves a router with hyper:
+//! HTTP/1.1, HTTP/2 with prior knowledge (h2c), and with TLS both, chosen by ALPN.
+//!
+//! What a client connection gets:
+//! - HTTP/1.1 keep-alive (HTTP/1.0 on request), pipelining, `Expect: 100-continue`, chunked
+//!   request bodies; hyper's parser refuses what RFC 9112 makes invalid (differing
+//!   Content-Lengths, a non-chunked final transfer coding, obs-fold, oversized heads, trailers
+//!   or chunk extensions over 16 KiB) and closes the connection after a request that had both
+//!   Content-Length and Transfer-Encoding;
+//! - a request head must arrive whole within the header timeout, which also closes an idle
+//!   keep-alive connection (hyper starts it when it waits for the next head);
+//! - a client that takes no byte of its response for the send timeout is disconnected, which
+//!   cancels the engine's request;
+//! - a request without `Host` on HTTP/1.1, or with more than one, gets 400 (RFC 9112 section
+//!   3.2) before any handler;
+//! - on shutdown, idle connections close at once and busy ones after their responses.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Path, Request, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use http_body_util::BodyExt;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
 use serde_json::{json, Map, Value};
+use tokio::net::{TcpListener, TcpStream};
 
-use crate::auth::keys::{ApiKey, API_KEY_HEADER};
-use crate::auth::{Access, LimitLabels, ReasonLabels};
-use crate::error::{insert_rate_headers, ApiError};
-use crate::hold::{self, HoldDefaults};
-use crate::http1::server::{accept, Handler, Reply, RequestHead, ServerConfig};
-use crate::http1::{Fields, HeaderLookup};
-use crate::index::{Index, ModelEntry};
-use crate::limits::{ConcurrencySlot, ModelSlot, QueueError, RateStatus};
-use crate::metrics::Metrics;
-use crate::placement::{self, Placed};
-use crate::policy::{PolicyConfig, RequestInfo};
-use crate::proxy::{self, Proxy, RequestLog, UpstreamRequest, REQUEST_ID_HEADER};
-use crate::usage::{AccountedBody, Accounting, Charged, Charger, Usage};
-use crate::{prefix, request, usage};
+use crate::error::ApiError;
+use crate::index::ModelEntry;
+use crate::pipeline::{self, AppState};
+use crate::tls::TlsAcceptor;
 
-/// Limits of the request path.
-#[derive(Clone, Debug)]
-pub struct Limits {
-    /// Largest request body accepted (413 above).
-    pub max_body_bytes: usize,
-    /// How long a request for a model with no ready replica waits for one.
-    pub hold_timeout: Duration,
-    /// Requests that may wait per model; more are answered 503 at once.
-    pub hold_queue_limit: usize,
-    /// How often a held stream request gets an SSE keep-alive comment, once its hold has
-    /// lasted this long; zero: never (see [`crate::hold::stream`]).
-    pub hold_keepalive_interval: Duration,
-    /// `Retry-After` of 503 answers.
-    pub retry_after: Duration,
-    /// The rest of a request head, and each next part of a request body, must arrive within
-    /// this (see [`crate::http1::server::ServerConfig`]).
-    pub client_header_timeout: Duration,
-    /// An idle client keep-alive connection is closed after this.
-    pub client_keepalive_timeout: Duration,
-    /// A client that takes no byte of its response for this long is disconnected.
-    pub client_send_timeout: Duration,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Self {
-            max_body_bytes: 32 << 20,
-            hold_timeout: Duration::from_secs(180),
-            hold_queue_limit: 1000,
-            hold_keepalive_interval: Duration::from_secs(15),
-            retry_after: Duration::from_secs(10),
-            client_header_timeout: Duration::from_secs(30),
-            client_keepalive_timeout: Duration::from_secs(75),
-            client_send_timeout: Duration::from_secs(60),
-        }
-    }
-}
-
-/// Everything the handlers share.
-pub struct Gateway {
-    pub index: Arc<Index>,
-    pub proxy: Proxy,
-    pub metrics: Arc<Metrics>,
-    pub limits: Limits,
-    /// API keys, their limits, model queues: shared by every serving thread.
-    pub access: Arc<Access>,
-    pub policy: PolicyConfig,
-}
-
-/// A request that passed every check before the hold (model known and allowed, key limits).
-struct Admitted {
-    head: Box<RequestHead>,
-    body: bytes::Bytes,
-    key: Option<Arc<ApiKey>>,
-    /// The key's concurrency slot and rate figures, when it has limits.
-    admitted: Option<(ConcurrencySlot, RateStatus)>,
-    log: RequestLog,
-}
-
-/// Name of every request in the model queues when authentication is off.
-const ANONYMOUS: &str = "(anonymous)";
-
-pub type AppState = Arc<Gateway>;
-
-/// The OpenAI-compatible API.
+/// The OpenAI-compatible API: the model list and health here, every other `POST /v1/*` through
+/// the [`pipeline`].
 pub fn build_router(state: AppState) -> Router {
     Router::new()
         .route("/v1/models", get(list_models))
@@ -100,101 +46,13 @@ pub fn build_router(state: AppState) -> Router {
         .route(
             "/v1/{*endpoint}",
             post(|State(gateway): State<AppState>, request: Request| {
-                let (parts, body) = request.into_parts();
-                async move {
-                    proxy_request(gateway, Box::new(RequestHead::from_parts(parts)), body)
-                        .await
-                        .into_response()
-                }
+                pipeline::handle(gateway, request)
             }),
         )
         .route("/health", get(health))
         .fallback(route_not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
-}
-
-/// Whether [`serve_api`] sends a request straight to the proxy: a POST to `/v1/<endpoint>`
-/// other than the model list, exactly the requests `build_router` routes to the proxy. The
-/// others go through the router (and its 404 and 405 answers).
-fn is_proxied(method: &http::Method, path: &str) -> bool {
-    method == http::Method::POST
-        && path.len() > "/v1/".len()
-        && path.starts_with("/v1/")
-        && path != "/v1/models"
-        && !path.starts_with("/v1/models/")
-}
-
-/// The API as [`serve_api`] serves it: the same answers as [`build_router`], with the proxied
-/// requests (nearly all of them) handed to the proxy without the router. Matching,
-/// path-parameter extraction and the boxed handler future were a tenth of the instructions of
-/// a proxied request (callgrind, docs/benchmarks.md).
-pub fn api_service(gateway: AppState) -> impl Handler {
-    use futures::future::Either;
-    use tower::ServiceExt;
-    let router = build_router(gateway.clone());
-    move |head: Box<RequestHead>, body: Body| {
-        if is_proxied(&head.method, head.uri.path()) {
-            Either::Left(proxy_request(gateway.clone(), head, body))
-        } else {
-            let router = router.clone();
-            Either::Right(async move {
-                let response = match head.into_request(body) {
-                    Ok(request) => match router.oneshot(request).await {
-                        Ok(response) => response,
-                        Err(never) => match never {},
-                    },
-                    Err(malformed) => *malformed,
-                };
-                Reply::from(response)
-            })
-        }
-    }
-}
-
-/// Serve the API (see [`api_service`]) on `listener` with the gateway's own HTTP/1.1 server
-/// ([`crate::http1::server`]) until `shutdown` completes, then wait for open connections
-/// (streams included) to finish. Used by main and by tests.
-pub async fn serve_api(
-    listener: tokio::net::TcpListener,
-    gateway: AppState,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    let config = ServerConfig {
-        header_timeout: gateway.limits.client_header_timeout,
-        keep_alive_timeout: gateway.limits.client_keepalive_timeout,
-        send_timeout: gateway.limits.client_send_timeout,
-        max_body_bytes: gateway.limits.max_body_bytes,
-    };
-    crate::http1::server::serve(listener, api_service(gateway), config, shutdown).await
-}
-
-/// Serve `router` (the admin port: metrics and probes) with hyper until `shutdown` completes.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    router: Router,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    use hyper_util::rt::TokioIo;
-    use tower::ServiceExt;
-    let service =
-        router.map_request(|request: http::Request<hyper::body::Incoming>| request.map(Body::new));
-    let service = hyper_util::service::TowerToHyperService::new(service);
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let builder = hyper::server::conn::http1::Builder::new();
-    let mut shutdown = std::pin::pin!(shutdown);
-    while let Some(stream) = accept(&listener, shutdown.as_mut()).await {
-        let connection = builder.serve_connection(TokioIo::new(stream), service.clone());
-        let connection = graceful.watch(connection);
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::trace!(%error, "admin connection ended");
-            }
-        });
-    }
-    drop(listener);
-    graceful.shutdown().await;
-    Ok(())
 }
 
 /// Prometheus metrics and the gateway's own probes.
@@ -204,6 +62,151 @@ pub fn build_admin_router(state: AppState) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .with_state(state)
+}
+
+/// RFC 9112 section 3.2: an HTTP/1.1 request has exactly one `Host`; no request has two
+/// (HTTP/2 carries the authority in `:authority`, HTTP/1.0 may omit it).
+async fn require_one_host(request: Request, next: Next) -> Response {
+    let hosts = request.headers().get_all(header::HOST).iter().count();
+    let missing = hosts == 0 && request.version() == http::Version::HTTP_11;
+    if missing || hosts > 1 {
+        let message = if missing {
+            "the request has no Host header (HTTP/1.1 requires one)"
+        } else {
+            "the request has more than one Host header"
+        };
+        return ApiError::Protocol {
+            status: StatusCode::BAD_REQUEST,
+            code: "invalid_host",
+            message: message.to_string(),
+        }
+        .into_response();
+    }
+    next.run(request).await
+}
+
+/// How client connections are served.
+#[derive(Clone)]
+pub struct ServeConfig {
+    /// A request head must arrive whole within this; an idle keep-alive connection is closed
+    /// after it too.
+    pub header_timeout: Duration,
+    /// A client that takes no byte of its response for this long is disconnected (nginx's
+    /// `send_timeout`): a stalled reader must not hold an engine's slot forever.
+    pub send_timeout: Duration,
+    /// TLS (HTTP/2 and HTTP/1.1 by ALPN); `None`: plain TCP (HTTP/1.1 and h2c).
+    pub tls: Option<TlsAcceptor>,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        Self {
+            header_timeout: Duration::from_secs(30),
+            send_timeout: Duration::from_secs(60),
+            tls: None,
+        }
+    }
+}
+
+/// Serve `router` on `listener` until `shutdown` completes, then wait for open connections
+/// (streams included) to finish their responses. Used by main (API and admin ports) and tests.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    config: ServeConfig,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    use tower::ServiceExt;
+    let service = router
+        .layer(axum::middleware::from_fn(require_one_host))
+        .map_request(|request: http::Request<hyper::body::Incoming>| request.map(Body::new));
+    let service = hyper_util::service::TowerToHyperService::new(service);
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.header_timeout);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        // Pings find dead peers of long streams; a peer that does not answer is cut.
+        .keep_alive_interval(Some(Duration::from_secs(20)))
+        .keep_alive_timeout(Duration::from_secs(20));
+    let builder = Arc::new(builder);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    while let Some(stream) = accept(&listener, shutdown.as_mut()).await {
+        let _ = stream.set_nodelay(true);
+        let mut stream = tokio_io_timeout::TimeoutStream::new(stream);
+        stream.set_write_timeout(Some(config.send_timeout));
+        let stream = Box::pin(stream);
+        let builder = builder.clone();
+        let service = service.clone();
+        let watcher = graceful.watcher();
+        let tls = config.tls.clone();
+        let handshake_timeout = config.header_timeout;
+        tokio::spawn(async move {
+            let served = match tls {
+                None => {
+                    let connection = builder.serve_connection(TokioIo::new(stream), service);
+                    watcher.watch(connection).await
+                }
+                Some(tls) => {
+                    let accepted =
+                        tokio::time::timeout(handshake_timeout, tls.accept(stream)).await;
+                    let stream = match accepted {
+                        Ok(Ok(stream)) => stream,
+                        Ok(Err(error)) => {
+                            tracing::debug!(%error, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!("TLS handshake timed out");
+                            return;
+                        }
+                    };
+                    let connection = builder.serve_connection(TokioIo::new(stream), service);
+                    watcher.watch(connection).await
+                }
+            };
+            if let Err(error) = served {
+                tracing::debug!(%error, "client connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
+}
+
+/// The next connection, or `None` once `shutdown` completes.
+async fn accept(
+    listener: &TcpListener,
+    mut shutdown: std::pin::Pin<&mut impl Future<Output = ()>>,
+) -> Option<TcpStream> {
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _peer)) => return Some(stream),
+                Err(error) => accept_failed(error).await,
+            },
+            () = shutdown.as_mut() => return None,
+        }
+    }
+}
+
+/// Like hyper 0.14's server: a reset before accept is the client's business; anything else
+/// (out of file descriptors) is logged and accepting pauses for a second.
+async fn accept_failed(error: std::io::Error) {
+    use std::io::ErrorKind;
+    if matches!(
+        error.kind(),
+        ErrorKind::ConnectionAborted | ErrorKind::ConnectionReset | ErrorKind::ConnectionRefused
+    ) {
+        return;
+    }
+    tracing::error!(%error, "accept failed; retrying in 1s");
+    tokio::time::sleep(Duration::from_secs(1)).await;
 }
 
 async fn route_not_found(request: Request) -> ApiError {
@@ -217,457 +220,6 @@ async fn method_not_allowed(request: Request) -> ApiError {
     ApiError::MethodNotAllowed {
         method: request.method().to_string(),
         path: request.uri().path().to_string(),
-    }
-}
-
-async fn proxy_request(gateway: AppState, head: Box<RequestHead>, body: Body) -> Reply {
-    let request_id = request::request_id(head.headers.get(REQUEST_ID_HEADER.as_str()));
-    let path_and_query = head
-        .uri
-        .path_and_query()
-        .cloned()
-        .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
-    let log = RequestLog::new(gateway.metrics.clone(), request_id.clone(), path_and_query);
-    let mut response = match gateway.route(head, body, log).await {
-        Ok(response) => response,
-        Err((error, mut log)) => {
-            log.status = Some(error.status().as_u16());
-            log.error = Some(error.metric_label());
-            error.into_response().into()
-        }
-    };
-    response.set_header(REQUEST_ID_HEADER, request_id);
-    response
-}
-
-impl Gateway {
-    /// The request's key, when authentication is on.
-    fn authenticate(&self, headers: &impl HeaderLookup) -> Result<Option<Arc<ApiKey>>, ApiError> {
-        if !self.access.config.enabled {
-            return Ok(None);
-        }
-        match self.access.keys.authenticate(headers) {
-            Ok(key) => Ok(Some(key)),
-            Err(reason) => {
-                self.access
-                    .metrics
-                    .auth_failures
-                    .get_or_create(&ReasonLabels {
-                        reason: reason.metric_label(),
-                    })
-                    .inc();
-                Err(ApiError::Unauthorized { reason })
-            }
-        }
-    }
-
-    /// Apply the key's limits: a concurrency slot and the rate figures for the headers.
-    fn admit(&self, key: &ApiKey) -> Result<(ConcurrencySlot, RateStatus), ApiError> {
-        let peers = self.access.peers.get();
-        key.state
-            .admit(&key.spec.limits, peers, tokio::time::Instant::now())
-            .map_err(|rejection| {
-                self.access
-                    .metrics
-                    .rate_limited
-                    .get_or_create(&LimitLabels {
-                        key: key.name().to_string(),
-                        limit: rejection.kind.as_str(),
-                    })
-                    .inc();
-                ApiError::RateLimited {
-                    key: key.name().to_string(),
-                    kind: rejection.kind,
-                    limit: rejection.limit,
-                    retry_after: rejection.retry_after,
-                    status: rejection.status,
-                }
-            })
-    }
-
-    /// A slot of the model's concurrency limit, if models have one.
-    async fn model_slot(
-        &self,
-        entry: &ModelEntry,
-        key: Option<&ApiKey>,
-    ) -> Result<Option<ModelSlot>, ApiError> {
-        let Some(queue) = self.access.queue(&entry.id) else {
-            return Ok(None);
-        };
-        let name: Arc<str> = Arc::from(key.map_or(ANONYMOUS, |key| key.name()));
-        let retry_after = self.limits.retry_after;
-        match queue
-            .acquire(&name, self.access.config.model_queue_timeout)
-            .await
-        {
-            Ok(slot) => Ok(Some(slot)),
-            Err(QueueError::Full) => Err(ApiError::ModelQueueFull {
-                model: entry.id.clone(),
-                retry_after,
-            }),
-            Err(QueueError::Timeout) => Err(ApiError::ModelQueueTimeout {
-                model: entry.id.clone(),
-                retry_after,
-            }),
-        }
-    }
-
-    async fn route(
-        self: &Arc<Self>,
-        mut head: Box<RequestHead>,
-        body: Body,
-        log: RequestLog,
-    ) -> Result<Reply, (ApiError, RequestLog)> {
-        let key = match self.authenticate(&head.headers) {
-            Ok(key) => key,
-            Err(error) => return Err((error, log)),
-        };
-        if key.is_some() {
-            // Engines (and their logs) never see the key.
-            head.headers.remove(header::AUTHORIZATION.as_str());
-            head.headers.remove(API_KEY_HEADER.as_str());
-        }
-        self.route_with_key(head, body, key, log).await
-    }
-
-    async fn route_with_key(
-        self: &Arc<Self>,
-        head: Box<RequestHead>,
-        body: Body,
-        key: Option<Arc<ApiKey>>,
-        mut log: RequestLog,
-    ) -> Result<Reply, (ApiError, RequestLog)> {
-        let body = match self.read_body(body).await {
-            Ok(body) => body,
-            Err(error) => return Err((error, log)),
-        };
-        let model = match request::model_of(&body) {
-            Ok(model) => model,
-            Err(error) => return Err((error, log)),
-        };
-        let table = self.index.snapshot();
-        let Some(entry) = table.get(&model) else {
-            let error = ApiError::ModelNotFound {
-                model: model.into_owned(),
-            };
-            return Err((error, log));
-        };
-        log.model = Some(entry.metrics.clone());
-        if let Some(key) = &key {
-            if !key.allows(&entry.id) {
-                let error = ApiError::ModelNotAllowed {
-                    model: entry.id.clone(),
-                    key: key.name().to_string(),
-                };
-                return Err((error, log));
-            }
-        }
-        let path = head.uri.path();
-        if let Some(feature) = request::required_feature(path) {
-            if !entry.serves(feature) {
-                let error = ApiError::UnsupportedEndpoint {
-                    model: entry.id.clone(),
-                    path: path.to_string(),
-                    features: entry.features_string(),
-                    required: feature.as_str(),
-                };
-                return Err((error, log));
-            }
-        }
-        let entry = entry.clone();
-        drop(table);
-        drop(model);
-        // Limits before holding: a refused request is not kept waiting first.
-        let admitted = match key.as_deref().filter(|key| !key.spec.limits.is_empty()) {
-            Some(key) => match self.admit(key) {
-                Ok(admitted) => Some(admitted),
-                Err(error) => return Err((error, log)),
-            },
-            None => None,
-        };
-        // Held while the model has no ready replica, and behind requests already held for it.
-        let request = Admitted {
-            head,
-            body,
-            key,
-            admitted,
-            log,
-        };
-        if !entry.endpoints.is_empty() && !self.index.holds().is_holding(&entry.id) {
-            return self.dispatch(entry, None, request).await;
-        }
-        // Boxed: the held path's state is large, and would otherwise be part of (and moved
-        // with) every request's future.
-        Box::pin(self.route_held(entry, request)).await
-    }
-
-    /// A request for a model with no ready replica, or behind requests already held for it.
-    async fn route_held(
-        self: &Arc<Self>,
-        entry: Arc<ModelEntry>,
-        request: Admitted,
-    ) -> Result<Reply, (ApiError, RequestLog)> {
-        let interval = self.limits.hold_keepalive_interval;
-        if interval.is_zero() || !hold::stream::is_stream(&request.body) {
-            let released = match self.wait_for_replica(entry).await {
-                Ok(released) => released,
-                Err(error) => return Err((error, request.log)),
-            };
-            return self
-                .dispatch(released.entry, released.release, request)
-                .await;
-        }
-        // A held stream request: if the hold outlasts one interval, the client gets a 200 with
-        // SSE keep-alives at once, and the rest of the request runs in the response body.
-        let hold_ended = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let mut rest: hold::stream::Continuation = Box::pin({
-            let gateway = self.clone();
-            let hold_ended = hold_ended.clone();
-            async move {
-                let released = gateway.wait_for_replica(entry).await;
-                hold_ended.store(true, std::sync::atomic::Ordering::Relaxed);
-                let released = match released {
-                    Ok(released) => released,
-                    Err(error) => return Err((error, request.log)),
-                };
-                gateway
-                    .dispatch(released.entry, released.release, request)
-                    .await
-            }
-        });
-        tokio::select! {
-            biased;
-            result = &mut rest => result,
-            () = tokio::time::sleep(interval) => {
-                // `rest` runs on this task: the flag is as it left it.
-                if hold_ended.load(std::sync::atomic::Ordering::Relaxed) {
-                    // Released in time, waiting for the engine: answered as usual.
-                    rest.await
-                } else {
-                    Ok(hold::stream::keepalive_response(rest, interval).into())
-                }
-            }
-        }
-    }
-
-    /// Send a request, held or not, to a replica of `entry`; `release` is the reservation of a
-    /// request the hold released, kept until the request is in flight on its replica.
-    async fn dispatch(
-        &self,
-        entry: Arc<ModelEntry>,
-        release: Option<hold::Release<'_>>,
-        request: Admitted,
-    ) -> Result<Reply, (ApiError, RequestLog)> {
-        let Admitted {
-            mut head,
-            body,
-            key,
-            admitted,
-            log,
-        } = request;
-        let entry = match self.place(entry, &head.headers, &body) {
-            Ok(entry) => entry,
-            Err(error) => return Err((error, log)),
-        };
-        let prefix_blocks = if entry.strategy == kinfer_crds::RoutingStrategy::PrefixCache {
-            prefix::prefix_blocks(&body, &entry.id)
-        } else {
-            Vec::new()
-        };
-        let counts_tokens = key
-            .as_ref()
-            .is_some_and(|key| key.spec.limits.tokens_per_minute.is_some());
-        let request_bytes = body.len();
-        let (body, accounting) = if counts_tokens {
-            let (body, accounting) = usage::prepare_request(body);
-            (body, Some(accounting))
-        } else {
-            (body, None)
-        };
-        let model_slot = match self.model_slot(&entry, key.as_deref()).await {
-            Ok(slot) => slot,
-            Err(error) => return Err((error, log)),
-        };
-        let path = head.uri.path();
-        let info = RequestInfo {
-            model: &entry.id,
-            path,
-            prefix_blocks: &prefix_blocks,
-            adapter: entry.parent.is_some().then_some(entry.id.as_str()),
-        };
-        proxy::strip_hop_by_hop(&mut head.headers);
-        let upstream = UpstreamRequest {
-            method: head.method.clone(),
-            path_and_query: log.path.clone(),
-            headers: std::mem::take(&mut head.headers),
-            request_id: log.request_id.clone(),
-            body,
-        };
-        // Pinned here, and lent to `hand_over`: the forward future is large, and a copy of it
-        // per request (a move into another future) measured as a tenth of the instructions.
-        let mut forward = std::pin::pin!(self.proxy.forward(&entry, upstream, &info, log));
-        let response = match release {
-            None => forward.await?,
-            Some(release) => hold::hand_over(forward.as_mut(), release).await?,
-        };
-        if admitted.is_none() && model_slot.is_none() && accounting.is_none() {
-            return Ok(response);
-        }
-        let Reply {
-            response,
-            headers,
-            mut forwarded,
-        } = response;
-        let (mut head, body) = response.into_parts();
-        let (slot, status) = match admitted {
-            Some((slot, status)) => (Some(slot), Some(status)),
-            None => (None, None),
-        };
-        if let Some(status) = &status {
-            insert_rate_headers(&mut head.headers, status);
-        }
-        // Engine errors have no usage to count.
-        let accounting = accounting.filter(|_| head.status.is_success());
-        if matches!(accounting, Some(Accounting::Stream { strip: true })) {
-            head.headers.remove(header::CONTENT_LENGTH);
-            forwarded.remove(header::CONTENT_LENGTH.as_str());
-        }
-        let charger = match (&accounting, key) {
-            (Some(_), Some(key)) => Some(self.token_charger(key, request_bytes)),
-            _ => None,
-        };
-        let body = AccountedBody::new(body, accounting, charger, (slot, model_slot));
-        Ok(Reply {
-            response: Response::from_parts(head, Body::new(body)),
-            headers,
-            forwarded,
-        })
-    }
-
-    /// Charges a response's tokens to its key when the response ends or is dropped.
-    fn token_charger(&self, key: Arc<ApiKey>, request_bytes: usize) -> Charger {
-        let peers = self.access.peers.clone();
-        let estimated = self.access.metrics.tokens_estimated.clone();
-        let counter = key
-            .tokens_counter
-            .get_or_init(|| {
-                self.access
-                    .metrics
-                    .tokens
-                    .get_or_create_owned(&crate::auth::KeyLabels {
-                        key: key.name().to_string(),
-                    })
-            })
-            .clone();
-        let charge = Box::new(move |usage: Usage, charged: Charged| {
-            let tokens = usage.tokens();
-            match charged {
-                Charged::Reported => {
-                    counter.inc_by(tokens);
-                }
-                // Rare (a cut response): the labelled counter is looked up here.
-                Charged::Estimated => {
-                    estimated
-                        .get_or_create(&crate::auth::KeyLabels {
-                            key: key.name().to_string(),
-                        })
-                        .inc_by(tokens);
-                }
-            }
-            key.state.charge_tokens(
-                &key.spec.limits,
-                peers.get(),
-                tokens,
-                tokio::time::Instant::now(),
-            );
-        });
-        Charger {
-            request_bytes,
-            charge,
-        }
-    }
-
-    /// The entry restricted to the replicas that may serve the request (placement pinning,
-    /// own-zone preference); the entry itself when nothing restricts it.
-    fn place(
-        &self,
-        entry: Arc<ModelEntry>,
-        headers: &Fields,
-        body: &[u8],
-    ) -> Result<Arc<ModelEntry>, ApiError> {
-        let wanted = placement::requested(headers, body);
-        let own_zone = self.access.config.own_zone.as_deref();
-        if wanted.is_empty() && own_zone.is_none() {
-            return Ok(entry);
-        }
-        let saturation = (
-            self.policy.engine_metrics_max_age,
-            self.policy.saturated_queue_depth,
-        );
-        match placement::place(&entry, &wanted, own_zone, saturation) {
-            Placed::All => Ok(entry),
-            Placed::Subset(subset) => Ok(subset),
-            Placed::Nowhere => Err(ApiError::NoReplicaInPlacement {
-                model: entry.id.clone(),
-                placement: wanted.to_string(),
-                retry_after: self.limits.retry_after,
-            }),
-        }
-    }
-
-    async fn read_body(&self, body: Body) -> Result<bytes::Bytes, ApiError> {
-        let limit = self.limits.max_body_bytes;
-        use hyper::body::Body as _;
-        // The declared length (the server's body knows it from the head: no header lookup).
-        let declared = body.size_hint().exact();
-        if declared.is_some_and(|length| length > limit as u64) {
-            return Err(ApiError::BodyTooLarge { limit });
-        }
-        // Gathered here rather than with `Limited` and `collect`: a body that came with its
-        // head is one frame, kept as it is (no buffer, no copy).
-        let mut body = body;
-        let mut first: Option<bytes::Bytes> = None;
-        let mut gathered: Option<bytes::BytesMut> = None;
-        let mut total = 0_usize;
-        while let Some(frame) = body.frame().await {
-            let Ok(data) = frame.map_err(ApiError::BodyRead)?.into_data() else {
-                // Trailers.
-                continue;
-            };
-            total = total.saturating_add(data.len());
-            if total > limit {
-                return Err(ApiError::BodyTooLarge { limit });
-            }
-            match (&mut gathered, first.take()) {
-                (Some(buffer), _) => buffer.extend_from_slice(&data),
-                (None, None) => first = Some(data),
-                (None, Some(earlier)) => {
-                    let mut buffer = bytes::BytesMut::with_capacity(earlier.len() + data.len());
-                    buffer.extend_from_slice(&earlier);
-                    buffer.extend_from_slice(&data);
-                    gathered = Some(buffer);
-                }
-            }
-        }
-        Ok(match gathered {
-            Some(buffer) => buffer.freeze(),
-            None => first.unwrap_or_default(),
-        })
-    }
-
-    /// Hold a request for a model with no ready replica, or behind the requests already held for
-    /// it, until the release rule of [`crate::hold`] lets it go. The release reservation it
-    /// returns goes to [`hold::hand_over`] with the forward.
-    async fn wait_for_replica(
-        &self,
-        entry: Arc<ModelEntry>,
-    ) -> Result<hold::Released<'_>, ApiError> {
-        let defaults = HoldDefaults {
-            timeout: self.limits.hold_timeout,
-            queue_limit: self.limits.hold_queue_limit,
-            retry_after: self.limits.retry_after,
-        };
-        hold::hold(&self.index, entry, &defaults).await
     }
 }
 
@@ -688,7 +240,7 @@ fn model_json(entry: &ModelEntry) -> Value {
 /// Every model, or with authentication on, the models the key may use.
 async fn list_models(
     State(gateway): State<AppState>,
-    headers: http::HeaderMap,
+    headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     let key = gateway.authenticate(&headers)?;
     let table = gateway.index.snapshot();
@@ -704,7 +256,7 @@ async fn list_models(
 async fn get_model(
     State(gateway): State<AppState>,
     Path(id): Path<String>,
-    headers: http::HeaderMap,
+    headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     let key = gateway.authenticate(&headers)?;
     let id = id.strip_prefix('/').unwrap_or(&id);

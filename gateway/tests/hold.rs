@@ -11,7 +11,7 @@ use axum::body::Body;
 use common::model;
 use http::Request;
 use http_body_util::BodyExt;
-use kinfer_gateway::{build_admin_router, build_router, Gateway, GatewayConfig, Limits};
+use kinfer_gateway::{build_admin_router, build_router, Gateway, GatewayConfig, Settings};
 use tower::ServiceExt;
 
 fn chat(model: &str) -> Request<Body> {
@@ -30,10 +30,10 @@ async fn json(response: axum::response::Response) -> serde_json::Value {
 #[tokio::test(start_paused = true)]
 async fn hold_times_out_with_503_and_retry_after() {
     let gateway = Gateway::new(GatewayConfig {
-        limits: Limits {
+        settings: Settings {
             hold_timeout: Duration::from_secs(120),
             retry_after: Duration::from_secs(15),
-            ..Limits::default()
+            ..Settings::default()
         },
         ..GatewayConfig::default()
     });
@@ -60,9 +60,9 @@ async fn hold_times_out_with_503_and_retry_after() {
 #[tokio::test(start_paused = true)]
 async fn full_hold_queue_answers_at_once() {
     let gateway = Gateway::new(GatewayConfig {
-        limits: Limits {
+        settings: Settings {
             hold_queue_limit: 1,
-            ..Limits::default()
+            ..Settings::default()
         },
         ..GatewayConfig::default()
     });
@@ -84,9 +84,9 @@ async fn full_hold_queue_answers_at_once() {
 #[tokio::test(start_paused = true)]
 async fn per_model_hold_limits_override_the_flags() {
     let gateway = Gateway::new(GatewayConfig {
-        limits: Limits {
+        settings: Settings {
             hold_timeout: Duration::from_secs(120),
-            ..Limits::default()
+            ..Settings::default()
         },
         ..GatewayConfig::default()
     });
@@ -163,9 +163,9 @@ mod keepalive {
 
     async fn gateway(interval: Duration) -> TestGateway {
         TestGateway::start(GatewayConfig {
-            limits: Limits {
+            settings: Settings {
                 hold_keepalive_interval: interval,
-                ..Limits::default()
+                ..Settings::default()
             },
             ..GatewayConfig::default()
         })

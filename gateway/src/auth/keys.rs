@@ -15,8 +15,8 @@ use arc_swap::ArcSwap;
 use http::header::{HeaderName, AUTHORIZATION};
 use sha2::{Digest, Sha256};
 
-use crate::http1::HeaderLookup;
-use crate::limits::rate::KeyState;
+use http::HeaderMap;
+use crate::quota::rate::KeyState;
 
 /// Header carrying a key the Anthropic/Azure way; `Authorization: Bearer` is the OpenAI way.
 pub const API_KEY_HEADER: HeaderName = HeaderName::from_static("x-api-key");
@@ -81,7 +81,7 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// Optional limits of a key; each is for the whole gateway Deployment (see
-/// [`crate::limits::rate`] for how replicas share them).
+/// [`crate::quota::rate`] for how replicas share them).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct KeyLimits {
     pub requests_per_minute: Option<u64>,
@@ -179,8 +179,8 @@ impl AuthFailure {
 }
 
 /// The key a request presents: `Authorization: Bearer <key>` or `x-api-key: <key>`.
-pub fn presented_key(headers: &impl HeaderLookup) -> Option<&str> {
-    if let Some(value) = headers.header(AUTHORIZATION.as_str()) {
+pub fn presented_key(headers: &HeaderMap) -> Option<&str> {
+    if let Some(value) = headers.get(AUTHORIZATION).map(http::HeaderValue::as_bytes) {
         let value = std::str::from_utf8(value).ok()?.trim();
         let (scheme, key) = value.split_once(' ')?;
         return scheme
@@ -189,8 +189,8 @@ pub fn presented_key(headers: &impl HeaderLookup) -> Option<&str> {
             .filter(|key| !key.is_empty());
     }
     headers
-        .header(API_KEY_HEADER.as_str())
-        .and_then(|value| std::str::from_utf8(value).ok())
+        .get(API_KEY_HEADER)
+        .and_then(|value| value.to_str().ok())
         .map(str::trim)
         .filter(|key| !key.is_empty())
 }
@@ -204,7 +204,7 @@ pub struct KeyStore {
 }
 
 impl KeyStore {
-    pub fn authenticate(&self, headers: &impl HeaderLookup) -> Result<Arc<ApiKey>, AuthFailure> {
+    pub fn authenticate(&self, headers: &HeaderMap) -> Result<Arc<ApiKey>, AuthFailure> {
         let presented = presented_key(headers).ok_or(AuthFailure::Missing)?;
         self.keys
             .load()

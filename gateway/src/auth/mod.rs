@@ -22,7 +22,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 
-use crate::limits::{FairQueue, Peers};
+use crate::quota::{FairQueue, Peers};
 
 /// Settings of authentication, limits and placement.
 #[derive(Clone, Debug)]
@@ -158,6 +158,8 @@ pub enum StartError {
     Client(#[source] kube::Error),
     #[error("--auth is on but no API key source is set: give --api-key-namespace (Kubernetes Secrets), --api-keys-file, or KINFER_GATEWAY_API_KEY")]
     NoKeySource,
+    #[error("API keys are configured (--api-key, --api-keys-file or --api-key-namespace) but --auth=false: the gateway would serve every request without a key. Remove the keys, or drop --auth=false")]
+    KeysWithoutAuth,
 }
 
 /// Load the API keys and start watching their sources and the gateway replica count, as
@@ -181,14 +183,14 @@ pub async fn start(
     if let (Some(selector), Some(namespace), Some(client)) =
         (&args.peer_selector, &args.peer_namespace, &client)
     {
-        tokio::spawn(crate::limits::peers::watch(
+        tokio::spawn(crate::quota::peers::watch(
             client.clone(),
             namespace.clone(),
             selector.clone(),
             access.peers.clone(),
         ));
     }
-    if !args.auth {
+    if !args.enabled()? {
         return Ok(());
     }
     let mut sources = 0;

@@ -23,7 +23,6 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::response::Response;
 
-use crate::http1::server::Reply;
 use bytes::{Bytes, BytesMut};
 use http::{header, HeaderValue, StatusCode};
 use hyper::body::{Frame, SizeHint};
@@ -40,7 +39,7 @@ pub const KEEP_ALIVE: &[u8] = b": keep-alive\n\n";
 const MAX_ENGINE_ERROR_BYTES: usize = 64 << 10;
 
 /// The rest of a held request: the hold, then the forward to the engine.
-pub type Continuation = Pin<Box<dyn Future<Output = Result<Reply, (ApiError, RequestLog)>> + Send>>;
+pub type Continuation = Pin<Box<dyn Future<Output = Result<Response, (ApiError, RequestLog)>> + Send>>;
 
 #[derive(Deserialize)]
 struct StreamField {
@@ -159,7 +158,7 @@ impl hyper::body::Body for HeldStreamBody {
                     match rest.as_mut().poll(context) {
                         Poll::Ready(Ok(reply)) => {
                             // The engine's headers are not for the client: its 200 went out.
-                            let (head, body) = reply.response.into_parts();
+                            let (head, body) = reply.into_parts();
                             this.state = if head.status.is_success() {
                                 State::Splicing(body)
                             } else {

@@ -1,10 +1,11 @@
-//! The response body handed to the client: the engine's body (see `h1`), frame by frame, unchanged.
+//! The response body handed to the client: the engine's body (hyper's `Incoming`), frame by
+//! frame, unchanged.
 //!
 //! The wrapper adds what a pass-through needs and nothing else: an idle timeout between
 //! frames, the time-to-first-byte measurement, and guards whose `Drop` ends the in-flight count
-//! and writes the access log. When the client goes away, axum drops this body, which drops the
-//! upstream body and connection, which closes the connection: the engine sees the cancel. A
-//! body read to the end gives its connection back to the pool instead.
+//! and writes the access log. When the client goes away, the server drops this body, which
+//! drops the upstream body, and hyper's client closes that connection: the engine sees the
+//! cancel. A body read to the end leaves its connection in the client's pool.
 //!
 //! When the engine's body fails or falls silent past the idle timeout, the status line went
 //! out long ago. A server-sent event stream then ends with one SSE error event and a clean end
@@ -24,8 +25,7 @@ use hyper::body::{Body, Frame, SizeHint};
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::time::{Instant, Sleep};
 
-use super::h1::{H1Error, ResponseBody};
-use super::pool::Home;
+use hyper::body::Incoming;
 use crate::index::Endpoint;
 use crate::metrics::{Metrics, ModelMetrics, UNKNOWN_MODEL};
 
@@ -163,7 +163,7 @@ impl Drop for LogRecord {
 /// Errors of the body stream as the client's connection sees them (it is cut).
 #[derive(Debug)]
 pub enum BodyError {
-    Upstream(H1Error),
+    Upstream(hyper::Error),
     Idle(Duration),
 }
 
@@ -186,7 +186,7 @@ impl std::error::Error for BodyError {
 }
 
 pub struct ProxyBody {
-    inner: ResponseBody,
+    inner: Incoming,
     /// Some for a server-sent event stream without a content-length: its failure is told to
     /// the client as an error event (see the module documentation).
     events: Option<EventBoundary>,
@@ -199,14 +199,12 @@ pub struct ProxyBody {
     idle: Option<Pin<Box<Sleep>>>,
     last_frame: Instant,
     first_frame_seen: bool,
-    /// Where the upstream connection goes back when the body has been read to the end.
-    home: Home,
     /// Held until the body ends: the replica's in-flight count.
     _inflight: InflightGuard,
     log: RequestLog,
-    /// A frame read before the response head was handed to the server; see [`Self::prefetch`]
-    /// and [`Self::with_read`].
-    prefetched: Option<Result<Frame<Bytes>, H1Error>>,
+    /// The start of the body, read before the response head was handed to the server (see
+    /// [`Self::with_read`]).
+    prefetched: Option<Frame<Bytes>>,
 }
 
 /// The code and message of the SSE error event that ends a failed stream.
@@ -286,8 +284,7 @@ pub fn is_event_stream(content_type: &[u8]) -> bool {
 
 impl ProxyBody {
     pub fn new(
-        inner: ResponseBody,
-        home: Home,
+        inner: Incoming,
         idle_timeout: Duration,
         inflight: InflightGuard,
         log: RequestLog,
@@ -301,7 +298,6 @@ impl ProxyBody {
             idle: None,
             last_frame: now,
             first_frame_seen: false,
-            home,
             _inflight: inflight,
             log,
             prefetched: None,
@@ -319,32 +315,9 @@ impl ProxyBody {
     /// deciding to pass it on): sent first.
     pub fn with_read(mut self, read: Bytes) -> Self {
         if !read.is_empty() {
-            self.prefetched = Some(Ok(Frame::data(read)));
+            self.prefetched = Some(Frame::data(read));
         }
         self
-    }
-
-    /// Read the first frame now (waiting at most the idle timeout). Used for bodies with a
-    /// content-length: the server then writes the head and the body in one write, instead of
-    /// flushing the head alone because the body was not there yet when it first looked, which
-    /// costs the client a second wake-up per response.
-    pub async fn prefetch(&mut self) {
-        use futures::FutureExt;
-        use http_body_util::BodyExt;
-        if self.prefetched.is_some() {
-            return;
-        }
-        // Usually the frame is already there: no timer for that case.
-        let polled = match self.inner.frame().now_or_never() {
-            Some(polled) => polled,
-            None => tokio::time::timeout(self.idle_timeout, self.inner.frame())
-                .await
-                .ok()
-                .flatten(),
-        };
-        if let Some(result) = polled {
-            self.prefetched = Some(result);
-        }
     }
 
     fn count_error(&self, kind: &'static str) {
@@ -374,18 +347,6 @@ impl ProxyBody {
     }
 }
 
-impl Drop for ProxyBody {
-    fn drop(&mut self) {
-        // Complete: the engine's response was read to its end, the connection can take the
-        // next request. Anything else (client gone, error, unread body) closes it.
-        let ended = self.log.outcome == Outcome::Complete
-            || (self.prefetched.is_none() && self.inner.is_end_stream());
-        if let Some(connection) = ended.then(|| self.inner.take_reusable()).flatten() {
-            self.home.release(connection);
-        }
-    }
-}
-
 impl Body for ProxyBody {
     type Data = Bytes;
     type Error = BodyError;
@@ -399,7 +360,7 @@ impl Body for ProxyBody {
             return Poll::Ready(None);
         }
         let polled = match this.prefetched.take() {
-            Some(result) => Poll::Ready(Some(result)),
+            Some(frame) => Poll::Ready(Some(Ok(frame))),
             None => Pin::new(&mut this.inner).poll_frame(cx),
         };
         match polled {
@@ -461,10 +422,11 @@ impl Body for ProxyBody {
     }
 
     fn size_hint(&self) -> SizeHint {
-        let pending = match &self.prefetched {
-            Some(Ok(frame)) => frame.data_ref().map_or(0, |data| data.len() as u64),
-            _ => 0,
-        };
+        let pending = self
+            .prefetched
+            .as_ref()
+            .and_then(Frame::data_ref)
+            .map_or(0, |data| data.len() as u64);
         let inner = self.inner.size_hint();
         let mut hint = SizeHint::new();
         hint.set_lower(inner.lower() + pending);

@@ -1,4 +1,5 @@
-//! Forwarding a request to an engine replica: pooled keep-alive connections, timeouts,
+//! Forwarding a request to an engine replica: hyper's client with its pool of keep-alive
+//! connections per replica, timeouts,
 //! retries on another replica before any response byte, passive outlier ejection, and the
 //! streaming pass-through of the response body.
 //!
@@ -11,19 +12,19 @@
 
 mod body;
 mod budget;
-mod h1;
-mod pool;
 pub mod scraper;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body as AxumBody;
+use axum::response::Response;
 use bytes::Bytes;
 use http::header::{self, HeaderName};
 use http::uri::PathAndQuery;
-use http::{HeaderValue, Method, Response, StatusCode};
+use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -31,12 +32,8 @@ use tokio::time::Instant;
 
 pub use body::{InflightGuard, Outcome, ProxyBody, RequestLog};
 pub use budget::RetryBudget;
-pub use h1::{H1Error, ResponseBody, ResponseHead};
-pub use pool::{Home, Pool, PoolConfig, UpstreamError};
 
 use crate::error::ApiError;
-use crate::http1::server::Reply;
-use crate::http1::Fields;
 use crate::index::{EjectionPolicy, Endpoint, ModelEntry};
 use crate::metrics::Metrics;
 use crate::policy::RequestInfo;
@@ -85,8 +82,8 @@ impl Default for ProxyConfig {
     }
 }
 
-/// A pooled client for the side traffic (engine metrics scraping). Requests go through
-/// [`Proxy`]'s own pool.
+/// A client with a pool of keep-alive connections per replica: the proxy's, and the engine
+/// metrics scraper's.
 pub fn http_client(config: &ProxyConfig) -> HttpClient {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
@@ -104,17 +101,16 @@ pub struct UpstreamRequest {
     pub method: Method,
     pub path_and_query: PathAndQuery,
     /// The client's fields, stripped of hop-by-hop ones ([`strip_hop_by_hop`]). `host`,
-    /// `expect`, `content-length`, `transfer-encoding` and `x-request-id` may stay but are not
-    /// sent: the engine connection writes the replica's `host`, the body's length and the
-    /// gateway's request id itself (see `h1::encode_head`).
-    pub headers: Fields,
+    /// `expect`, `content-length` and `x-request-id` are replaced: the client writes the
+    /// replica's `host` and the body's length, and the gateway's request id goes as sent.
+    pub headers: HeaderMap,
     /// Sent as `x-request-id` (instead of any the fields have).
     pub request_id: HeaderValue,
     pub body: Bytes,
 }
 
 pub struct Proxy {
-    pool: Pool,
+    client: HttpClient,
     config: ProxyConfig,
     budget: RetryBudget,
     metrics: Arc<Metrics>,
@@ -134,10 +130,9 @@ enum Retryable {
 /// An engine's answer not yet passed on: its head, the start of its body if it was read (see
 /// [`read_error_body`]), and the rest.
 struct Answered {
-    head: ResponseHead,
+    head: http::response::Parts,
     read: Bytes,
-    body: ResponseBody,
-    home: Home,
+    body: Incoming,
     guard: InflightGuard,
 }
 
@@ -151,10 +146,10 @@ enum ErrorBody {
 
 /// Read `body` to its end if it ends within `limit` bytes and `idle_timeout`.
 async fn read_error_body(
-    body: &mut ResponseBody,
+    body: &mut Incoming,
     limit: usize,
     idle_timeout: Duration,
-) -> Result<ErrorBody, H1Error> {
+) -> Result<ErrorBody, hyper::Error> {
     let mut read = bytes::BytesMut::new();
     let reading = async {
         while let Some(frame) = body.frame().await {
@@ -165,9 +160,9 @@ async fn read_error_body(
                 }
             }
         }
-        Ok::<bool, H1Error>(true)
+        Ok::<bool, hyper::Error>(true)
     };
-    // A frame is whole or not read at all (the decoder keeps what it has not returned), so
+    // A frame is whole or not read at all (the body keeps what it has not returned), so
     // stopping at the deadline loses nothing.
     let whole = tokio::time::timeout(idle_timeout, reading)
         .await
@@ -192,21 +187,36 @@ fn mentions_shutdown(body: &[u8]) -> bool {
 impl Proxy {
     pub fn new(config: ProxyConfig, metrics: Arc<Metrics>) -> Self {
         Self {
-            pool: Pool::new(PoolConfig {
-                connect_timeout: config.connect_timeout,
-                idle_timeout: config.pool_idle_timeout,
-                max_idle_per_host: config.pool_max_idle_per_host,
-                tcp_keepalive: Duration::from_secs(60),
-            }),
+            client: http_client(&config),
             budget: RetryBudget::new(config.retry_budget_ratio, config.retry_budget_burst),
             config,
             metrics,
         }
     }
 
-    /// This proxy's upstream connections.
-    pub fn pool(&self) -> &Pool {
-        &self.pool
+    /// The request for one attempt on `endpoint`. Only the body's reference count is copied,
+    /// not its bytes.
+    fn upstream(
+        &self,
+        endpoint: &Endpoint,
+        request: &UpstreamRequest,
+    ) -> Result<http::Request<Full<Bytes>>, http::Error> {
+        let mut upstream = http::Request::new(Full::new(request.body.clone()));
+        *upstream.method_mut() = request.method.clone();
+        *upstream.uri_mut() = endpoint.uri(request.path_and_query.clone());
+        let headers = upstream.headers_mut();
+        headers.reserve(request.headers.len() + 1);
+        for (name, value) in &request.headers {
+            if !matches!(
+                *name,
+                header::HOST | header::EXPECT | header::CONTENT_LENGTH
+            ) && name != REQUEST_ID_HEADER
+            {
+                headers.append(name.clone(), value.clone());
+            }
+        }
+        headers.insert(REQUEST_ID_HEADER, request.request_id.clone());
+        Ok(upstream)
     }
 
     /// A replica for the request: not already tried, and not ejected unless every untried
@@ -294,7 +304,7 @@ impl Proxy {
         request: UpstreamRequest,
         info: &RequestInfo<'_>,
         mut log: RequestLog,
-    ) -> Result<Reply, (ApiError, RequestLog)> {
+    ) -> Result<Response, (ApiError, RequestLog)> {
         self.budget.deposit();
         let attempts = self.config.max_retries as usize + 1;
         let mut tried: Vec<Arc<Endpoint>> = Vec::new();
@@ -308,14 +318,20 @@ impl Proxy {
         loop {
             tried.push(endpoint.clone());
             let guard = InflightGuard::new(endpoint.clone(), entry.metrics.inflight.clone());
-            // The request is written from its parts (no copy per attempt); the pool adds the
-            // replica's `Host` and the body's content-length.
-            let sent = self
-                .pool
-                .send(endpoint.address(), &request, self.config.first_byte_timeout)
-                .await;
+            // hyper's client adds the replica's `host` and the body's content-length.
+            let sent = match self.upstream(&endpoint, &request) {
+                Ok(upstream) => {
+                    let timeout = self.config.first_byte_timeout;
+                    match tokio::time::timeout(timeout, self.client.request(upstream)).await {
+                        Ok(Ok(response)) => Ok(response.into_parts()),
+                        Ok(Err(error)) => Err(SendError::Failed(error)),
+                        Err(_) => Err(SendError::Timeout(timeout)),
+                    }
+                }
+                Err(error) => Err(SendError::Invalid(error)),
+            };
             let failure = match sent {
-                Err(UpstreamError::Timeout(after)) => {
+                Err(SendError::Timeout(after)) => {
                     self.record_failure(entry, &endpoint, "timeout");
                     log.replica = Some(endpoint);
                     let error = ApiError::BackendTimeout {
@@ -324,17 +340,27 @@ impl Proxy {
                     };
                     return Err((error, log));
                 }
-                Err(error) => {
+                Err(SendError::Invalid(error)) => {
+                    // A header the engine's HTTP/1.1 cannot carry: no replica would take it.
+                    log.replica = Some(endpoint);
+                    let error = ApiError::Protocol {
+                        status: StatusCode::BAD_REQUEST,
+                        code: "invalid_request",
+                        message: format!("the request cannot be forwarded: {error}"),
+                    };
+                    return Err((error, log));
+                }
+                Err(SendError::Failed(error)) => {
                     let kind = if error.is_connect() {
                         "connect"
                     } else {
                         "reset"
                     };
                     self.record_failure(entry, &endpoint, kind);
-                    let reason = format!("{} ({error})", endpoint.name());
+                    let reason = format!("{} ({})", endpoint.name(), error_chain(&error));
                     Retryable::Unreachable(reason)
                 }
-                Ok((parts, body, home))
+                Ok((parts, body))
                     if matches!(
                         parts.status,
                         StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE
@@ -345,11 +371,10 @@ impl Proxy {
                         head: parts,
                         read: Bytes::new(),
                         body,
-                        home,
                         guard,
                     }))
                 }
-                Ok((parts, mut body, home))
+                Ok((parts, mut body))
                     if parts.status == StatusCode::INTERNAL_SERVER_ERROR =>
                 {
                     let idle_timeout = self.config.idle_timeout;
@@ -362,7 +387,6 @@ impl Proxy {
                                 head: parts,
                                 read,
                                 body,
-                                home,
                                 guard,
                             }))
                         }
@@ -372,10 +396,9 @@ impl Proxy {
                                 head: parts,
                                 read,
                                 body,
-                                home,
                                 guard,
                             };
-                            return Ok(self.respond(answered, log).await);
+                            return Ok(self.respond(answered, log));
                         }
                         // Nothing reached the client yet: as a connection reset before the
                         // answer.
@@ -385,16 +408,15 @@ impl Proxy {
                         }
                     }
                 }
-                Ok((parts, body, home)) => {
+                Ok((parts, body)) => {
                     endpoint.record_success();
                     let answered = Answered {
                         head: parts,
                         read: Bytes::new(),
                         body,
-                        home,
                         guard,
                     };
-                    return Ok(self.respond(answered, log).await);
+                    return Ok(self.respond(answered, log));
                 }
             };
             let next = if tried.len() < attempts {
@@ -416,7 +438,7 @@ impl Proxy {
                 }
                 _ => {
                     return match failure {
-                        Retryable::Status(answered) => Ok(self.respond(*answered, log).await),
+                        Retryable::Status(answered) => Ok(self.respond(*answered, log)),
                         Retryable::Unreachable(reason) => {
                             log.replica = Some(endpoint);
                             let error = ApiError::BackendUnreachable {
@@ -431,87 +453,93 @@ impl Proxy {
         }
     }
 
-    async fn respond(&self, answered: Answered, mut log: RequestLog) -> Reply {
+    fn respond(&self, answered: Answered, mut log: RequestLog) -> Response {
         let Answered {
-            head:
-                ResponseHead {
-                    status,
-                    headers: mut forwarded,
-                },
+            head: mut parts,
             read,
             body: upstream,
-            home,
             guard,
         } = answered;
-        strip_hop_by_hop(&mut forwarded);
+        strip_hop_by_hop(&mut parts.headers);
         let endpoint = guard.endpoint().clone();
-        let placement = endpoint.placement_headers();
-        // The gateway's own headers (these and the request id): an engine's header of the
-        // same name is not sent (see `Reply`).
-        let mut headers = Vec::with_capacity(placement.len() + 2);
-        headers.push((REPLICA_HEADER, endpoint.replica_header().clone()));
+        // The gateway's own headers replace an engine's of the same name.
+        parts
+            .headers
+            .insert(REPLICA_HEADER, endpoint.replica_header().clone());
         // x-kinfer-served-by, -node, -gpu-product, -zone (see crate::placement).
-        headers.extend(placement.iter().cloned());
-        log.status = Some(status.as_u16());
+        for (name, value) in endpoint.placement_headers() {
+            parts.headers.insert(name.clone(), value.clone());
+        }
+        log.status = Some(parts.status.as_u16());
         log.replica = Some(endpoint);
-        let sized = upstream.is_sized();
         let mut body =
-            ProxyBody::new(upstream, home, self.config.idle_timeout, guard, log).with_read(read);
-        // Streams (chunked, SSE) go out at once; a sized body is complete or nearly so.
-        if sized {
-            body.prefetch().await;
-        } else if forwarded
-            .get("content-type")
-            .is_some_and(body::is_event_stream)
+            ProxyBody::new(upstream, self.config.idle_timeout, guard, log).with_read(read);
+        // An error event can follow what the engine sent only where no length was announced.
+        if !parts.headers.contains_key(header::CONTENT_LENGTH)
+            && parts
+                .headers
+                .get(header::CONTENT_TYPE)
+                .is_some_and(|value| body::is_event_stream(value.as_bytes()))
         {
-            // An error event can follow what the engine sent only where no length was announced.
             body = body.with_error_events();
         }
-        let mut response = Response::new(AxumBody::new(body));
-        *response.status_mut() = status;
-        Reply {
-            response,
-            headers,
-            forwarded,
-        }
+        Response::from_parts(parts, AxumBody::new(body))
     }
+}
+
+/// Why an attempt got no response head.
+enum SendError {
+    /// Connect, write or read failed (hyper's client error).
+    Failed(hyper_util::client::legacy::Error),
+    /// No response head within the first-byte timeout.
+    Timeout(Duration),
+    /// The request cannot be written (a header value HTTP/1.1 cannot carry).
+    Invalid(http::Error),
+}
+
+/// An error and its causes on one line: hyper's client error says "client error (Connect)" and
+/// keeps the useful part ("Connection refused") in its sources.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// Remove the fields that describe one connection, not the message (RFC 9110 section 7.6.1),
 /// including those the `Connection` field names: of a client's request before it goes to the
 /// engine, and of the engine's response before it goes to the client.
-pub fn strip_hop_by_hop(fields: &mut Fields) {
-    if !fields.iter().any(|(name, _)| is_hop_by_hop_name(name)) {
-        return;
-    }
-    let named: Vec<Vec<u8>> = fields
-        .get_all(header::CONNECTION.as_str())
-        .flat_map(|value| value.split(|&byte| byte == b','))
-        .map(|name| name.trim_ascii().to_ascii_lowercase())
-        .filter(|name| !name.is_empty())
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .flat_map(|value| value.as_bytes().split(|&byte| byte == b','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim_ascii()).ok())
         .collect();
-    fields.retain(|name, _| {
-        !is_hop_by_hop_name(name) && !named.iter().any(|named| name.eq_ignore_ascii_case(named))
-    });
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
 }
 
-/// Whether a name as received (any case) is one of the hop-by-hop headers of RFC 9110
-/// section 7.6.1 (or `transfer-encoding`, which the connections write themselves).
-fn is_hop_by_hop_name(name: &[u8]) -> bool {
-    // Told apart by length first: most names are compared with none of the list.
-    let listed: &[&str] = match name.len() {
-        2 => &["te"],
-        7 => &["trailer", "upgrade"],
-        10 => &["connection", "keep-alive"],
-        17 => &["transfer-encoding"],
-        18 => &["proxy-authenticate"],
-        19 => &["proxy-authorization"],
-        _ => return false,
-    };
-    listed
-        .iter()
-        .any(|listed| name.eq_ignore_ascii_case(listed.as_bytes()))
-}
+/// The hop-by-hop headers of RFC 9110 section 7.6.1 (and `transfer-encoding`, which each
+/// connection writes itself).
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::UPGRADE,
+    header::TRANSFER_ENCODING,
+];
 
 #[cfg(test)]
 mod tests {
@@ -519,17 +547,25 @@ mod tests {
 
     #[test]
     fn hop_by_hop_headers_are_dropped() {
-        let head: &'static [u8] = b"POST / HTTP/1.1\r\nConnection: keep-alive, X-Secret-Hop\r\nx-secret-hop: 1\r\nKeep-Alive: timeout=5\r\nAuthorization: Bearer k\r\nTransfer-Encoding: chunked\r\nTE: trailers\r\nX-Request-Id: client-id\r\n\r\n";
-        let mut parsed = [httparse::EMPTY_HEADER; 16];
-        let mut request = httparse::Request::new(&mut parsed);
-        assert!(request.parse(head).expect("a valid head").is_complete());
-        let spans = crate::http1::header_spans(request.headers, head.as_ptr() as usize);
-        let fields = Fields::new(Bytes::from_static(head), spans);
-        let mut out = fields;
-        strip_hop_by_hop(&mut out);
-        let names: Vec<_> = out.iter().map(|(name, _)| name).collect();
-        assert_eq!(names, [&b"Authorization"[..], b"X-Request-Id"]);
-        assert_eq!(out.get("authorization"), Some(&b"Bearer k"[..]));
+        let mut headers = HeaderMap::new();
+        for (name, value) in [
+            ("connection", "keep-alive, X-Secret-Hop"),
+            ("x-secret-hop", "1"),
+            ("keep-alive", "timeout=5"),
+            ("authorization", "Bearer k"),
+            ("transfer-encoding", "chunked"),
+            ("te", "trailers"),
+            ("x-request-id", "client-id"),
+        ] {
+            headers.append(
+                HeaderName::from_static(name),
+                HeaderValue::from_static(value),
+            );
+        }
+        strip_hop_by_hop(&mut headers);
+        let mut names: Vec<_> = headers.keys().map(HeaderName::as_str).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["authorization", "x-request-id"]);
     }
 
     #[test]
@@ -547,26 +583,6 @@ mod tests {
             b"",
         ] {
             assert!(!mentions_shutdown(body), "{}", String::from_utf8_lossy(body));
-        }
-    }
-
-    #[test]
-    fn hop_by_hop_names_in_any_case() {
-        for name in [
-            "connection",
-            "keep-alive",
-            "proxy-authenticate",
-            "proxy-authorization",
-            "te",
-            "trailer",
-            "upgrade",
-            "transfer-encoding",
-        ] {
-            assert!(is_hop_by_hop_name(name.as_bytes()), "{name}");
-            assert!(is_hop_by_hop_name(name.to_ascii_uppercase().as_bytes()));
-        }
-        for name in ["content-type", "x-request-id", "tf", "host", "connections"] {
-            assert!(!is_hop_by_hop_name(name.as_bytes()), "{name}");
         }
     }
 }

@@ -24,10 +24,11 @@ impl TestGateway {
         let state = Gateway::new(config);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        // The API exactly as the binary serves it (the proxy fast path in front of the router).
-        tokio::spawn(kinfer_gateway::server::serve_api(
+        // The API exactly as the binary serves it.
+        tokio::spawn(kinfer_gateway::server::serve(
             listener,
-            state.clone(),
+            kinfer_gateway::build_router(state.clone()),
+            kinfer_gateway::server::ServeConfig::default(),
             std::future::pending(),
         ));
         let client = reqwest::Client::builder()

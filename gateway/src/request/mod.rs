@@ -15,10 +15,41 @@ const MAX_REQUEST_ID_LENGTH: usize = 128;
 
 /// The fields routing needs. Unknown fields are skipped by serde without being built, so the
 /// cost is one validating pass over the bytes and no allocation unless `model` has escapes.
-#[derive(Deserialize)]
 struct RoutingFields<'a> {
-    #[serde(borrow, default)]
     model: Option<BorrowedStr<'a>>,
+}
+
+/// Written out rather than derived: a derived struct also reads a JSON array as its fields in
+/// order, so `["m"]` would be a request for model `m`. A request is an object.
+impl<'de: 'a, 'a> Deserialize<'de> for RoutingFields<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = RoutingFields<'de>;
+            fn expecting(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                formatter.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut members: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut model = None;
+                while let Some(BorrowedStr(name)) = members.next_key()? {
+                    if name != "model" {
+                        members.next_value::<serde::de::IgnoredAny>()?;
+                    } else if model.is_some() {
+                        return Err(serde::de::Error::duplicate_field("model"));
+                    } else {
+                        model = Some(members.next_value::<Option<BorrowedStr<'de>>>()?);
+                    }
+                }
+                Ok(RoutingFields {
+                    model: model.flatten(),
+                })
+            }
+        }
+        deserializer.deserialize_map(Visitor)
+    }
 }
 
 /// A string borrowed from the body when it has no escapes. (serde's `Cow<str>` always
@@ -142,6 +173,8 @@ mod tests {
             &br#"{"model":42}"#[..],
             br#"{"model":["a"]}"#,
             br#"[{"model":"a"}]"#,
+            br#"["a"]"#,
+            br#"[]"#,
             br#""model""#,
             br#"17"#,
         ] {

@@ -97,8 +97,14 @@ pub enum Accounting {
 struct StreamFields {
     #[serde(default)]
     stream: Option<bool>,
-    #[serde(default)]
+    /// `Some(Value::Null)` for `"stream_options": null`, `None` when the member is absent (as
+    /// serde reads member names, escapes included).
+    #[serde(default, deserialize_with = "present")]
     stream_options: Option<Value>,
+}
+
+fn present<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(deserializer).map(Some)
 }
 
 /// Decide how to account the request, and add `stream_options.include_usage` to a streaming
@@ -113,7 +119,12 @@ pub fn prepare_request(body: Bytes) -> (Bytes, Accounting) {
         return (body, Accounting::Json);
     }
     match fields.stream_options {
-        None | Some(Value::Null) => match inject_without_stream_options(&body) {
+        None => match inject_without_stream_options(&body) {
+            Some(changed) => (changed, Accounting::Stream { strip: true }),
+            None => (body, Accounting::Stream { strip: false }),
+        },
+        // A member added in front would lose to the null one: most parsers keep the last.
+        Some(Value::Null) => match rewrite_stream_options(&body) {
             Some(changed) => (changed, Accounting::Stream { strip: true }),
             None => (body, Accounting::Stream { strip: false }),
         },
@@ -131,13 +142,9 @@ pub fn prepare_request(body: Bytes) -> (Bytes, Accounting) {
     }
 }
 
-/// `{` + `"stream_options":{"include_usage":true},` + the rest: no re-serialization of the
-/// (possibly large) prompt. A `stream_options: null` member later in the object would win
-/// in most parsers, so that case goes through [`rewrite_stream_options`].
+/// `{` + `"stream_options":{"include_usage":true},` + the rest, for a body without a
+/// `stream_options` member: no re-serialization of the (possibly large) prompt.
 fn inject_without_stream_options(body: &[u8]) -> Option<Bytes> {
-    if memchr::memmem::find(body, b"\"stream_options\"").is_some() {
-        return rewrite_stream_options(body);
-    }
     let open = body.iter().position(|byte| !byte.is_ascii_whitespace())?;
     if body[open] != b'{' {
         return None;
@@ -532,6 +539,11 @@ mod tests {
             serde_json::json!({"include_usage": true})
         );
         let (value, accounting) = check(r#"{"model":"m","stream":true,"stream_options":null}"#);
+        assert_eq!(accounting, Accounting::Stream { strip: true });
+        assert_eq!(value["stream_options"]["include_usage"], true);
+        // The same member with an escape in its name.
+        let (value, accounting) =
+            check(r#"{"model":"m","stream":true,"stream\u005foptions":null}"#);
         assert_eq!(accounting, Accounting::Stream { strip: true });
         assert_eq!(value["stream_options"]["include_usage"], true);
         // Non-streaming bodies are forwarded as they are.

@@ -5,9 +5,11 @@
 //!   autoscaler's loop.
 //! - [`leader`]: Lease-based leader election.
 //! - [`metrics`], [`admin`]: Prometheus metrics and the `/metrics`, `/healthz`, `/readyz` server.
+//! - [`cli`]: the command line.
 
 pub mod admin;
 pub mod autoscaler;
+pub mod cli;
 pub mod controller;
 pub mod leader;
 pub mod metrics;

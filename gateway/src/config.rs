@@ -7,11 +7,12 @@ use std::time::Duration;
 use clap::{Args, Parser, ValueEnum};
 use kinfer_crds::RoutingStrategy;
 
-use crate::auth::AccessConfig;
+use crate::auth::KeySources;
 use crate::index::EjectionPolicy;
-use crate::policy::{self, PolicyConfig};
 use crate::pipeline::Settings;
+use crate::policy::{self, PolicyConfig};
 use crate::proxy::ProxyConfig;
+use crate::quota::ModelQueueConfig;
 use crate::tls::TlsFiles;
 
 #[derive(Debug, Parser)]
@@ -320,31 +321,30 @@ impl Cli {
             hold_queue_limit: requests.hold_queue_limit,
             hold_keepalive_interval: requests.hold_keepalive_interval,
             retry_after: requests.retry_after,
+            own_zone: self.routing.zone.clone().filter(|zone| !zone.is_empty()),
         }
     }
 }
 
 impl AuthArgs {
-    /// Whether authentication is on: as --auth says, else whether a key source is given.
-    pub fn enabled(&self) -> Result<bool, crate::auth::StartError> {
-        let has_source = self.has_key_source();
-        match self.auth {
-            Some(false) if has_source => Err(crate::auth::StartError::KeysWithoutAuth),
-            Some(enabled) => Ok(enabled),
-            None => Ok(has_source),
+    pub fn key_sources(&self) -> KeySources {
+        KeySources {
+            auth: self.auth,
+            api_key: self.api_key.clone(),
+            api_keys_file: self.api_keys_file.clone(),
+            api_key_namespace: self.api_key_namespace.clone(),
+            gateway_replicas: self.gateway_replicas,
+            peer_selector: self.peer_selector.clone(),
+            peer_namespace: self.peer_namespace.clone(),
         }
     }
 
-    /// Whether any API key source is given.
-    pub fn has_key_source(&self) -> bool {
-        self.api_key
-            .as_deref()
-            .is_some_and(|key| !key.trim().is_empty())
-            || self.api_keys_file.is_some()
-            || self
-                .api_key_namespace
-                .as_deref()
-                .is_some_and(|namespace| !namespace.is_empty())
+    pub fn model_queue_config(&self) -> ModelQueueConfig {
+        ModelQueueConfig {
+            max_concurrency: self.model_max_concurrency,
+            queue_limit: self.model_queue_limit,
+            timeout: self.model_queue_timeout,
+        }
     }
 }
 
@@ -358,42 +358,8 @@ impl RoutingArgs {
     }
 }
 
-impl Cli {
-    pub fn access_config(&self) -> Result<AccessConfig, crate::auth::StartError> {
-        Ok(AccessConfig {
-            enabled: self.auth.enabled()?,
-            own_zone: self.routing.zone.clone().filter(|zone| !zone.is_empty()),
-            model_max_concurrency: self.auth.model_max_concurrency,
-            model_queue_limit: self.auth.model_queue_limit,
-            model_queue_timeout: self.auth.model_queue_timeout,
-        })
-    }
-}
-
-/// `500ms`, `30s`, `5m`, `1h`, or a plain number of seconds.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text
-        .find(|character: char| !(character.is_ascii_digit() || character == '.'))
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("invalid duration `{text}`: expected for example 500ms, 30s, 5m"))?;
-    let seconds = match unit.trim() {
-        "ms" => value / 1000.0,
-        "" | "s" => value,
-        "m" => value * 60.0,
-        "h" => value * 3600.0,
-        other => {
-            return Err(format!(
-                "invalid duration unit `{other}` in `{text}`: use ms, s, m or h"
-            ))
-        }
-    };
-    Duration::try_from_secs_f64(seconds)
-        .map_err(|error| format!("invalid duration `{text}`: {error}"))
-}
+/// `500ms`, `30s`, `5m`, `1h 30m`: the grammar the operator's flags share (humantime's).
+pub use kinfer_crds::duration::parse_duration;
 
 /// `1048576`, `512KiB`, `32MiB`, `1GiB` (also KB/MB/GB, read as powers of 1024).
 pub fn parse_bytes(text: &str) -> Result<usize, String> {
@@ -454,7 +420,10 @@ mod tests {
         assert_eq!(cli.discovery.namespaces, ["a", "b"]);
         assert_eq!(cli.requests.max_body_size, 32 << 20);
         assert_eq!(cli.proxy.first_byte_timeout, Duration::from_secs(600));
-        assert_eq!(cli.requests.hold_keepalive_interval, Duration::from_secs(15));
+        assert_eq!(
+            cli.requests.hold_keepalive_interval,
+            Duration::from_secs(15)
+        );
         assert!(Cli::try_parse_from(["kinfer-gateway", "--discovery", "static"]).is_err());
         // A TLS certificate without its key (or the reverse) is refused.
         assert!(Cli::try_parse_from(["kinfer-gateway", "--tls-cert-file", "c.pem"]).is_err());
@@ -463,7 +432,11 @@ mod tests {
     fn auth_of(args: &[&str]) -> Result<bool, crate::auth::StartError> {
         let mut argv = vec!["kinfer-gateway"];
         argv.extend_from_slice(args);
-        Cli::try_parse_from(argv).unwrap().auth.enabled()
+        Cli::try_parse_from(argv)
+            .unwrap()
+            .auth
+            .key_sources()
+            .enabled()
     }
 
     #[test]
@@ -482,7 +455,7 @@ mod tests {
     #[test]
     fn durations_and_sizes() {
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
+        assert!(parse_duration("1.5").is_err(), "a unit is required");
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert!(parse_duration("5 parsecs").is_err());
         assert!(parse_duration("-1s").is_err());

@@ -34,7 +34,8 @@ pub enum ApiError {
     BodyTimeout { after: Duration },
 
     #[error(
-        "the model `{}` does not exist. GET /v1/models lists the models this gateway serves", quote(model)
+        "the model `{}` does not exist. GET /v1/models lists the models this gateway serves",
+        quote(model)
     )]
     ModelNotFound { model: String },
 

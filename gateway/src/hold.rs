@@ -41,7 +41,7 @@
 pub mod stream;
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -49,25 +49,14 @@ use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+pub use crate::endpoint::RoomSignal;
 use crate::error::ApiError;
+pub use crate::index::HoldSettings;
 use crate::index::{Index, ModelEntry};
 
 /// How often a waiting request re-evaluates the rule without any event: a released request that
 /// failed before reaching a replica frees its reservation without waking anybody.
 const RECHECK_INTERVAL: Duration = Duration::from_secs(1);
-
-/// A model's hold limits and the autoscaling figures releases follow (`None`: not set).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct HoldSettings {
-    /// How long a request may be held; default: the gateway's `--hold-timeout`.
-    pub timeout: Option<Duration>,
-    /// Requests that may be held at once; default: the gateway's `--hold-queue-limit`.
-    pub queue_limit: Option<usize>,
-    /// In-flight requests per replica the autoscaler aims for (`targetRequestsPerReplica`).
-    pub target_per_replica: Option<u32>,
-    /// Replicas the model wants (`spec.replicas`); more ready ones are not coming.
-    pub desired_replicas: Option<u32>,
-}
 
 /// The gateway-wide hold settings (flags), used where a model sets none.
 #[derive(Clone, Copy, Debug)]
@@ -108,24 +97,6 @@ pub fn releasable(
     held.min(free.saturating_sub(in_transit))
 }
 
-/// Wakes held requests when an in-flight request ends anywhere in the gateway. Ending a request
-/// costs one relaxed load while nothing is held.
-#[derive(Debug, Default)]
-pub struct RoomSignal {
-    /// Requests held over every model.
-    held: AtomicUsize,
-    freed: Notify,
-}
-
-impl RoomSignal {
-    /// An in-flight request ended: a slot may be free.
-    pub(crate) fn freed(&self) {
-        if self.held.load(Ordering::Relaxed) > 0 {
-            self.freed.notify_waiters();
-        }
-    }
-}
-
 /// The held requests of every model.
 #[derive(Debug, Default)]
 pub struct Holds {
@@ -164,14 +135,13 @@ impl ModelQueue {
 }
 
 impl Holds {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Shared with every endpoint the index builds, which calls [`RoomSignal::freed`] when a
-    /// request ends.
-    pub(crate) fn room_signal(&self) -> Arc<RoomSignal> {
-        self.room.clone()
+    /// Held requests woken by `room`, which the index shares with every endpoint it builds
+    /// (an endpoint calls [`RoomSignal::freed`] when a request ends).
+    pub fn new(room: Arc<RoomSignal>) -> Self {
+        Self {
+            models: Mutex::default(),
+            room,
+        }
     }
 
     /// Whether requests of `model` are being held: a new request then queues behind them.
@@ -364,6 +334,7 @@ impl Drop for HeldGauge {
 /// disappears (404).
 pub async fn hold<'a>(
     index: &'a Index,
+    holds: &'a Holds,
     entry: Arc<ModelEntry>,
     defaults: &HoldDefaults,
 ) -> Result<Released<'a>, ApiError> {
@@ -383,7 +354,6 @@ pub async fn hold<'a>(
     let deadline = Instant::now() + timeout;
     let mut changes = index.subscribe();
     changes.borrow_and_update();
-    let holds = index.holds();
     let seat = holds.join(&model);
     tracing::debug!(%model, "holding request until a replica has room");
     loop {
@@ -456,12 +426,36 @@ mod tests {
         retry_after: Duration::from_secs(5),
     };
 
-    fn index() -> Arc<Index> {
-        Arc::new(Index::new(
-            RoutingStrategy::LeastLoad,
-            PolicyConfig::default(),
-            Arc::new(Metrics::new()),
-        ))
+    /// An index and the holds it signals.
+    struct Bed {
+        index: Index,
+        holds: Holds,
+    }
+
+    impl std::ops::Deref for Bed {
+        type Target = Index;
+        fn deref(&self) -> &Index {
+            &self.index
+        }
+    }
+
+    impl Bed {
+        fn holds(&self) -> &Holds {
+            &self.holds
+        }
+    }
+
+    fn index() -> Arc<Bed> {
+        let room = Arc::new(RoomSignal::default());
+        Arc::new(Bed {
+            index: Index::new(
+                RoutingStrategy::LeastLoad,
+                PolicyConfig::default(),
+                Arc::new(Metrics::new()),
+                room.clone(),
+            ),
+            holds: Holds::new(room),
+        })
     }
 
     fn config(replicas: usize, hold: HoldSettings) -> ModelConfig {
@@ -484,7 +478,7 @@ mod tests {
     /// ejected (as the proxy and LeastLoad would, deterministically), records where it went, and
     /// ends its reservation.
     fn request(
-        index: &Arc<Index>,
+        index: &Arc<Bed>,
         number: usize,
         routed: &Arc<Mutex<Vec<(usize, String)>>>,
     ) -> tokio::task::JoinHandle<Result<(), ApiError>> {
@@ -492,7 +486,7 @@ mod tests {
         let routed = routed.clone();
         tokio::spawn(async move {
             let entry = index.snapshot().get("m").unwrap().clone();
-            let released = hold(&index, entry, &DEFAULTS).await?;
+            let released = hold(&index, index.holds(), entry, &DEFAULTS).await?;
             let endpoint = released
                 .entry
                 .endpoints
@@ -602,7 +596,7 @@ mod tests {
         index.snapshot().get("m").unwrap().endpoints[0].begin_request();
         let entry = index.snapshot().get("m").unwrap().clone();
         let started = Instant::now();
-        let released = hold(&index, entry, &DEFAULTS).await.unwrap();
+        let released = hold(&index, index.holds(), entry, &DEFAULTS).await.unwrap();
         assert_eq!(started.elapsed(), Duration::from_secs(20));
         assert!(released.release.is_none());
         assert_eq!(released.entry.endpoints.len(), 1);
@@ -615,7 +609,7 @@ mod tests {
         index.publish(vec![config(0, HoldSettings::default())]);
         let entry = index.snapshot().get("m").unwrap().clone();
         let started = Instant::now();
-        let Err(error) = hold(&index, entry, &DEFAULTS).await else {
+        let Err(error) = hold(&index, index.holds(), entry, &DEFAULTS).await else {
             panic!("released without a replica");
         };
         assert_eq!(started.elapsed(), DEFAULTS.timeout);
@@ -634,7 +628,7 @@ mod tests {
         let held = request(&index, 0, &routed);
         settle().await;
         let entry = index.snapshot().get("m").unwrap().clone();
-        let Err(error) = hold(&index, entry, &DEFAULTS).await else {
+        let Err(error) = hold(&index, index.holds(), entry, &DEFAULTS).await else {
             panic!("held over the model's limit");
         };
         assert_eq!(error.metric_label(), "hold_queue_full");
@@ -697,7 +691,7 @@ mod tests {
         let index = index();
         index.publish(vec![config(1, autoscaled(1, 2))]);
         let entry = index.snapshot().get("m").unwrap().clone();
-        let released = hold(&index, entry, &DEFAULTS).await.unwrap();
+        let released = hold(&index, index.holds(), entry, &DEFAULTS).await.unwrap();
         let in_transit = || {
             lock(&index.holds().models)
                 .get("m")

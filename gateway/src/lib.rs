@@ -6,7 +6,8 @@
 //! - [`pipeline`]: the request path of proxied requests, step by step: authenticate, resolve,
 //!   admit, hold, place, pick and forward, account.
 //! - [`request`]: the little the gateway reads from a request.
-//! - [`index`]: the routing index (what exists) and the discovery sources feeding it.
+//! - [`index`]: the routing index (what exists) and the discovery sources feeding it;
+//!   [`endpoint`]: one replica, its placement and live state (in flight, ejection).
 //! - [`hold`]: requests held for a model with no ready replica, released in arrival order.
 //! - [`policy`]: replica selection.
 //! - [`proxy`]: the upstream client, retries, ejection and streaming pass-through.
@@ -18,12 +19,14 @@
 
 pub mod auth;
 pub mod config;
+pub mod endpoint;
 pub mod error;
 pub mod hold;
 pub mod index;
 pub mod metrics;
 pub mod pipeline;
 pub mod placement;
+pub mod pods;
 pub mod policy;
 pub mod prefix;
 pub mod proxy;
@@ -39,7 +42,7 @@ pub use error::ApiError;
 pub use pipeline::{AppState, Gateway, Settings};
 pub use server::{build_admin_router, build_router};
 
-use auth::{Access, AccessConfig};
+use auth::Auth;
 use index::Index;
 use metrics::Metrics;
 use policy::PolicyConfig;
@@ -52,8 +55,10 @@ pub struct GatewayConfig {
     pub policy: PolicyConfig,
     pub proxy: ProxyConfig,
     pub settings: Settings,
-    /// Authentication, key quotas and model queues, placement.
-    pub access: AccessConfig,
+    /// Require an API key on `/v1/*` (see [`auth::KeySources::enabled`]).
+    pub auth: bool,
+    /// The per-model concurrency limit.
+    pub model_queues: quota::ModelQueueConfig,
 }
 
 impl Gateway {
@@ -61,18 +66,23 @@ impl Gateway {
     /// `gateway.index`.
     pub fn new(config: GatewayConfig) -> AppState {
         let metrics = Arc::new(Metrics::new());
+        let room = Arc::new(endpoint::RoomSignal::default());
         let index = Arc::new(Index::new(
             config.default_strategy,
             config.policy,
             metrics.clone(),
+            room.clone(),
         ));
-        let access = Arc::new(Access::new(config.access, metrics.access.clone()));
+        let auth = Arc::new(Auth::new(config.auth, metrics.access.clone()));
         Arc::new(Gateway {
             index,
+            holds: hold::Holds::new(room),
             proxy: Proxy::new(config.proxy, metrics.clone()),
             metrics,
             settings: config.settings,
-            access,
+            auth,
+            peers: Arc::default(),
+            model_queues: quota::ModelQueues::new(config.model_queues),
             policy: config.policy,
         })
     }

@@ -39,7 +39,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         policy: cli.routing.policy_config(),
         proxy: proxy_config.clone(),
         settings: cli.settings(),
-        access: cli.access_config()?,
+        auth: cli.auth.key_sources().enabled()?,
+        model_queues: cli.auth.model_queue_config(),
     });
 
     match cli.discovery.discovery {
@@ -73,8 +74,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 
     kinfer_gateway::auth::start(
-        &cli.auth,
-        &gateway.access,
+        &cli.auth.key_sources(),
+        &gateway.auth,
+        &gateway.peers,
         cli.discovery.static_poll_interval,
     )
     .await?;

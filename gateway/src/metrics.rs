@@ -1,14 +1,50 @@
 //! Prometheus metrics of the gateway, in an explicit registry with the `kinfer_gateway` prefix.
+//! The families the operator's autoscaler reads are registered under the names of
+//! [`kinfer_crds::metric_names::gateway`], which the operator reads them by.
 //!
 //! Labels are the model id (only ids the index knows; anything else is [`UNKNOWN_MODEL`]) and
 //! the HTTP status code: never a replica address, a request id or anything a client chooses.
 
+use kinfer_crds::metric_names::gateway as names;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LimitLabels {
+    pub key: String,
+    pub limit: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KeyLabels {
+    pub key: String,
+}
+
+/// Metrics of authentication and limits (registered by [`Metrics`]). Keys
+/// appear by name (the Secret's name, the file's `name`), never by value.
+#[derive(Clone, Debug, Default)]
+pub struct AccessMetrics {
+    /// Requests refused 401, by reason (`missing`, `invalid`).
+    pub auth_failures: Family<ReasonLabels, Counter>,
+    /// Requests refused 429, by key name and limit (`requests`, `tokens`, `concurrency`).
+    pub rate_limited: Family<LimitLabels, Counter>,
+    /// Prompt plus completion tokens counted from `usage` (keys with a token limit only).
+    pub tokens: Family<KeyLabels, Counter>,
+    /// Tokens charged by estimate, for responses that ended or were cut before their `usage`
+    /// (not in `tokens`).
+    pub tokens_estimated: Family<KeyLabels, Counter>,
+    /// API keys loaded.
+    pub keys: Gauge,
+}
 
 /// Model label of requests whose model the index does not know (or could not be read).
 pub const UNKNOWN_MODEL: &str = "(unknown)";
@@ -59,7 +95,7 @@ pub struct Metrics {
     /// Engine /metrics scrapes that failed.
     pub scrape_failures: Counter,
     /// Authentication and limits.
-    pub access: crate::auth::AccessMetrics,
+    pub access: AccessMetrics,
 }
 
 /// Handles of one model's metrics, looked up once per routing-table publication so the request
@@ -84,10 +120,10 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("kinfer_gateway");
+        let mut registry = Registry::with_prefix(names::PREFIX);
         let requests = Family::<CodeLabels, Counter>::default();
         registry.register(
-            "requests",
+            names::REQUESTS_FAMILY,
             "Requests answered, by model and HTTP status code",
             requests.clone(),
         );
@@ -105,13 +141,13 @@ impl Metrics {
         );
         let inflight = Family::<ModelLabels, Gauge>::default();
         registry.register(
-            "inflight_requests",
+            names::INFLIGHT_REQUESTS_FAMILY,
             "Requests sent to an engine and not finished yet (streams included)",
             inflight.clone(),
         );
         let queued = Family::<ModelLabels, Gauge>::default();
         registry.register(
-            "queued_requests",
+            names::QUEUED_REQUESTS_FAMILY,
             "Requests held while the model has no ready replica",
             queued.clone(),
         );
@@ -157,7 +193,7 @@ impl Metrics {
             "Failed scrapes of an engine's /metrics",
             scrape_failures.clone(),
         );
-        let access = crate::auth::AccessMetrics::default();
+        let access = AccessMetrics::default();
         registry.register(
             "auth_failures",
             "Requests refused 401 (no API key, or an unknown one), by reason",
@@ -289,18 +325,29 @@ mod tests {
         metrics.count_request(&model, 200);
         metrics.count_request(&model, 503);
         let text = metrics.encode();
-        assert!(
-            text.contains(
-                r#"kinfer_gateway_inflight_requests{model="Qwen/Qwen2.5-7B-Instruct"} 1"#
-            ),
-            "{text}"
-        );
-        assert!(
-            text.contains(r#"kinfer_gateway_queued_requests{model="Qwen/Qwen2.5-7B-Instruct"} 1"#)
-        );
-        assert!(text.contains(
-            r#"kinfer_gateway_requests_total{model="Qwen/Qwen2.5-7B-Instruct",code="503"} 1"#
-        ));
+        let samples: Vec<_> = kinfer_crds::metrics_text::samples(&text)
+            .collect::<Result<_, _>>()
+            .unwrap();
+        // Every sample name the operator reads, with the model label it sums by.
+        for name in names::READ_BY_OPERATOR {
+            assert!(
+                samples
+                    .iter()
+                    .any(|sample| sample.matches(name, &[(names::MODEL_LABEL, &model.model)])),
+                "no {name} in\n{text}"
+            );
+        }
+        let value = |name: &str, labels: &[(&str, &str)]| {
+            samples
+                .iter()
+                .find(|sample| sample.matches(name, labels))
+                .map(|sample| sample.value)
+        };
+        let qwen = [(names::MODEL_LABEL, "Qwen/Qwen2.5-7B-Instruct")];
+        assert_eq!(value(names::INFLIGHT_REQUESTS, &qwen), Some(1.0));
+        assert_eq!(value(names::QUEUED_REQUESTS, &qwen), Some(1.0));
+        let code_503 = [qwen[0], ("code", "503")];
+        assert_eq!(value(names::REQUESTS_TOTAL, &code_503), Some(1.0));
         assert!(text.contains("kinfer_gateway_request_duration_seconds_bucket"));
     }
 }

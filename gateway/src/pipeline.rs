@@ -28,7 +28,7 @@ use http::HeaderMap;
 use http_body_util::BodyExt;
 
 use crate::auth::keys::{ApiKey, API_KEY_HEADER};
-use crate::auth::{Access, LimitLabels, ReasonLabels};
+use crate::auth::{Auth, LimitLabels};
 use crate::error::{insert_rate_headers, ApiError};
 use crate::hold::{self, HoldDefaults};
 use crate::index::{Index, ModelEntry};
@@ -36,7 +36,7 @@ use crate::metrics::Metrics;
 use crate::placement::{self, Placed};
 use crate::policy::{PolicyConfig, RequestInfo};
 use crate::proxy::{self, Proxy, RequestLog, UpstreamRequest, REQUEST_ID_HEADER};
-use crate::quota::{ConcurrencySlot, ModelSlot, QueueError, RateStatus};
+use crate::quota::{ConcurrencySlot, ModelQueues, ModelSlot, Peers, QueueError, RateStatus};
 use crate::usage::{AccountedBody, Accounting, Charged, Charger, Usage};
 use crate::{prefix, request, usage};
 
@@ -56,6 +56,8 @@ pub struct Settings {
     pub hold_keepalive_interval: Duration,
     /// `Retry-After` of 503 answers.
     pub retry_after: Duration,
+    /// The gateway's own zone: replicas there are preferred while not saturated.
+    pub own_zone: Option<String>,
 }
 
 impl Default for Settings {
@@ -67,19 +69,26 @@ impl Default for Settings {
             hold_queue_limit: 1000,
             hold_keepalive_interval: Duration::from_secs(15),
             retry_after: Duration::from_secs(10),
+            own_zone: None,
         }
     }
 }
 
-/// What every request shares: the routing index (what exists), the proxy (upstream
-/// connections, retries), access (keys and quotas), metrics and settings.
+/// What every request shares: the routing index (what exists), the held requests, the proxy
+/// (upstream connections, retries), authentication, quotas, metrics and settings.
 pub struct Gateway {
     pub index: Arc<Index>,
+    /// Requests held per model (live state, apart from the index).
+    pub holds: hold::Holds,
     pub proxy: Proxy,
     pub metrics: Arc<Metrics>,
     pub settings: Settings,
-    /// API keys, their quotas, model queues.
-    pub access: Arc<Access>,
+    /// API keys.
+    pub auth: Arc<Auth>,
+    /// Gateway replicas sharing each key's quotas.
+    pub peers: Arc<Peers>,
+    /// The per-model concurrency limit's queues.
+    pub model_queues: ModelQueues,
     pub policy: PolicyConfig,
 }
 
@@ -168,7 +177,7 @@ impl Gateway {
         };
         // Step 4: held while the model has no ready replica, and behind requests already
         // held for it.
-        if !entry.endpoints.is_empty() && !self.index.holds().is_holding(&entry.id) {
+        if !entry.endpoints.is_empty() && !self.holds.is_holding(&entry.id) {
             return self.dispatch(entry, None, request).await;
         }
         // Boxed: the held path's state is large, and would otherwise be part of (and moved
@@ -209,33 +218,20 @@ impl Gateway {
         Ok(entry.clone())
     }
 
-    /// The request's key, when authentication is on.
+    /// Step 1: the request's key, when authentication is on.
     pub fn authenticate(&self, headers: &HeaderMap) -> Result<Option<Arc<ApiKey>>, ApiError> {
-        if !self.access.config.enabled {
-            return Ok(None);
-        }
-        match self.access.keys.authenticate(headers) {
-            Ok(key) => Ok(Some(key)),
-            Err(reason) => {
-                self.access
-                    .metrics
-                    .auth_failures
-                    .get_or_create(&ReasonLabels {
-                        reason: reason.metric_label(),
-                    })
-                    .inc();
-                Err(ApiError::Unauthorized { reason })
-            }
-        }
+        self.auth
+            .authenticate(headers)
+            .map_err(|reason| ApiError::Unauthorized { reason })
     }
 
     /// Apply the key's limits: a concurrency slot and the rate figures for the headers.
     fn admit(&self, key: &ApiKey) -> Result<(ConcurrencySlot, RateStatus), ApiError> {
-        let peers = self.access.peers.get();
+        let peers = self.peers.get();
         key.state
             .admit(&key.spec.limits, peers, tokio::time::Instant::now())
             .map_err(|rejection| {
-                self.access
+                self.auth
                     .metrics
                     .rate_limited
                     .get_or_create(&LimitLabels {
@@ -259,15 +255,12 @@ impl Gateway {
         entry: &ModelEntry,
         key: Option<&ApiKey>,
     ) -> Result<Option<ModelSlot>, ApiError> {
-        let Some(queue) = self.access.queue(&entry.id) else {
+        let Some(queue) = self.model_queues.queue(&entry.id) else {
             return Ok(None);
         };
         let name: Arc<str> = Arc::from(key.map_or(ANONYMOUS, |key| key.name()));
         let retry_after = self.settings.retry_after;
-        match queue
-            .acquire(&name, self.access.config.model_queue_timeout)
-            .await
-        {
+        match queue.acquire(&name, self.model_queues.config.timeout).await {
             Ok(slot) => Ok(Some(slot)),
             Err(QueueError::Full) => Err(ApiError::ModelQueueFull {
                 model: entry.id.clone(),
@@ -323,7 +316,7 @@ impl Gateway {
                     // Released in time, waiting for the engine: answered as usual.
                     rest.await
                 } else {
-                    Ok(hold::stream::keepalive_response(rest, interval).into())
+                    Ok(hold::stream::keepalive_response(rest, interval))
                 }
             }
         }
@@ -415,12 +408,12 @@ impl Gateway {
 
     /// Charges a response's tokens to its key when the response ends or is dropped.
     fn token_charger(&self, key: Arc<ApiKey>, request_bytes: usize) -> Charger {
-        let peers = self.access.peers.clone();
-        let estimated = self.access.metrics.tokens_estimated.clone();
+        let peers = self.peers.clone();
+        let estimated = self.auth.metrics.tokens_estimated.clone();
         let counter = key
             .tokens_counter
             .get_or_init(|| {
-                self.access
+                self.auth
                     .metrics
                     .tokens
                     .get_or_create_owned(&crate::auth::KeyLabels {
@@ -465,7 +458,7 @@ impl Gateway {
         body: &[u8],
     ) -> Result<Arc<ModelEntry>, ApiError> {
         let wanted = placement::requested(headers, body);
-        let own_zone = self.access.config.own_zone.as_deref();
+        let own_zone = self.settings.own_zone.as_deref();
         if wanted.is_empty() && own_zone.is_none() {
             return Ok(entry);
         }
@@ -497,8 +490,7 @@ impl Gateway {
         let mut gathered: Option<bytes::BytesMut> = None;
         let mut total = 0_usize;
         loop {
-            let frame = match tokio::time::timeout(self.settings.body_timeout, body.frame()).await
-            {
+            let frame = match tokio::time::timeout(self.settings.body_timeout, body.frame()).await {
                 Ok(Some(frame)) => frame.map_err(ApiError::BodyRead)?,
                 Ok(None) => break,
                 Err(_) => {
@@ -545,7 +537,6 @@ impl Gateway {
             queue_limit: self.settings.hold_queue_limit,
             retry_after: self.settings.retry_after,
         };
-        hold::hold(&self.index, entry, &defaults).await
+        hold::hold(&self.index, &self.holds, entry, &defaults).await
     }
 }
-

@@ -11,52 +11,17 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{HeaderName, HeaderValue};
 use serde::Deserialize;
 use tokio::time::Instant;
 
-use http::HeaderMap;
+use http::{HeaderMap, HeaderName};
+
 use crate::index::{Endpoint, ModelEntry};
 
-pub const REGION_HEADER: HeaderName = HeaderName::from_static("x-kinfer-region");
-pub const ZONE_HEADER: HeaderName = HeaderName::from_static("x-kinfer-zone");
-pub const SERVED_BY_HEADER: HeaderName = HeaderName::from_static("x-kinfer-served-by");
-pub const NODE_HEADER: HeaderName = HeaderName::from_static("x-kinfer-node");
-pub const GPU_PRODUCT_HEADER: HeaderName = HeaderName::from_static("x-kinfer-gpu-product");
-
-/// Node labels read by Kubernetes discovery.
-pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
-pub const REGION_LABEL: &str = "topology.kubernetes.io/region";
-pub const GPU_PRODUCT_LABEL: &str = "nvidia.com/gpu.product";
-
-/// Where a replica runs; every field is optional (static endpoints, nodes without labels).
-#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Placement {
-    pub node: Option<String>,
-    pub zone: Option<String>,
-    pub region: Option<String>,
-    pub gpu_product: Option<String>,
-}
-
-impl Placement {
-    /// The response headers of a replica named `replica` placed here.
-    pub fn headers(&self, replica: &HeaderValue) -> Vec<(HeaderName, HeaderValue)> {
-        let mut headers = vec![(SERVED_BY_HEADER, replica.clone())];
-        for (name, value) in [
-            (NODE_HEADER, &self.node),
-            (GPU_PRODUCT_HEADER, &self.gpu_product),
-            (ZONE_HEADER, &self.zone),
-        ] {
-            if let Some(value) = value
-                .as_deref()
-                .and_then(|value| HeaderValue::from_str(value).ok())
-            {
-                headers.push((name, value));
-            }
-        }
-        headers
-    }
-}
+pub use crate::endpoint::{
+    Placement, GPU_PRODUCT_HEADER, GPU_PRODUCT_LABEL, NODE_HEADER, REGION_HEADER, REGION_LABEL,
+    SERVED_BY_HEADER, ZONE_HEADER, ZONE_LABEL,
+};
 
 /// The placement a request asks for.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -187,7 +152,7 @@ pub fn place(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::HeaderMap;
+    use http::HeaderValue;
 
     fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
         let mut map = HeaderMap::new();

@@ -295,7 +295,7 @@ async fn metrics(State(gateway): State<AppState>) -> Response {
 }
 
 async fn readyz(State(gateway): State<AppState>) -> Response {
-    if !gateway.access.is_synced() {
+    if !gateway.auth.is_synced() {
         (
             StatusCode::SERVICE_UNAVAILABLE,
             "the API key Secrets have not been listed yet",

@@ -82,13 +82,12 @@ fn certified_key(files: &TlsFiles, cert: &[u8], key: &[u8]) -> Result<CertifiedK
         reason: error.to_string(),
     })?;
     let provider = rustls::crypto::ring::default_provider();
-    let certified = CertifiedKey::from_der(chain, key, &provider).map_err(|error| {
-        TlsError::Mismatch {
+    let certified =
+        CertifiedKey::from_der(chain, key, &provider).map_err(|error| TlsError::Mismatch {
             cert: files.cert.clone(),
             key: files.key.clone(),
             reason: error.to_string(),
-        }
-    })?;
+        })?;
     Ok(certified)
 }
 
@@ -145,7 +144,10 @@ impl TlsAcceptor {
     }
 
     /// The TLS handshake on an accepted connection.
-    pub async fn accept<IO>(&self, stream: IO) -> std::io::Result<tokio_rustls::server::TlsStream<IO>>
+    pub async fn accept<IO>(
+        &self,
+        stream: IO,
+    ) -> std::io::Result<tokio_rustls::server::TlsStream<IO>>
     where
         IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     {

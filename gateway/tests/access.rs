@@ -9,10 +9,10 @@ use common::*;
 use futures::StreamExt;
 use kinfer_crds::RoutingStrategy;
 use kinfer_gateway::auth::keys::{KeyHash, KeyLimits, KeySpec};
-use kinfer_gateway::auth::AccessConfig;
 use kinfer_gateway::index::EndpointConfig;
 use kinfer_gateway::placement::Placement;
 use kinfer_gateway::GatewayConfig;
+use kinfer_gateway::Settings;
 
 fn key(name: &str, secret: &str, models: &[&str], limits: KeyLimits) -> KeySpec {
     KeySpec {
@@ -25,10 +25,7 @@ fn key(name: &str, secret: &str, models: &[&str], limits: KeyLimits) -> KeySpec 
 
 async fn gateway_with_auth() -> TestGateway {
     TestGateway::start(GatewayConfig {
-        access: AccessConfig {
-            enabled: true,
-            ..AccessConfig::default()
-        },
+        auth: true,
         ..GatewayConfig::default()
     })
     .await
@@ -58,7 +55,7 @@ async fn keys_authenticate_and_restrict_models() {
         model("team-model", &[address(&a)]),
         model("other-model", &[address(&b)]),
     ]);
-    gateway.state.access.publish_keys(
+    gateway.state.auth.publish_keys(
         "test",
         vec![
             key("team-a", "sk-team-a", &["team-*"], KeyLimits::default()),
@@ -122,7 +119,7 @@ async fn keys_authenticate_and_restrict_models() {
     assert_eq!(anonymous.status(), 401);
 
     // Revoked: 401 at once.
-    gateway.state.access.publish_keys("test", vec![]);
+    gateway.state.auth.publish_keys("test", vec![]);
     let (status, _) =
         error_of(post_with(&gateway, team, chat_body("team-model", false)).await).await;
     assert_eq!(status, 401);
@@ -152,7 +149,7 @@ async fn engines_never_see_the_key() {
     .await;
     let gateway = gateway_with_auth().await;
     gateway.publish(vec![model("m", &[echo])]);
-    gateway.state.access.publish_keys(
+    gateway.state.auth.publish_keys(
         "test",
         vec![key("team", "sk-team", &[], KeyLimits::default())],
     );
@@ -178,7 +175,7 @@ async fn request_limit_answers_429_with_openai_headers() {
     };
     gateway
         .state
-        .access
+        .auth
         .publish_keys("test", vec![key("small", "sk-small", &[], limits)]);
     let auth = Some(("authorization", "Bearer sk-small"));
     for remaining in ["1", "0"] {
@@ -257,7 +254,7 @@ async fn token_limits_count_streams_without_changing_them() {
     };
     gateway
         .state
-        .access
+        .auth
         .publish_keys("test", vec![key("metered", "sk-metered", &[], limits)]);
     let auth = [("authorization", "Bearer sk-metered")];
     let direct_url = format!("http://{}/v1/chat/completions", address(&replica));
@@ -321,7 +318,7 @@ async fn exhausted_token_budget_is_429_tokens() {
     };
     gateway
         .state
-        .access
+        .auth
         .publish_keys("test", vec![key("tiny", "sk-tiny", &[], limits)]);
     let auth = Some(("authorization", "Bearer sk-tiny"));
     // Admitted while the budget is positive, charged after: the stream spends it.
@@ -341,13 +338,9 @@ async fn exhausted_token_budget_is_429_tokens() {
     assert_eq!(error["type"], "tokens");
 }
 
-/// The value of a metric line starting with `prefix`, if there is one.
-fn metric_value(metrics: &str, prefix: &str) -> Option<u64> {
-    metrics
-        .lines()
-        .find(|line| line.starts_with(prefix))
-        .and_then(|line| line.rsplit(' ').next())
-        .and_then(|value| value.parse().ok())
+/// The value of the first sample `selector` (`name{label="value",...}`) names, if there is one.
+fn metric_value(metrics: &str, selector: &str) -> Option<u64> {
+    kinfer_crds::metrics_text::find(metrics, selector).map(|sample| sample.value as u64)
 }
 
 #[tokio::test]
@@ -362,7 +355,7 @@ async fn a_stream_the_client_leaves_before_its_usage_is_charged_an_estimate() {
     };
     gateway
         .state
-        .access
+        .auth
         .publish_keys("test", vec![key("leaver", "sk-leaver", &[], limits)]);
     let mut body = chat_body("m", true);
     body["max_tokens"] = 1000.into();
@@ -431,7 +424,7 @@ async fn a_stream_the_engine_cuts_is_charged_an_estimate() {
     };
     gateway
         .state
-        .access
+        .auth
         .publish_keys("test", vec![key("cut", "sk-cut", &[], limits)]);
     let mut body = chat_body("m", true);
     body["max_tokens"] = 16.into();
@@ -521,9 +514,9 @@ async fn own_zone_is_preferred() {
     let a = sim("m", |_| {}).await;
     let b = sim("m", |_| {}).await;
     let gateway = TestGateway::start(GatewayConfig {
-        access: AccessConfig {
+        settings: Settings {
             own_zone: Some("zone-b".into()),
-            ..AccessConfig::default()
+            ..Settings::default()
         },
         ..GatewayConfig::default()
     })

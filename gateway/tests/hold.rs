@@ -337,9 +337,9 @@ mod keepalive {
         gateway.publish(vec![model("m", &[])]);
         let mut response = send(&gateway, "m", true).await;
         read_keep_alives(&mut response, 2).await;
-        assert_eq!(gateway.state.index.holds().held("m"), 1);
+        assert_eq!(gateway.state.holds.held("m"), 1);
         drop(response);
-        let holds = gateway.state.index.holds();
+        let holds = &gateway.state.holds;
         assert!(eventually(Duration::from_secs(5), || holds.held("m") == 0).await);
         let metrics = gateway.metrics();
         assert!(
@@ -372,7 +372,7 @@ mod keepalive {
                     .unwrap()
             })
         };
-        let holds = gateway.state.index.holds();
+        let holds = &gateway.state.holds;
         assert!(eventually(Duration::from_secs(5), || holds.held("m") == 1).await);
         gateway.publish(vec![model("m", &[address(&replica)]), quick]);
         let response = request.await.unwrap();

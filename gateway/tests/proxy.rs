@@ -676,7 +676,13 @@ async fn every_route_answers_as_the_table_says() {
             404,
             "model_not_found",
         ),
-        ("POST", "/v1/chat/completions", "{not json", 400, "invalid_json"),
+        (
+            "POST",
+            "/v1/chat/completions",
+            "{not json",
+            400,
+            "invalid_json",
+        ),
         (
             "POST",
             "/v1/chat/completions",
@@ -691,7 +697,13 @@ async fn every_route_answers_as_the_table_says() {
         ("POST", "/v2/chat/completions", chat, 404, "unknown_url"),
         ("POST", "/health", chat, 405, "method_not_allowed"),
         ("GET", "/v1/chat/completions", "", 405, "method_not_allowed"),
-        ("PUT", "/v1/chat/completions", chat, 405, "method_not_allowed"),
+        (
+            "PUT",
+            "/v1/chat/completions",
+            chat,
+            405,
+            "method_not_allowed",
+        ),
         ("GET", "/v1/models", "", 200, "list"),
         ("GET", "/v1/models/m", "", 200, "model"),
     ];

@@ -78,11 +78,7 @@ async fn held_burst_leaves_in_arrival_order_over_the_replicas_that_turn_ready() 
         requests.push(send(&gateway, number));
         let held = number + 1;
         assert!(
-            eventually(Duration::from_secs(5), || gateway
-                .state
-                .index
-                .holds()
-                .held("m")
+            eventually(Duration::from_secs(5), || gateway.state.holds.held("m")
                 == held)
             .await
         );
@@ -98,7 +94,7 @@ async fn held_burst_leaves_in_arrival_order_over_the_replicas_that_turn_ready() 
             == 2)
         .await
     );
-    assert_eq!(gateway.state.index.holds().held("m"), 4);
+    assert_eq!(gateway.state.holds.held("m"), 4);
     // The second: two more, on it.
     gateway.publish(vec![autoscaled(&addresses[..2], 2, 3)]);
     assert!(
@@ -106,7 +102,7 @@ async fn held_burst_leaves_in_arrival_order_over_the_replicas_that_turn_ready() 
             == 2)
         .await
     );
-    assert_eq!(gateway.state.index.holds().held("m"), 2);
+    assert_eq!(gateway.state.holds.held("m"), 2);
     assert_eq!(inflight(&gateway, &addresses[0]), 2);
     // Every wanted replica is ready: the rest leave.
     gateway.publish(vec![autoscaled(&addresses, 2, 3)]);
@@ -120,7 +116,7 @@ async fn held_burst_leaves_in_arrival_order_over_the_replicas_that_turn_ready() 
     // Arrival order: the first two went to the first replica, the next two to the second.
     assert_eq!(served_by[&addresses[0]][..2], [0, 1], "{served_by:?}");
     assert_eq!(served_by[&addresses[1]][..2], [2, 3], "{served_by:?}");
-    assert_eq!(gateway.state.index.holds().held("m"), 0);
+    assert_eq!(gateway.state.holds.held("m"), 0);
     assert!(gateway
         .metrics()
         .contains(r#"kinfer_gateway_queued_requests{model="m"} 0"#));
@@ -136,11 +132,7 @@ async fn at_the_hold_deadline_a_busy_replica_serves_the_request() {
     let first = send(&gateway, 0);
     let second = send(&gateway, 1);
     assert!(
-        eventually(Duration::from_secs(5), || gateway
-            .state
-            .index
-            .holds()
-            .held("m")
+        eventually(Duration::from_secs(5), || gateway.state.holds.held("m")
             == 2)
         .await
     );

@@ -19,7 +19,7 @@ use std::time::{Duration, SystemTime};
 use serde::Deserialize;
 
 use super::keys::{KeyHash, KeyLimits, KeySpec};
-use super::Access;
+use super::Auth;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyFileError {
@@ -158,7 +158,7 @@ fn fingerprint(path: &Path) -> Option<(SystemTime, u64)> {
 
 /// Re-load the file whenever its modification time or size changes; a file that turns
 /// invalid is reported and the last good keys stay.
-pub async fn watch(path: PathBuf, poll_interval: Duration, access: Arc<Access>) {
+pub async fn watch(path: PathBuf, poll_interval: Duration, auth: Arc<Auth>) {
     let mut last_seen = fingerprint(&path);
     let mut ticker = tokio::time::interval(poll_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -170,7 +170,7 @@ pub async fn watch(path: PathBuf, poll_interval: Duration, access: Arc<Access>) 
         }
         last_seen = current;
         match load(&path) {
-            Ok(specs) => access.publish_keys("file", specs),
+            Ok(specs) => auth.publish_keys("file", specs),
             Err(error) => tracing::error!(%error, "keeping the last API keys"),
         }
     }

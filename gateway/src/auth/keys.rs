@@ -15,8 +15,8 @@ use arc_swap::ArcSwap;
 use http::header::{HeaderName, AUTHORIZATION};
 use sha2::{Digest, Sha256};
 
-use http::HeaderMap;
 use crate::quota::rate::KeyState;
+use http::HeaderMap;
 
 /// Header carrying a key the Anthropic/Azure way; `Authorization: Bearer` is the OpenAI way.
 pub const API_KEY_HEADER: HeaderName = HeaderName::from_static("x-api-key");
@@ -80,21 +80,7 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     std::hint::black_box(difference) == 0
 }
 
-/// Optional limits of a key; each is for the whole gateway Deployment (see
-/// [`crate::quota::rate`] for how replicas share them).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct KeyLimits {
-    pub requests_per_minute: Option<u64>,
-    /// Prompt plus completion tokens, from the engine's `usage`.
-    pub tokens_per_minute: Option<u64>,
-    pub max_concurrent: Option<u64>,
-}
-
-impl KeyLimits {
-    pub fn is_empty(&self) -> bool {
-        *self == Self::default()
-    }
-}
+pub use crate::quota::rate::KeyLimits;
 
 /// One key as a source describes it.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -21,7 +21,7 @@ use kube::runtime::{reflector, watcher, WatchStreamExt};
 use kube::{Api, Client, ResourceExt};
 
 use super::keys::{split_list, KeyHash, KeyLimits, KeySpec};
-use super::Access;
+use super::Auth;
 
 /// The label that makes a Secret an API key (any value).
 pub const KEY_LABEL: &str = "kinfer.dev/api-key";
@@ -89,7 +89,7 @@ pub fn specs_of(secrets: &[Arc<Secret>]) -> Vec<KeySpec> {
 
 /// Watch labelled Secrets in `namespace` and publish their keys on every change, until the
 /// process ends. The access state is marked synced after the first complete list.
-pub async fn watch(client: Client, namespace: String, access: Arc<Access>) {
+pub async fn watch(client: Client, namespace: String, auth: Arc<Auth>) {
     let secrets: Api<Secret> = Api::namespaced(client, &namespace);
     let (store, writer) = reflector::store();
     let mut events = reflector::reflector(
@@ -112,8 +112,8 @@ pub async fn watch(client: Client, namespace: String, access: Arc<Access>) {
         if !listed {
             continue;
         }
-        access.publish_keys("kubernetes", specs_of(&store.state()));
-        access.mark_synced();
+        auth.publish_keys("kubernetes", specs_of(&store.state()));
+        auth.mark_synced();
     }
 }
 

@@ -39,7 +39,8 @@ pub const KEEP_ALIVE: &[u8] = b": keep-alive\n\n";
 const MAX_ENGINE_ERROR_BYTES: usize = 64 << 10;
 
 /// The rest of a held request: the hold, then the forward to the engine.
-pub type Continuation = Pin<Box<dyn Future<Output = Result<Response, (ApiError, RequestLog)>> + Send>>;
+pub type Continuation =
+    Pin<Box<dyn Future<Output = Result<Response, (ApiError, RequestLog)>> + Send>>;
 
 #[derive(Deserialize)]
 struct StreamField {
@@ -336,7 +337,7 @@ mod tests {
         let started = Instant::now();
         let rest: Continuation = Box::pin(async {
             tokio::time::sleep(Duration::from_millis(2500)).await;
-            Ok(Response::new(Body::from("data: [DONE]\n\n")).into())
+            Ok(Response::new(Body::from("data: [DONE]\n\n")))
         });
         let response = keepalive_response(rest, Duration::from_secs(1));
         assert_eq!(response.status(), StatusCode::OK);
@@ -383,7 +384,7 @@ mod tests {
                 r#"{"error":{"message":"context too long","type":"BadRequestError","param":null,"code":400}}"#,
             ));
             *response.status_mut() = StatusCode::BAD_REQUEST;
-            Ok(response.into())
+            Ok(response)
         });
         let response = keepalive_response(rest, Duration::from_secs(1));
         let frames = frames(response.into_body(), Instant::now()).await;

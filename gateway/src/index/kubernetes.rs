@@ -23,26 +23,9 @@ use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client, ResourceExt};
 
 use super::{EndpointConfig, Index, ModelConfig};
-use crate::hold::HoldSettings;
-use crate::placement::{Placement, GPU_PRODUCT_LABEL, REGION_LABEL, ZONE_LABEL};
-
-/// Whether a pod may receive new requests.
-pub fn is_routable(pod: &Pod) -> bool {
-    if pod.metadata.deletion_timestamp.is_some() {
-        return false;
-    }
-    let Some(status) = &pod.status else {
-        return false;
-    };
-    let has_ip = status.pod_ip.as_deref().is_some_and(|ip| !ip.is_empty());
-    let running = status.phase.as_deref() == Some("Running");
-    let ready = status
-        .conditions
-        .iter()
-        .flatten()
-        .any(|condition| condition.type_ == "Ready" && condition.status == "True");
-    has_ip && running && ready
-}
+use crate::endpoint::{Placement, GPU_PRODUCT_LABEL, REGION_LABEL, ZONE_LABEL};
+use crate::index::HoldSettings;
+pub use crate::pods::is_routable;
 
 fn pod_address(ip: &str, port: u16) -> String {
     if ip.contains(':') {

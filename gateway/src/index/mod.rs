@@ -4,27 +4,39 @@
 //! of [`ModelConfig`] with pure functions and [`Index::publish`] it. The request path reads an
 //! immutable [`RoutingTable`] snapshot through an `ArcSwap` (no lock, no API call) and waits on
 //! [`Index::subscribe`] when it holds a request for a model that has no ready replica yet
-//! (see [`crate::hold`]; the held requests of each model live here, in [`Index::holds`]).
+//! (see [`crate::hold`]). The index is what exists; requests held for a model live in
+//! [`crate::hold::Holds`].
 
-mod endpoint;
 pub mod kubernetes;
 pub mod static_file;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use kinfer_crds::{Feature, RoutingStrategy};
 use tokio::sync::watch;
 
-pub use endpoint::{EjectionPolicy, Endpoint, EngineLoad, InvalidAddress};
+pub use crate::endpoint::{EjectionPolicy, Endpoint, EngineLoad, InvalidAddress};
 
-use crate::hold::{HoldSettings, Holds};
+use crate::endpoint::{Placement, RoomSignal};
 use crate::metrics::{Metrics, ModelMetrics};
-use crate::placement::Placement;
 use crate::policy::{self, PolicyConfig, RoutingPolicy};
+
+/// A model's hold limits and the autoscaling figures releases follow (`None`: not set).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HoldSettings {
+    /// How long a request may be held; default: the gateway's `--hold-timeout`.
+    pub timeout: Option<Duration>,
+    /// Requests that may be held at once; default: the gateway's `--hold-queue-limit`.
+    pub queue_limit: Option<usize>,
+    /// In-flight requests per replica the autoscaler aims for (`targetRequestsPerReplica`).
+    pub target_per_replica: Option<u32>,
+    /// Replicas the model wants (`spec.replicas`); more ready ones are not coming.
+    pub desired_replicas: Option<u32>,
+}
 
 /// One model id as a discovery source sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -136,8 +148,9 @@ pub struct Index {
     default_strategy: RoutingStrategy,
     policy_config: PolicyConfig,
     metrics: Arc<Metrics>,
-    /// Requests held per model, shared by every serving thread.
-    holds: Holds,
+    /// Shared with every endpoint built, which signals it when a request ends (held
+    /// requests wait on it, see [`crate::hold::Holds`]).
+    room: Arc<RoomSignal>,
 }
 
 impl Index {
@@ -145,6 +158,7 @@ impl Index {
         default_strategy: RoutingStrategy,
         policy_config: PolicyConfig,
         metrics: Arc<Metrics>,
+        room: Arc<RoomSignal>,
     ) -> Self {
         Self {
             table: ArcSwap::from_pointee(RoutingTable::default()),
@@ -154,13 +168,8 @@ impl Index {
             default_strategy,
             policy_config,
             metrics,
-            holds: Holds::new(),
+            room,
         }
-    }
-
-    /// The held requests of every model.
-    pub fn holds(&self) -> &Holds {
-        &self.holds
     }
 
     /// The current table. Cheap: one atomic reference count increment.
@@ -224,7 +233,7 @@ impl Index {
                 let endpoint = match Endpoint::new(wanted.name.clone(), &wanted.address) {
                     Ok(endpoint) => endpoint
                         .with_placement(wanted.placement.clone())
-                        .with_room_signal(self.holds.room_signal()),
+                        .with_room_signal(self.room.clone()),
                     Err(error) => {
                         tracing::warn!(model = %config.id, %error, "skipping endpoint");
                         continue;
@@ -283,6 +292,7 @@ mod tests {
             RoutingStrategy::LeastLoad,
             PolicyConfig::default(),
             Arc::new(Metrics::new()),
+            Arc::default(),
         )
     }
 

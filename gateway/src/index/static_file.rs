@@ -26,8 +26,8 @@ use kinfer_crds::{Feature, RoutingStrategy};
 use serde::Deserialize;
 
 use super::{Endpoint, EndpointConfig, Index, ModelConfig};
-use crate::hold::HoldSettings;
-use crate::placement::Placement;
+use crate::endpoint::Placement;
+use crate::index::HoldSettings;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StaticFileError {

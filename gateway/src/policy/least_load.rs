@@ -5,7 +5,7 @@ use rand::Rng;
 use tokio::time::Instant;
 
 use super::{PolicyConfig, RequestInfo, RoutingPolicy};
-use crate::index::Endpoint;
+use crate::endpoint::Endpoint;
 
 /// Power of two choices: two random candidates, the one with fewer in-flight requests wins;
 /// ties go to the one whose engine reports the shorter queue (when its metrics are fresh).
@@ -62,7 +62,7 @@ impl RoutingPolicy for LeastLoad {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::index::EngineLoad;
+    use crate::endpoint::EngineLoad;
     use crate::policy::tests::{endpoints, REQUEST};
 
     #[test]

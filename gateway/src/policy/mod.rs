@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use kinfer_crds::RoutingStrategy;
 
-use crate::index::Endpoint;
+use crate::endpoint::Endpoint;
 
 pub use least_load::LeastLoad;
 pub use prefix_cache::PrefixCache;

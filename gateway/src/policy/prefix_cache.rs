@@ -24,10 +24,12 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use kinfer_crds::metric_names::vllm;
+use kinfer_crds::metrics_text;
 use tokio::time::Instant;
 
 use super::{LeastLoad, PolicyConfig, RequestInfo, RoutingPolicy};
-use crate::index::Endpoint;
+use crate::endpoint::Endpoint;
 
 /// Blocks (of 256 bytes) hashed into the consistent-hashing key: 1 KiB of prompt start.
 pub const ANCHOR_BLOCKS: usize = 4;
@@ -137,28 +139,19 @@ pub fn bounded_rendezvous(key: u64, ids: &[u64], loads: &[usize], factor: f64) -
 /// The adapters of the latest `vllm:lora_requests_info` sample (its value is a timestamp; old
 /// label sets linger with older values): running and waiting ones, which the engine holds.
 /// `None` when the engine does not export it (no LoRA, or not vLLM).
-pub fn loaded_adapters(metrics_text: &str) -> Option<Vec<String>> {
-    const NAME: &str = "vllm:lora_requests_info{";
+pub fn loaded_adapters(text: &str) -> Option<Vec<String>> {
     let mut latest: Option<(f64, Vec<String>)> = None;
-    for line in metrics_text.lines() {
-        let Some(rest) = line.strip_prefix(NAME) else {
-            continue;
-        };
-        let Some(end) = rest.rfind('}') else { continue };
-        let (labels, value) = (&rest[..end], rest[end + 1..].trim());
-        let value: f64 = value
-            .split_whitespace()
-            .next()
-            .and_then(|value| value.parse().ok())
-            .unwrap_or(0.0);
-        if latest.as_ref().is_some_and(|(best, _)| *best > value) {
+    for sample in metrics_text::samples(text).flatten() {
+        if sample.name != vllm::LORA_REQUESTS_INFO
+            || latest
+                .as_ref()
+                .is_some_and(|(best, _)| *best > sample.value)
+        {
             continue;
         }
         let mut adapters = Vec::new();
-        for label in ["running_lora_adapters=\"", "waiting_lora_adapters=\""] {
-            if let Some(start) = labels.find(label) {
-                let list = &labels[start + label.len()..];
-                let list = &list[..list.find('"').unwrap_or(list.len())];
+        for label in ["running_lora_adapters", "waiting_lora_adapters"] {
+            if let Some(list) = sample.label(label) {
                 adapters.extend(
                     list.split(',')
                         .map(str::trim)
@@ -167,7 +160,7 @@ pub fn loaded_adapters(metrics_text: &str) -> Option<Vec<String>> {
                 );
             }
         }
-        latest = Some((value, adapters));
+        latest = Some((sample.value, adapters));
     }
     latest.map(|(_, adapters)| adapters)
 }
@@ -321,7 +314,7 @@ impl RoutingPolicy for PrefixCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::index::EngineLoad;
+    use crate::endpoint::EngineLoad;
     use crate::policy::tests::endpoints;
 
     fn request<'a>(blocks: &'a [u64]) -> RequestInfo<'a> {

@@ -2,7 +2,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use super::{RequestInfo, RoutingPolicy};
-use crate::index::Endpoint;
+use crate::endpoint::Endpoint;
 
 /// Each candidate in turn.
 #[derive(Debug, Default)]

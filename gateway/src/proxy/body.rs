@@ -25,9 +25,9 @@ use hyper::body::{Body, Frame, SizeHint};
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::time::{Instant, Sleep};
 
-use hyper::body::Incoming;
 use crate::index::Endpoint;
 use crate::metrics::{Metrics, ModelMetrics, UNKNOWN_MODEL};
+use hyper::body::Incoming;
 
 /// Counts one request in flight on an endpoint and on its model's gauge, until dropped.
 #[derive(Debug)]

@@ -374,9 +374,7 @@ impl Proxy {
                         guard,
                     }))
                 }
-                Ok((parts, mut body))
-                    if parts.status == StatusCode::INTERNAL_SERVER_ERROR =>
-                {
+                Ok((parts, mut body)) if parts.status == StatusCode::INTERNAL_SERVER_ERROR => {
                     let idle_timeout = self.config.idle_timeout;
                     // Boxed: the rare path should not make every attempt's future larger.
                     let reading = read_error_body(&mut body, SHUTDOWN_BODY_LIMIT, idle_timeout);

@@ -8,6 +8,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::future::join_all;
 use http_body_util::{BodyExt, Full, Limited};
+use kinfer_crds::metric_names::vllm;
+use kinfer_crds::metrics_text;
 use tokio::time::Instant;
 
 use super::HttpClient;
@@ -17,43 +19,21 @@ use crate::metrics::Metrics;
 /// Largest /metrics body read.
 const MAX_METRICS_BYTES: usize = 4 << 20;
 
-const WAITING: &str = "vllm:num_requests_waiting";
-const KV_CACHE_USAGE: &str = "vllm:kv_cache_usage_perc";
-/// The name of the KV cache gauge before vLLM 0.10.
-const KV_CACHE_USAGE_OLD: &str = "vllm:gpu_cache_usage_perc";
-
 /// Queue depth (summed over label sets) and KV cache usage (the highest) from a Prometheus
-/// text exposition; `None` if the queue depth is absent.
+/// text exposition; `None` if the queue depth is absent. Lines that cannot be read are skipped.
 pub fn parse_engine_metrics(text: &str) -> Option<(f64, f64)> {
     let mut waiting = None;
     let mut kv_cache_usage: f64 = 0.0;
-    for line in text.lines() {
-        if line.starts_with('#') {
-            continue;
-        }
-        let Some((name, value)) = sample(line) else {
-            continue;
-        };
-        match name {
-            WAITING => *waiting.get_or_insert(0.0) += value,
-            KV_CACHE_USAGE | KV_CACHE_USAGE_OLD => kv_cache_usage = kv_cache_usage.max(value),
+    for sample in metrics_text::samples(text).flatten() {
+        match sample.name {
+            vllm::NUM_REQUESTS_WAITING => *waiting.get_or_insert(0.0) += sample.value,
+            vllm::KV_CACHE_USAGE_PERC | vllm::GPU_CACHE_USAGE_PERC => {
+                kv_cache_usage = kv_cache_usage.max(sample.value)
+            }
             _ => {}
         }
     }
     waiting.map(|waiting| (waiting, kv_cache_usage))
-}
-
-/// Metric name and value of one sample line (`name{labels} value [timestamp]`).
-fn sample(line: &str) -> Option<(&str, f64)> {
-    let name_end = line.find(['{', ' '])?;
-    let name = &line[..name_end];
-    let rest = match line[name_end..].strip_prefix('{') {
-        // Label values may contain spaces but not an unescaped `}` followed by a space.
-        Some(labels) => &labels[labels.rfind('}')? + 1..],
-        None => &line[name_end..],
-    };
-    let value = rest.split_whitespace().next()?.parse().ok()?;
-    Some((name, value))
 }
 
 async fn scrape(client: &HttpClient, endpoint: &Endpoint, timeout: Duration) -> Option<(f64, f64)> {

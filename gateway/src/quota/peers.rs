@@ -9,7 +9,7 @@ use kube::runtime::{reflector, watcher, WatchStreamExt};
 use kube::{Api, Client};
 
 use super::Peers;
-use crate::index::kubernetes::is_routable;
+use crate::pods::is_routable;
 
 /// Keep `peers` equal to the ready pods matching `selector` in `namespace`, until the process
 /// ends. Watch errors are retried with backoff; the last count stays meanwhile.

@@ -23,7 +23,21 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::auth::keys::KeyLimits;
+/// Optional limits of a key; each is for the whole gateway Deployment (see
+/// this module for how replicas share them).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KeyLimits {
+    pub requests_per_minute: Option<u64>,
+    /// Prompt plus completion tokens, from the engine's `usage`.
+    pub tokens_per_minute: Option<u64>,
+    pub max_concurrent: Option<u64>,
+}
+
+impl KeyLimits {
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+}
 
 /// How many ready gateway replicas share each key's limits (at least 1).
 #[derive(Debug)]

@@ -8,8 +8,65 @@ use std::time::Duration;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use tokio::time::Instant;
 
-use crate::hold::RoomSignal;
-use crate::placement::Placement;
+use http::{HeaderName, HeaderValue};
+
+pub const REGION_HEADER: HeaderName = HeaderName::from_static("x-kinfer-region");
+pub const ZONE_HEADER: HeaderName = HeaderName::from_static("x-kinfer-zone");
+pub const SERVED_BY_HEADER: HeaderName = HeaderName::from_static("x-kinfer-served-by");
+pub const NODE_HEADER: HeaderName = HeaderName::from_static("x-kinfer-node");
+pub const GPU_PRODUCT_HEADER: HeaderName = HeaderName::from_static("x-kinfer-gpu-product");
+
+/// Node labels read by Kubernetes discovery.
+pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
+pub const REGION_LABEL: &str = "topology.kubernetes.io/region";
+pub const GPU_PRODUCT_LABEL: &str = "nvidia.com/gpu.product";
+
+/// Where a replica runs; every field is optional (static endpoints, nodes without labels).
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Placement {
+    pub node: Option<String>,
+    pub zone: Option<String>,
+    pub region: Option<String>,
+    pub gpu_product: Option<String>,
+}
+
+impl Placement {
+    /// The response headers of a replica named `replica` placed here.
+    pub fn headers(&self, replica: &HeaderValue) -> Vec<(HeaderName, HeaderValue)> {
+        let mut headers = vec![(SERVED_BY_HEADER, replica.clone())];
+        for (name, value) in [
+            (NODE_HEADER, &self.node),
+            (GPU_PRODUCT_HEADER, &self.gpu_product),
+            (ZONE_HEADER, &self.zone),
+        ] {
+            if let Some(value) = value
+                .as_deref()
+                .and_then(|value| HeaderValue::from_str(value).ok())
+            {
+                headers.push((name, value));
+            }
+        }
+        headers
+    }
+}
+
+/// Wakes held requests when an in-flight request ends anywhere in the gateway. Ending a request
+/// costs one relaxed load while nothing is held.
+#[derive(Debug, Default)]
+pub struct RoomSignal {
+    /// Requests held over every model.
+    pub(crate) held: AtomicUsize,
+    pub(crate) freed: tokio::sync::Notify,
+}
+
+impl RoomSignal {
+    /// An in-flight request ended: a slot may be free.
+    pub(crate) fn freed(&self) {
+        if self.held.load(Ordering::Relaxed) > 0 {
+            self.freed.notify_waiters();
+        }
+    }
+}
 
 /// Load figures scraped from the engine's /metrics.
 #[derive(Clone, Copy, Debug, PartialEq)]

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The OpenAI Python SDK against kinfer-gateway (static discovery) in front of vllm-sim
-# replicas, everything on 127.0.0.1 with free ports.
+# replicas, everything on 127.0.0.1 with free ports: over HTTP/1.1 and h2c on the plain port,
+# and over TLS (h2 and HTTP/1.1 by ALPN) on a TLS twin of each gateway, whose certificate a
+# test CA made here with openssl signs.
 #
 #   gateway/tests/openai_sdk/run.sh [pytest arguments]
 #
@@ -25,11 +27,13 @@ build_flags=()
 bin=$target/$profile
 gateway_bin=${KINFER_GATEWAY_BIN:-$bin/kinfer-gateway}
 
-if ! "$venv/bin/python" -c 'import openai, pytest' 2>/dev/null; then
+# h2: httpx's HTTP/2.
+if ! "$venv/bin/python" -c 'import openai, pytest, h2' 2>/dev/null; then
     mkdir -p "$cache"
     python3 -m venv "$venv"
-    "$venv/bin/pip" install --quiet --disable-pip-version-check openai pytest
+    "$venv/bin/pip" install --quiet --disable-pip-version-check openai pytest h2
 fi
+command -v openssl >/dev/null || { echo "openssl is needed to make the test CA" >&2; exit 1; }
 
 work=$(mktemp -d)
 pids=()
@@ -40,10 +44,30 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# Nine free ports: three replicas, one port nothing listens on, the gateway and its admin,
-# a second gateway with authentication on (test_auth.py) and its admin, and the replica that
-# late-model gets while a request is held (test_sdk.py).
-read -r sim_a sim_b sim_embed dead listen admin auth_listen auth_admin sim_late < <(loopback_ports 9)
+# Thirteen free ports: three replicas, one port nothing listens on, the gateway and its admin,
+# a second gateway with authentication on (test_auth.py) and its admin, the replica that
+# late-model gets while a request is held (test_sdk.py), and the TLS twins of both gateways
+# with their admins.
+read -r sim_a sim_b sim_embed dead listen admin auth_listen auth_admin sim_late \
+    tls_listen tls_admin auth_tls_listen auth_tls_admin < <(loopback_ports 13)
+
+# A test CA and the gateways' certificate for 127.0.0.1 and localhost (P-256: fast to make).
+cat >"$work/leaf.ext" <<EXT
+basicConstraints = critical, CA:FALSE
+keyUsage = critical, digitalSignature
+extendedKeyUsage = serverAuth
+subjectAltName = IP:127.0.0.1, DNS:localhost
+EXT
+{
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 \
+        -subj "/CN=kinfer SDK test CA" -keyout "$work/ca.key" -out "$work/ca.crt" \
+        -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" &&
+        openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=localhost" \
+            -keyout "$work/tls.key" -out "$work/tls.csr" &&
+        openssl x509 -req -in "$work/tls.csr" -CA "$work/ca.crt" -CAkey "$work/ca.key" \
+            -CAcreateserial -days 1 -extfile "$work/leaf.ext" -out "$work/tls.crt"
+} 2>"$work/openssl.log" || { cat "$work/openssl.log" >&2; exit 1; }
+tls=(--tls-cert-file "$work/tls.crt" --tls-key-file "$work/tls.key")
 
 model=Qwen/Qwen2.5-0.5B-Instruct
 embedder=BAAI/bge-small-en-v1.5
@@ -81,12 +105,21 @@ models:
     endpoints: [http://127.0.0.1:$dead]
 YAML
 
-"$gateway_bin" --discovery static --static-file "$work/models.yaml" \
-    --listen "127.0.0.1:$listen" --admin-listen "127.0.0.1:$admin" \
-    --hold-timeout 1s --retry-after 2s --max-body-size 64KiB --engine-metrics-interval 1s \
-    --hold-keepalive-interval 200ms --static-poll-interval 200ms \
-    --log-format json --log-filter warn >"$work/gateway.log" 2>&1 &
-pids+=($!)
+# start_gateway NAME LISTEN ADMIN ARGS...: a gateway on models.yaml, its log in $work/NAME.log.
+start_gateway() {
+    local name=$1 listen=$2 admin=$3
+    shift 3
+    "$gateway_bin" --discovery static --static-file "$work/models.yaml" \
+        --listen "127.0.0.1:$listen" --admin-listen "127.0.0.1:$admin" \
+        --engine-metrics-interval 1s --log-format json --log-filter warn "$@" \
+        >"$work/$name.log" 2>&1 &
+    pids+=($!)
+}
+
+flags=(--hold-timeout 1s --retry-after 2s --max-body-size 64KiB
+    --hold-keepalive-interval 200ms --static-poll-interval 200ms)
+start_gateway gateway "$listen" "$admin" "${flags[@]}"
+start_gateway gateway-tls "$tls_listen" "$tls_admin" "${flags[@]}" "${tls[@]}"
 
 # API keys of the second gateway (test_auth.py).
 cat >"$work/keys.yaml" <<YAML
@@ -103,27 +136,27 @@ keys:
     key: sk-test-metered
     tokensPerMinute: 1000000
 YAML
-"$gateway_bin" --discovery static --static-file "$work/models.yaml" \
-    --listen "127.0.0.1:$auth_listen" --admin-listen "127.0.0.1:$auth_admin" \
-    --auth true --api-keys-file "$work/keys.yaml" --engine-metrics-interval 1s \
-    --log-format json --log-filter warn >"$work/gateway-auth.log" 2>&1 &
-pids+=($!)
+auth_flags=(--auth true --api-keys-file "$work/keys.yaml")
+start_gateway gateway-auth "$auth_listen" "$auth_admin" "${auth_flags[@]}"
+start_gateway gateway-auth-tls "$auth_tls_listen" "$auth_tls_admin" "${auth_flags[@]}" "${tls[@]}"
 
 for url in "$sim_a/health" "$sim_b/health" "$sim_embed/health" "$sim_late/health" "$admin/readyz" \
-    "$auth_admin/readyz"; do
+    "$auth_admin/readyz" "$tls_admin/readyz" "$auth_tls_admin/readyz"; do
     wait_for "http://127.0.0.1:$url" "$work"/*.log
 done
 
 status=0
 KINFER_GATEWAY_URL="http://127.0.0.1:$listen" KINFER_ADMIN_URL="http://127.0.0.1:$admin" \
 KINFER_AUTH_GATEWAY_URL="http://127.0.0.1:$auth_listen" KINFER_AUTH_ADMIN_URL="http://127.0.0.1:$auth_admin" \
+KINFER_TLS_GATEWAY_URL="https://127.0.0.1:$tls_listen" KINFER_AUTH_TLS_GATEWAY_URL="https://127.0.0.1:$auth_tls_listen" \
+KINFER_TLS_CA_FILE="$work/ca.crt" \
 KINFER_MODEL="$model" KINFER_EMBEDDING_MODEL="$embedder" \
 KINFER_MODELS_FILE="$work/models.yaml" KINFER_LATE_REPLICA_URL="http://127.0.0.1:$sim_late" \
     timeout 300 "$venv/bin/python" -m pytest -q -p no:cacheprovider "$here/test_sdk.py" "$here/test_auth.py" "$@" || status=$?
 if [[ $status -ne 0 ]]; then
-    echo "--- gateway log" >&2
-    tail -n 50 "$work/gateway.log" >&2
-    echo "--- gateway (auth) log" >&2
-    tail -n 50 "$work/gateway-auth.log" >&2
+    for name in gateway gateway-tls gateway-auth gateway-auth-tls; do
+        echo "--- $name log" >&2
+        tail -n 50 "$work/$name.log" >&2
+    done
 fi
 exit $status

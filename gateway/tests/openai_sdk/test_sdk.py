@@ -1,7 +1,8 @@
 """The OpenAI Python SDK against kinfer-gateway: every call an application makes, and every
 gateway error decoded into the SDK exception class an application catches.
 
-Started by run.sh, which provides the gateway (static discovery) and vllm-sim replicas.
+Started by run.sh, which provides the gateway (static discovery), its TLS twin and vllm-sim
+replicas. Tests marked `every_transport` also run over h2c and TLS (conftest.py).
 """
 
 import json
@@ -13,18 +14,19 @@ import openai
 import pytest
 
 GATEWAY = os.environ["KINFER_GATEWAY_URL"]
+TLS_GATEWAY = os.environ["KINFER_TLS_GATEWAY_URL"]
 ADMIN = os.environ["KINFER_ADMIN_URL"]
 MODEL = os.environ["KINFER_MODEL"]
 EMBEDDING_MODEL = os.environ["KINFER_EMBEDDING_MODEL"]
 MESSAGES = [{"role": "user", "content": "Write a haiku about GPUs."}]
 
 
-@pytest.fixture(scope="module")
-def client():
-    # No SDK retries: each test sees the gateway's own answer.
-    return openai.OpenAI(base_url=f"{GATEWAY}/v1", api_key="unused", max_retries=0, timeout=30)
+@pytest.fixture
+def client(transport):
+    return transport.openai(TLS_GATEWAY if transport.tls else GATEWAY)
 
 
+@pytest.mark.every_transport
 def test_model_list_includes_adapters_and_cold_models(client):
     models = {model.id: model for model in client.models.list()}
     assert {MODEL, "sql-lora", EMBEDDING_MODEL, "cold-model"} <= set(models)
@@ -34,14 +36,17 @@ def test_model_list_includes_adapters_and_cold_models(client):
     assert all(model.object == "model" and model.owned_by for model in models.values())
 
 
+@pytest.mark.every_transport
 def test_model_retrieve_with_a_slash_in_the_id(client):
     assert client.models.retrieve(MODEL).id == MODEL
 
 
-def test_chat(client):
+@pytest.mark.every_transport
+def test_chat(transport, client):
     raw = client.chat.completions.with_raw_response.create(
         model=MODEL, messages=MESSAGES, max_tokens=8, extra_headers={"x-request-id": "sdk-chat-1"}
     )
+    assert raw.http_response.http_version == transport.http_version
     assert raw.headers["x-request-id"] == "sdk-chat-1"
     assert raw.headers["x-kinfer-replica"] in {"sim-a", "sim-b"}
     completion = raw.parse()
@@ -60,10 +65,12 @@ def test_chat_is_spread_over_replicas(client):
     assert replicas == {"sim-a", "sim-b"}
 
 
-def test_chat_streaming(client):
+@pytest.mark.every_transport
+def test_chat_streaming(transport, client):
     stream = client.chat.completions.create(
         model=MODEL, messages=MESSAGES, max_tokens=12, stream=True, stream_options={"include_usage": True}
     )
+    assert stream.response.http_version == transport.http_version
     chunks = list(stream)
     text = "".join(chunk.choices[0].delta.content or "" for chunk in chunks if chunk.choices)
     assert text
@@ -76,6 +83,7 @@ def test_lora_adapter(client):
     assert completion.model == "sql-lora"
 
 
+@pytest.mark.every_transport
 def test_completions(client):
     completion = client.completions.create(model=MODEL, prompt="Once upon a time", max_tokens=6)
     assert completion.choices[0].text
@@ -87,6 +95,7 @@ def test_completions_streaming(client):
     assert "".join(chunk.choices[0].text for chunk in chunks if chunk.choices)
 
 
+@pytest.mark.every_transport
 def test_embeddings(client):
     response = client.embeddings.create(model=EMBEDDING_MODEL, input=["first", "second"])
     assert len(response.data) == 2
@@ -122,6 +131,7 @@ def test_tools_pass_through(client):
     assert with_tools.usage.prompt_tokens > plain.usage.prompt_tokens
 
 
+@pytest.mark.every_transport
 def test_unknown_model_is_not_found(client):
     with pytest.raises(openai.NotFoundError) as error:
         client.chat.completions.create(model="gpt-4-nonexistent", messages=MESSAGES)
@@ -186,6 +196,7 @@ def test_held_stream_gets_keep_alives_then_the_engine_stream(client):
     assert chunks[-1].choices[0].finish_reason is not None
 
 
+@pytest.mark.every_transport
 def test_held_stream_without_a_replica_ends_with_an_error_event(client):
     # Held longer than the keep-alive interval: 200 and keep-alives, then the hold ends (1 s)
     # without a replica, and the error is an SSE event the SDK raises as an APIError.
@@ -206,6 +217,9 @@ def test_unreachable_replica_is_502(client):
     assert error.value.code == "backend_unreachable"
 
 
+# HTTP/1.1 only: over HTTP/2 the gateway answers 413 as soon as it sees the Content-Length and
+# resets the stream with NO_ERROR (RFC 9113 section 8.1; curl shows the 413), but httpx raises a
+# protocol error for the rest of the body it can no longer send, and not the response.
 def test_oversized_body_is_413(client):
     with pytest.raises(openai.APIStatusError) as error:
         client.completions.create(model=MODEL, prompt="x" * 100_000, max_tokens=1)

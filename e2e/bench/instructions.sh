@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # CPU instructions per proxied request, counted by valgrind's callgrind: kinfer-gateway (one
-# serving thread) and nginx (one worker), in front of the same two vllm-sim backends, with the
-# same non-streaming chat request. Unlike requests/s on a shared 2-core machine, the count does
-# not depend on what else runs, so it compares builds (before/after a change) exactly.
+# runtime worker thread, --worker-threads 1) and nginx (one worker), in front of the same two
+# vllm-sim backends, with the same non-streaming chat request. Unlike requests/s on a shared
+# 2-core machine, the count does not depend on what else runs, so it compares builds
+# (before/after a change) exactly.
 #
 #   e2e/bench/instructions.sh [-n REQUESTS] [-s "kinfer nginx"] [-b BASELINE_BINARY] [-c 4] [-x] [-k|-m]
 #

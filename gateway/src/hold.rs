@@ -4,8 +4,8 @@
 //!
 //! # The release rule
 //!
-//! Each model has one FIFO of held requests, shared by every serving thread (it lives in the
-//! [`Index`]). A request is held when it arrives while the model has no ready replica, or while
+//! Each model has one FIFO of held requests in [`Holds`] (`Gateway::holds`, apart from the
+//! [`Index`], which only says what exists). A request is held when it arrives while the model has no ready replica, or while
 //! requests of the model are already held (it then queues behind them, so arrival order is
 //! kept). Held requests leave head first:
 //!
@@ -21,12 +21,11 @@
 //! (a slot freed), plus once a second as a safety net. [`releasable`] is the pure decision.
 //!
 //! Released requests are routed one after another in arrival order: the releases are decided
-//! under the model's lock, and a released request runs on its serving thread from the release to
-//! its replica's in-flight increment without waiting on anything (unless a per-model concurrency
-//! queue is configured), so the next request on that thread sees the increment and LeastLoad
-//! sends it elsewhere. Across threads the release reservation ([`Release`]) covers the request
-//! until it is counted in flight on its replica ([`hand_over`]), so no other thread sees its
-//! slot as free in between.
+//! under the model's lock, and a released request runs from the release to its replica's
+//! in-flight increment without waiting on anything (unless a per-model concurrency queue is
+//! configured), so a request picked after it sees the increment and LeastLoad sends it
+//! elsewhere. The release reservation ([`Release`]) covers the request until it is counted in
+//! flight on its replica ([`hand_over`]), so no other task sees its slot as free in between.
 //!
 //! When the hold ends (`holdTimeoutSeconds`, default `--hold-timeout`) a request that was not
 //! released is sent anyway if the model has a ready replica by then (the engine queues it), and

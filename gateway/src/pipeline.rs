@@ -135,7 +135,7 @@ pub async fn handle(gateway: AppState, request: Request) -> Response {
 }
 
 impl Gateway {
-    /// Steps 1 and 2: the key, the body, the model.
+    /// Steps 1 to 4: the key, the model, the quotas, the hold; then [`Self::dispatch`].
     async fn route(
         self: &Arc<Self>,
         mut parts: http::request::Parts,

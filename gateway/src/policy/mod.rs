@@ -2,7 +2,7 @@
 //! hands it (ready, not ejected, not already tried for this request); it never does I/O.
 //!
 //! Adding a policy is a new implementation plus a line in [`for_strategy`]; the proxy does not
-//! change. [`PrefixCache`] reads [`RequestInfo::prefix_blocks`], which the server computes only
+//! change. [`PrefixCache`] reads [`RequestInfo::prefix_blocks`], which the pipeline computes only
 //! for models routed with it.
 
 mod least_load;

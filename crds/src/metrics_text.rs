@@ -125,6 +125,21 @@ pub fn samples(text: &str) -> impl Iterator<Item = Result<Sample<'_>, Malformed<
     })
 }
 
+/// The first sample of `text` that `selector` names: `name`, or `name{label="value",...}` for a
+/// sample that has those labels among its own. `None` also when `selector` is not in that form.
+/// For tests and tools that look up one value.
+pub fn find<'a>(text: &'a str, selector: &str) -> Option<Sample<'a>> {
+    let line = format!("{selector} 0");
+    let wanted = samples(&line).next()?.ok()?;
+    let labels: Vec<(&str, Cow<'_, str>)> = wanted.labels().collect();
+    samples(text).flatten().find(|sample| {
+        sample.name == wanted.name
+            && labels
+                .iter()
+                .all(|(key, value)| sample.label(key).as_deref() == Some(value.as_ref()))
+    })
+}
+
 type LineError<'a> = (Option<&'a str>, &'static str);
 
 fn parse_line(line: &str) -> Result<Option<Line<'_>>, LineError<'_>> {
@@ -493,6 +508,20 @@ mod tests {
             assert_eq!(read[1].as_ref().map(|sample| sample.name), Ok("good"));
             assert_eq!(read.len(), 2, "{line:?}");
         }
+    }
+
+    #[test]
+    fn find_by_name_and_some_labels() {
+        let text = "a{x=\"1\",y=\"q\\\"\"} 1\na{x=\"2\",y=\"z\"} 2\nb 3\n";
+        let value = |selector: &str| find(text, selector).map(|sample| sample.value);
+        assert_eq!(value("a"), Some(1.0));
+        assert_eq!(value("a{x=\"2\"}"), Some(2.0));
+        assert_eq!(value("a{y=\"z\",x=\"2\"}"), Some(2.0));
+        assert_eq!(value("a{y=\"q\\\"\"}"), Some(1.0));
+        assert_eq!(value("b{}"), Some(3.0));
+        assert_eq!(value("a{x=\"3\"}"), None);
+        assert_eq!(value("c"), None);
+        assert_eq!(value("a{x="), None, "not a selector");
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //!
 //! - the operator's: its real exposition (`Metrics::new().encode()`);
 //! - the gateway's: the names registered in `gateway/src/metrics.rs` (this crate does not
-//!   depend on the gateway), typed by the declaration of the registered value;
+//!   depend on the gateway; a name given as a constant is looked up in
+//!   `crds/src/metric_names.rs`), typed by the declaration of the registered value;
 //! - vLLM's: the names the engine stand-in `e2e/vllm-sim/src/metrics.rs` renders, which the
 //!   e2e suite checks against what the operator and the gateway parse.
 //!
@@ -125,13 +126,14 @@ fn gateway_metrics() -> BTreeMap<String, Kind> {
     let at = source
         .find(prefix_call)
         .expect("the gateway's registry prefix");
-    let (prefix, _) = next_literal(&source, at).unwrap();
+    let (prefix, _) = first_argument(&source, at + prefix_call.len());
     let mut metrics = BTreeMap::new();
     let mut previous_end = at;
     let mut search = at;
-    while let Some(offset) = source[search..].find("registry.register(") {
+    let register_call = "registry.register(";
+    while let Some(offset) = source[search..].find(register_call) {
         let call = search + offset;
-        let (name, after_name) = next_literal(&source, call).unwrap();
+        let (name, after_name) = first_argument(&source, call + register_call.len());
         let (_, after_help) = next_literal(&source, after_name).unwrap();
         let end = after_help + source[after_help..].find(';').unwrap();
         // `, value.clone(),\n)` -> `value`
@@ -151,6 +153,27 @@ fn gateway_metrics() -> BTreeMap<String, Kind> {
     }
     assert!(metrics.len() >= 10, "too few gateway metrics: {metrics:?}");
     metrics
+}
+
+/// The string a call's first argument (starting at `from`) stands for, and the index after it:
+/// a literal, or a constant of `kinfer_crds::metric_names` (the names the operator reads).
+fn first_argument(source: &str, from: usize) -> (String, usize) {
+    let start = from + source[from..].len() - source[from..].trim_start().len();
+    if source[start..].starts_with('"') {
+        return next_literal(source, start).unwrap();
+    }
+    let end = start + source[start..].find([',', ')']).unwrap();
+    let path = source[start..end].trim();
+    let constant = path.rsplit("::").next().unwrap();
+    let names = read("crds/src/metric_names.rs");
+    let declaration = format!("const {constant}: &str = ");
+    let mut found = names.match_indices(&declaration);
+    let (at, _) = found
+        .next()
+        .unwrap_or_else(|| panic!("{path}: no `{declaration}` in crds/src/metric_names.rs"));
+    assert!(found.next().is_none(), "{constant} is declared twice");
+    let (value, _) = next_literal(&names, at).unwrap();
+    (value, end)
 }
 
 fn declared_kind(sources: &[String], field: &str) -> Option<Kind> {

@@ -149,20 +149,16 @@ async fn gateway_scrape_failures(ns: &TestNamespace) -> f64 {
         texts.push(text);
     }
     assert!(!texts.is_empty(), "no gateway pods");
-    texts
-        .iter()
-        .flat_map(|t| t.lines())
-        .filter(|l| l.starts_with("kinfer_gateway_engine_scrape_failures_total"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    sample_sum(&texts, "kinfer_gateway_engine_scrape_failures_total")
 }
 
+/// The values of every sample called `name` in `texts`, added up.
 fn sample_sum(texts: &[String], name: &str) -> f64 {
     texts
         .iter()
-        .flat_map(|t| t.lines())
-        .filter(|l| l.starts_with(&format!("{name}{{")))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .flat_map(|text| kinfer_crds::metrics_text::samples(text).flatten())
+        .filter(|sample| sample.name == name)
+        .map(|sample| sample.value)
         .sum()
 }
 

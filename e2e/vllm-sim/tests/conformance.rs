@@ -355,16 +355,10 @@ fn long_stream() -> Value {
     body
 }
 
-/// Value of the unlabelled-or-labelled sample `name{...}` (first match).
+/// Value of the first sample called `name`, whatever its labels.
 fn sample(text: &str, name: &str) -> f64 {
-    text.lines()
-        .filter(|line| !line.starts_with('#'))
-        .find(|line| {
-            line.strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
-        })
-        .and_then(|line| line.rsplit(' ').next())
-        .and_then(|value| value.parse().ok())
+    kinfer_crds::metrics_text::find(text, name)
+        .map(|sample| sample.value)
         .unwrap_or_else(|| panic!("no sample {name}"))
 }
 

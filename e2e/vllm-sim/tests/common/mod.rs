@@ -62,10 +62,10 @@ impl Sim {
             .expect("metrics text")
     }
 
-    /// Value of the first sample whose line starts with `prefix`.
-    pub async fn metric(&self, prefix: &str) -> f64 {
+    /// Value of the first sample `selector` names (see [`sample`]).
+    pub async fn metric(&self, selector: &str) -> f64 {
         let text = self.metrics().await;
-        sample(&text, prefix).unwrap_or_else(|| panic!("no sample {prefix} in\n{text}"))
+        sample(&text, selector).unwrap_or_else(|| panic!("no sample {selector} in\n{text}"))
     }
 
     /// Polls `check` on the metrics text until it holds (2 s at most).
@@ -105,12 +105,10 @@ impl Sim {
     }
 }
 
-/// Value of the first sample line starting with `prefix` (labels included).
-pub fn sample(text: &str, prefix: &str) -> Option<f64> {
-    text.lines()
-        .find(|line| line.starts_with(prefix))
-        .and_then(|line| line.rsplit(' ').next())
-        .and_then(|value| value.parse().ok())
+/// Value of the first sample `selector` names: `name` or `name{label="value",...}` (those
+/// labels among the sample's), read with the parser the gateway and the operator use.
+pub fn sample(text: &str, selector: &str) -> Option<f64> {
+    kinfer_crds::metrics_text::find(text, selector).map(|sample| sample.value)
 }
 
 /// The `data:` payloads of an SSE body, checking the framing on the way.

@@ -66,6 +66,11 @@ app.kubernetes.io/component: gateway
 {{- end -}}
 {{- end -}}
 
+{{- /* The gateway's API port, container and Service: https when it serves TLS. */ -}}
+{{- define "kinfer.gateway.apiPortName" -}}
+{{- if .Values.gateway.tls.enabled }}https{{ else }}http{{ end -}}
+{{- end -}}
+
 {{- define "kinfer.gateway.image" -}}
 {{- printf "%s:%s" .Values.gateway.image.repository (default .Chart.AppVersion .Values.gateway.image.tag) -}}
 {{- end -}}

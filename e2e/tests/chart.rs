@@ -1,6 +1,7 @@
-//! The Helm chart: `helm lint` and the values schema (no cluster needed), a server-side dry
-//! run of the rendering of every `charts/kinfer/ci/*.yaml` values file, and a second release
-//! installed, upgraded and uninstalled next to the one the suite runs against.
+//! The Helm chart: `helm lint`, the values schema and what the TLS values render (no cluster
+//! needed), a server-side dry run of the rendering of every `charts/kinfer/ci/*.yaml` values
+//! file, and a second release installed, upgraded and uninstalled next to the one the suite runs
+//! against.
 //!
 //! The suite's cluster already has kinfer installed as release `kinfer` in `kinfer-system`
 //! (`e2e/install-kinfer.sh`). The tests here never touch it: their release names are random
@@ -153,6 +154,108 @@ fn values_schema_rejects_each_invalid_file_with_a_clear_message() {
             values.display()
         );
     }
+}
+
+/// The objects of `helm template kinfer` with a values file.
+fn render(values: &Path) -> Vec<serde_yaml::Value> {
+    let chart = chart_dir();
+    let rendered = run_ok(
+        "helm",
+        &[
+            "template",
+            "kinfer",
+            chart.to_str().unwrap(),
+            "-f",
+            values.to_str().unwrap(),
+        ],
+        None,
+    );
+    serde_yaml::Deserializer::from_str(&rendered)
+        .map(|document| serde_yaml::Value::deserialize(document).unwrap())
+        .filter(|object| !object.is_null())
+        .collect()
+}
+
+fn rendered_object<T: serde::de::DeserializeOwned>(
+    objects: &[serde_yaml::Value],
+    kind: &str,
+    name: &str,
+) -> T {
+    let object = objects
+        .iter()
+        .find(|object| object["kind"] == kind && object["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no {kind} {name} rendered"));
+    serde_yaml::from_value(object.clone()).unwrap()
+}
+
+/// `ci/tls-values.yaml`: the gateway mounts the Secret read-only as a whole volume (the kubelet
+/// never updates a subPath mount, and the gateway reloads renewed files), takes its files as
+/// flags, and names its API port https; the probes stay on the plain admin port. The default
+/// rendering has none of it.
+#[test]
+fn tls_values_mount_the_secret_and_pass_its_files() {
+    use k8s_openapi::api::core::v1::Service;
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+    let objects = render(&chart_dir().join("ci/tls-values.yaml"));
+    let deployment: Deployment = rendered_object(&objects, "Deployment", "kinfer-gateway");
+    let pod = deployment.spec.unwrap().template.spec.unwrap();
+    let volume = pod
+        .volumes
+        .unwrap_or_default()
+        .into_iter()
+        .find(|volume| volume.name == "tls")
+        .expect("a volume named tls");
+    assert_eq!(
+        volume.secret.unwrap().secret_name.as_deref(),
+        Some("kinfer-gateway-tls")
+    );
+    let container = &pod.containers[0];
+    let mount = container
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|mount| mount.name == "tls")
+        .expect("the tls volume mounted");
+    assert_eq!(mount.read_only, Some(true));
+    assert_eq!(mount.sub_path, None);
+    let args = container.args.clone().unwrap_or_default();
+    for flag in [
+        format!("--tls-cert-file={}/tls.crt", mount.mount_path),
+        format!("--tls-key-file={}/tls.key", mount.mount_path),
+    ] {
+        assert!(args.contains(&flag), "{flag} not in {args:?}");
+    }
+    let ports = container.ports.clone().unwrap_or_default();
+    assert!(
+        ports
+            .iter()
+            .any(|port| port.name.as_deref() == Some("https")),
+        "{ports:?}"
+    );
+    let admin = IntOrString::String("admin".to_string());
+    for probe in [&container.liveness_probe, &container.readiness_probe] {
+        let probe = probe.as_ref().unwrap().http_get.as_ref().unwrap();
+        assert_eq!((&probe.port, probe.scheme.as_deref()), (&admin, None));
+    }
+    let service: Service = rendered_object(&objects, "Service", "kinfer-gateway");
+    let api_port = &service.spec.unwrap().ports.unwrap()[0];
+    assert_eq!(api_port.name.as_deref(), Some("https"));
+    assert_eq!(api_port.app_protocol.as_deref(), Some("https"));
+    assert_eq!(
+        api_port.target_port,
+        Some(IntOrString::String("https".to_string()))
+    );
+
+    let objects = render(&chart_dir().join("ci/default-values.yaml"));
+    let deployment: Deployment = rendered_object(&objects, "Deployment", "kinfer-gateway");
+    let pod = deployment.spec.unwrap().template.spec.unwrap();
+    assert!(pod.volumes.is_none());
+    let args = pod.containers[0].args.clone().unwrap_or_default();
+    assert!(
+        !args.iter().any(|arg| arg.starts_with("--tls-")),
+        "{args:?}"
+    );
 }
 
 /// Namespaces an object list names, besides the release namespace.

@@ -188,11 +188,13 @@ pub struct ProxyArgs {
     /// First ejection time, doubled on each further ejection without a success between.
     #[arg(long, env = "KINFER_GATEWAY_EJECTION_TIME", default_value = "10s", value_parser = parse_duration)]
     pub ejection_time: Duration,
+    /// Longest ejection time, however many ejections came before.
     #[arg(long, env = "KINFER_GATEWAY_MAX_EJECTION_TIME", default_value = "300s", value_parser = parse_duration)]
     pub max_ejection_time: Duration,
     /// Idle upstream connections are closed after this.
     #[arg(long, env = "KINFER_GATEWAY_POOL_IDLE_TIMEOUT", default_value = "90s", value_parser = parse_duration)]
     pub pool_idle_timeout: Duration,
+    /// Idle upstream connections kept per replica address.
     #[arg(
         long,
         env = "KINFER_GATEWAY_POOL_MAX_IDLE_PER_HOST",
@@ -251,6 +253,7 @@ pub struct AuthArgs {
     /// ready replicas sharing each key's limits (the chart sets both).
     #[arg(long, env = "KINFER_GATEWAY_PEER_SELECTOR")]
     pub peer_selector: Option<String>,
+    /// Namespace of the gateway's own pods (--peer-selector).
     #[arg(long, env = "KINFER_GATEWAY_PEER_NAMESPACE")]
     pub peer_namespace: Option<String>,
     /// Requests of one model sent to its engines at once by this gateway replica; more wait
@@ -278,6 +281,7 @@ pub enum LogFormat {
 #[derive(Debug, Args)]
 #[command(next_help_heading = "Logging")]
 pub struct LogArgs {
+    /// Access and event log lines as human-readable text or as JSON objects.
     #[arg(
         long,
         env = "KINFER_GATEWAY_LOG_FORMAT",

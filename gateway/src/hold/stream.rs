@@ -52,6 +52,10 @@ struct StreamField {
 /// (absent, `null`, not a boolean, a body that is not a JSON object) is not a stream; the engine
 /// rejects what it cannot read. No allocation: unknown fields are skipped.
 pub fn is_stream(body: &[u8]) -> bool {
+    // A derived struct also reads a JSON array (`[true]`): only an object counts.
+    if body.trim_ascii_start().first() != Some(&b'{') {
+        return false;
+    }
     serde_json::from_slice::<StreamField>(body)
         .ok()
         .and_then(|fields| fields.stream)
@@ -250,6 +254,7 @@ mod tests {
             br#"{"model":"m","stream":1}"#,
             br#"{"model":"m","options":{"stream":true}}"#,
             br#"[{"stream":true}]"#,
+            b"[true]",
             br#"{"stream":true"#,
             b"",
         ] {

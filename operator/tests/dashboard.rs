@@ -16,6 +16,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use kinfer_crds::metrics_text::Line;
 use serde_json::Value;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -90,11 +91,10 @@ fn operator_metrics() -> BTreeMap<String, Kind> {
         })
         .inc();
     let text = metrics.encode();
-    text.lines()
-        .filter_map(|line| line.strip_prefix("# TYPE "))
-        .filter_map(|rest| {
-            let (name, kind) = rest.split_once(' ')?;
-            Some((name.to_string(), kind_of(kind.trim())?))
+    kinfer_crds::metrics_text::lines(&text)
+        .filter_map(|line| match line.unwrap() {
+            Line::Type { name, kind } => Some((name.to_string(), kind_of(kind)?)),
+            _ => None,
         })
         .collect()
 }

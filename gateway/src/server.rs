@@ -13,7 +13,8 @@
 //! - a client that takes no byte of its response for the send timeout is disconnected, which
 //!   cancels the engine's request;
 //! - a request without `Host` on HTTP/1.1, or with more than one, gets 400 (RFC 9112 section
-//!   3.2) before any handler;
+//!   3.2), a head over [`MAX_HEAD_BYTES`] 431, a transfer coding other than chunked 501, before
+//!   any handler (see `check_head`);
 //! - on shutdown, idle connections close at once and busy ones after their responses.
 
 use std::future::Future;
@@ -64,25 +65,74 @@ pub fn build_admin_router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// RFC 9112 section 3.2: an HTTP/1.1 request has exactly one `Host`; no request has two
-/// (HTTP/2 carries the authority in `:authority`, HTTP/1.0 may omit it).
-async fn require_one_host(request: Request, next: Next) -> Response {
-    let hosts = request.headers().get_all(header::HOST).iter().count();
+/// Largest request head the API takes, field names and values counted (431 above). hyper's
+/// own limit (its read buffer, about 400 KiB) is checked between reads, so a larger head can
+/// get through it in one read; this one is exact, and nearer what engines accept.
+pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+
+/// What hyper's parser leaves to the application, checked before any handler:
+/// - RFC 9112 section 3.2: an HTTP/1.1 request has exactly one `Host`; no request has two
+///   (HTTP/2 carries the authority in `:authority`, HTTP/1.0 may omit it): 400;
+/// - a head larger than [`MAX_HEAD_BYTES`]: 431;
+/// - a transfer coding other than `chunked` (hyper frames by the final `chunked` and ignores
+///   the rest, RFC 9112 section 6.1 says 501): 501.
+async fn check_head(request: Request, next: Next) -> Response {
+    let headers = request.headers();
+    let hosts = headers.get_all(header::HOST).iter().count();
     let missing = hosts == 0 && request.version() == http::Version::HTTP_11;
-    if missing || hosts > 1 {
+    let refused = if missing || hosts > 1 {
         let message = if missing {
             "the request has no Host header (HTTP/1.1 requires one)"
         } else {
             "the request has more than one Host header"
         };
-        return ApiError::Protocol {
-            status: StatusCode::BAD_REQUEST,
-            code: "invalid_host",
-            message: message.to_string(),
+        Some((StatusCode::BAD_REQUEST, "invalid_host", message.to_string()))
+    } else if head_bytes(headers) > MAX_HEAD_BYTES {
+        Some((
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "request_header_fields_too_large",
+            format!("the request's header fields are larger than {MAX_HEAD_BYTES} bytes"),
+        ))
+    } else if let Some(coding) = other_transfer_coding(headers) {
+        Some((
+            StatusCode::NOT_IMPLEMENTED,
+            "unsupported_transfer_coding",
+            format!(
+                "the transfer coding `{}` is not supported; send the body with a Content-Length or `Transfer-Encoding: chunked` only",
+                crate::error::quote(&coding)
+            ),
+        ))
+    } else {
+        None
+    };
+    match refused {
+        Some((status, code, message)) => ApiError::Protocol {
+            status,
+            code,
+            message,
         }
-        .into_response();
+        .into_response(),
+        None => next.run(request).await,
     }
-    next.run(request).await
+}
+
+/// Bytes of the header fields as sent: `name: value` and the line end.
+fn head_bytes(headers: &HeaderMap) -> usize {
+    headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum()
+}
+
+/// The first transfer coding that is not `chunked`, if any.
+fn other_transfer_coding(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|value| value.as_bytes().split(|&byte| byte == b','))
+        .map(<[u8]>::trim_ascii)
+        .find(|coding| !coding.eq_ignore_ascii_case(b"chunked"))
+        .map(|coding| String::from_utf8_lossy(coding).into_owned())
 }
 
 /// How client connections are served.
@@ -118,7 +168,7 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     use tower::ServiceExt;
     let service = router
-        .layer(axum::middleware::from_fn(require_one_host))
+        .layer(axum::middleware::from_fn(check_head))
         .map_request(|request: http::Request<hyper::body::Incoming>| request.map(Body::new));
     let service = hyper_util::service::TowerToHyperService::new(service);
     let mut builder = auto::Builder::new(TokioExecutor::new());

@@ -93,17 +93,17 @@ async fn check_head(request: Request, next: Next) -> Response {
             "request_header_fields_too_large",
             format!("the request's header fields are larger than {MAX_HEAD_BYTES} bytes"),
         ))
-    } else if let Some(coding) = other_transfer_coding(headers) {
-        Some((
-            StatusCode::NOT_IMPLEMENTED,
-            "unsupported_transfer_coding",
-            format!(
-                "the transfer coding `{}` is not supported; send the body with a Content-Length or `Transfer-Encoding: chunked` only",
-                crate::error::quote(&coding)
-            ),
-        ))
     } else {
-        None
+        other_transfer_coding(headers).map(|coding| {
+            (
+                StatusCode::NOT_IMPLEMENTED,
+                "unsupported_transfer_coding",
+                format!(
+                    "the transfer coding `{}` is not supported; send the body with a Content-Length or `Transfer-Encoding: chunked` only",
+                    crate::error::quote(&coding)
+                ),
+            )
+        })
     };
     match refused {
         Some((status, code, message)) => ApiError::Protocol {

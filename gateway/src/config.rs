@@ -54,7 +54,8 @@ pub struct ServerArgs {
     /// On SIGTERM, how long in-flight requests (streams included) may take to finish.
     #[arg(long, env = "KINFER_GATEWAY_SHUTDOWN_GRACE", default_value = "30s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
-    /// Threads of the runtime serving requests; default: one per CPU core.
+    /// Serving threads, each with its own single-threaded runtime, `SO_REUSEPORT` socket and
+    /// engine connection pool; default: one per CPU core.
     #[arg(long, env = "KINFER_GATEWAY_WORKER_THREADS")]
     pub worker_threads: Option<usize>,
     /// PEM certificate chain of the API port: with --tls-key-file, the API is served over TLS

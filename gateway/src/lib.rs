@@ -76,14 +76,32 @@ impl Gateway {
         let auth = Arc::new(Auth::new(config.auth, metrics.access.clone()));
         Arc::new(Gateway {
             index,
-            holds: hold::Holds::new(room),
+            holds: Arc::new(hold::Holds::new(room)),
             proxy: Proxy::new(config.proxy, metrics.clone()),
             metrics,
             settings: config.settings,
             auth,
             peers: Arc::default(),
-            model_queues: quota::ModelQueues::new(config.model_queues),
+            model_queues: Arc::new(quota::ModelQueues::new(config.model_queues)),
             policy: config.policy,
+        })
+    }
+
+    /// Another gateway over the same index, holds, keys, quotas and metrics, with its own
+    /// upstream connection pool: one per serving thread (see main), so a request stays on the
+    /// thread it arrived on, engine connection included, while holds and quotas stay per
+    /// gateway process.
+    pub fn worker(&self) -> AppState {
+        Arc::new(Gateway {
+            index: self.index.clone(),
+            holds: self.holds.clone(),
+            proxy: self.proxy.sibling(),
+            metrics: self.metrics.clone(),
+            settings: self.settings.clone(),
+            auth: self.auth.clone(),
+            peers: self.peers.clone(),
+            model_queues: self.model_queues.clone(),
+            policy: self.policy,
         })
     }
 }

@@ -1,5 +1,11 @@
-//! The gateway process: one multi-threaded tokio runtime serves the API (hyper, see
-//! [`kinfer_gateway::server`]), the admin port, discovery and the engine metrics scraper.
+//! The gateway process. The API is served (hyper, see [`kinfer_gateway::server`]) by one
+//! single-threaded tokio runtime per core, each accepting on its own `SO_REUSEPORT` socket with
+//! its own engine connection pool, so a request is handled start to end on one thread: no
+//! work-stealing, no cross-thread wake-ups (measured against one multi-threaded runtime in
+//! docs/benchmarks.md). The routing index, holds, keys, quotas and metrics are shared.
+//! Discovery, the engine metrics scraper and the admin port run on the main thread's runtime.
+
+use std::net::SocketAddr;
 
 use anyhow::Context as _;
 use clap::Parser;
@@ -9,7 +15,7 @@ use kinfer_gateway::proxy::{self, scraper};
 use kinfer_gateway::server::{self, ServeConfig};
 use kinfer_gateway::tls::{self, TlsAcceptor};
 use kinfer_gateway::{build_admin_router, build_router, Gateway, GatewayConfig};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
 use tracing_subscriber::EnvFilter;
 
@@ -21,11 +27,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_tracing(cli.log.log_format, &cli.log.log_filter)?;
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    if let Some(threads) = cli.server.worker_threads {
-        runtime.worker_threads(threads.max(1));
-    }
-    runtime
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the tokio runtime")?
@@ -102,15 +104,26 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         send_timeout: cli.server.client_send_timeout,
         tls,
     };
-    let listener = TcpListener::bind(cli.server.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", cli.server.listen))?;
     let admin_listener = TcpListener::bind(cli.server.admin_listen)
         .await
         .with_context(|| format!("cannot listen on {}", cli.server.admin_listen))?;
+    let threads = cli
+        .server
+        .worker_threads
+        .or_else(|| std::thread::available_parallelism().ok().map(usize::from))
+        .unwrap_or(1)
+        .max(1);
+    // The first socket resolves port 0; the others bind the same address.
+    let first = reuseport_socket(cli.server.listen)?;
+    let listen = first.local_addr()?;
+    let mut sockets = vec![first];
+    for _ in 1..threads {
+        sockets.push(reuseport_socket(listen)?);
+    }
     tracing::info!(
-        listen = %listener.local_addr()?,
+        %listen,
         admin = %admin_listener.local_addr()?,
+        threads,
         tls = serve_config.tls.is_some(),
         discovery = ?cli.discovery.discovery,
         "kinfer-gateway started"
@@ -123,18 +136,44 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         ServeConfig::default(),
         stopped(stop.clone()),
     ));
-    let api = tokio::spawn(server::serve(
-        listener,
-        build_router(gateway.clone()),
-        serve_config,
-        stopped(stop.clone()),
-    ));
+    let mut workers = Vec::with_capacity(threads);
+    for (number, socket) in sockets.into_iter().enumerate() {
+        let worker = gateway.worker();
+        let config = serve_config.clone();
+        let stop = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("kinfer-serve-{number}"))
+            .spawn(move || -> anyhow::Result<()> {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                runtime.block_on(async move {
+                    let listener = socket.listen(4096)?;
+                    server::serve(listener, build_router(worker), config, stopped(stop)).await
+                })?;
+                Ok(())
+            })
+            .context("cannot start a serving thread")?;
+        workers.push(thread);
+    }
+    let all_done = tokio::task::spawn_blocking(move || {
+        for worker in workers {
+            match worker.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => tracing::error!(%error, "serving thread failed"),
+                Err(_) => tracing::error!("serving thread panicked"),
+            }
+        }
+    });
 
     let grace = cli.server.shutdown_grace;
-    shutdown_signal().await;
+    tokio::select! {
+        () = shutdown_signal() => {}
+        () = stopped(stop.clone()) => {}
+    }
     tracing::info!("shutting down: no new connections, waiting for in-flight requests");
     let _ = stop_sender.send(true);
-    if tokio::time::timeout(grace, api).await.is_err() {
+    if tokio::time::timeout(grace, all_done).await.is_err() {
         tracing::warn!(
             ?grace,
             "shutdown grace period over; cutting the remaining requests"
@@ -142,6 +181,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     admin.abort();
     Ok(())
+}
+
+/// A socket bound to `address` with `SO_REUSEPORT`, so each serving thread accepts on its own.
+fn reuseport_socket(address: SocketAddr) -> anyhow::Result<TcpSocket> {
+    let socket = if address.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }?;
+    socket.set_reuseaddr(true)?;
+    #[cfg(unix)]
+    socket.set_reuseport(true)?;
+    socket
+        .bind(address)
+        .with_context(|| format!("cannot listen on {address}"))?;
+    Ok(socket)
 }
 
 async fn stopped(mut stop: watch::Receiver<bool>) {

@@ -79,7 +79,7 @@ impl Default for Settings {
 pub struct Gateway {
     pub index: Arc<Index>,
     /// Requests held per model (live state, apart from the index).
-    pub holds: hold::Holds,
+    pub holds: Arc<hold::Holds>,
     pub proxy: Proxy,
     pub metrics: Arc<Metrics>,
     pub settings: Settings,
@@ -88,7 +88,7 @@ pub struct Gateway {
     /// Gateway replicas sharing each key's quotas.
     pub peers: Arc<Peers>,
     /// The per-model concurrency limit's queues.
-    pub model_queues: ModelQueues,
+    pub model_queues: Arc<ModelQueues>,
     pub policy: PolicyConfig,
 }
 

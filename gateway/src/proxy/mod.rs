@@ -185,6 +185,12 @@ fn mentions_shutdown(body: &[u8]) -> bool {
 }
 
 impl Proxy {
+    /// Another proxy with the same settings and metrics and a pool of its own (see
+    /// [`crate::Gateway::worker`]).
+    pub fn sibling(&self) -> Self {
+        Self::new(self.config.clone(), self.metrics.clone())
+    }
+
     pub fn new(config: ProxyConfig, metrics: Arc<Metrics>) -> Self {
         Self {
             client: http_client(&config),

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Proxy overhead benchmark: the same two vllm-sim backends (release build, zero latencies)
 # reached directly, through kinfer-gateway, nginx (the keep-alive reverse-proxy floor),
-# vllm-router and sglang-router, with the same load generator (oha or wrk). Everything on
-# 127.0.0.1; every run is bounded in time.
+# vllm-router and sglang-router, with the same load generator (oha or wrk); and kinfer against
+# nginx over HTTP/2 (h2c with prior knowledge) and over TLS (HTTP/1.1 and h2 by ALPN). Everything
+# on 127.0.0.1; every run is bounded in time.
 #
 #   e2e/bench/gateway.sh [-d SECONDS] [-c "1 16 64"] [-r REPEATS] [-s SETUPS] [-t REQUESTS]
 #                        [-g oha|wrk] [-p CPUS] [-G CPUS] [-w SECONDS] [-b BASELINE_BINARY]
@@ -10,7 +11,19 @@
 #
 #   -d  seconds per load run (default 5)           -r  repetitions, setups alternated (3)
 #   -c  concurrency levels (default "1 16 64")     -t  sequential streams for the TTFB probe (200)
-#   -s  setups (default "direct kinfer nginx vllm-router sglang-router"); also `kinfer-plain`
+#   -s  setups (default "direct kinfer nginx vllm-router sglang-router kinfer-h2c nginx-h2c
+#       kinfer-tls nginx-tls kinfer-tls-h2 nginx-tls-h2"); also `kinfer-plain` and `kinfer-w1`
+#       (kinfer with --worker-threads 1). The protocol setups, each kinfer one compared with the
+#       nginx one of the same suffix:
+#         -h2c     HTTP/2 with prior knowledge on a plain listener (oha --http2); kinfer's
+#                  listener is the same as `kinfer`'s (it takes HTTP/1.1 and h2c), nginx's is a
+#                  `listen ... http2` one (h2c only, in nginx before 1.25)
+#         -tls     HTTP/1.1 over TLS (a certificate made with openssl for the run, trusted
+#                  with oha --cacert); kinfer with --tls-cert-file/--tls-key-file, nginx `ssl`
+#         -tls-h2  HTTP/2 over TLS (ALPN h2) on the same TLS listeners
+#       The nginx variants are listeners of the one nginx process, kinfer-h2c is kinfer's
+#       process, kinfer-tls-h2 is kinfer-tls's; all proxy to the same two backends over
+#       HTTP/1.1. wrk speaks HTTP/1.1 only: with -g wrk the h2 setups are skipped
 #   -g  load generator: oha (default) or wrk (Debian's wrk 4, two threads, one at c=1). wrk
 #       spends less CPU per request than oha, so on shared cores more of the CPU goes to the
 #       proxy and the backends, and the proxies' own costs show more in the throughput
@@ -26,17 +39,17 @@
 #       thread on another CPU and how long the woken threads waited (lib/wakeups.py)
 #   -b  an older kinfer-gateway binary, measured as setup `kinfer-base` (before/after)
 #   -o  where the markdown table goes too (default $KINFER_CACHE/bench/gateway-<date>.md)
-#       and the runs as JSON lines beside it (OUTPUT.jsonl). The report ends with issue 4's
-#       targets read from the run: kinfer ÷ nginx and ÷ vllm-router paired within each
-#       repetition, the paired difference of kinfer's and nginx's p50 (and of their p90, p99
-#       and mean latency, which show the rest of the distribution), and peak RSS
+#       and the runs as JSON lines beside it (OUTPUT.jsonl). The report ends with a summary:
+#       issue 29's targets read from the run (kinfer ≥ 0.9× nginx and ≥ 3× vllm-router at
+#       c=16 and 64, paired within each repetition; peak RSS under load < 30 MiB; time to first
+#       byte at c=1 within 50 µs of nginx's) and the HTTP/2 and TLS rows as ratios to nginx's
 #
 # `kinfer` is the build that ships, the plain release build (`cargo build --release`). With
 # KINFER_BENCH_PGO=1 it is the optional profile-guided build of gateway/pgo/build.sh instead (a
 # no-op when it is up to date); `kinfer-plain` is always the plain release build.
 #
-# Defaults: 5 setups x 2 modes x 3 levels x 3 repetitions x 5 s, about 10 minutes with the
-# installs cached. `-d 2 -r 1` is a two-minute smoke run.
+# Defaults: 11 setups x 2 modes x 3 levels x 3 repetitions x 5 s, about 20 minutes with the
+# installs cached. `-d 2 -r 1` is a four-minute smoke run.
 #
 # Tools: oha is installed into $KINFER_CACHE/bin (`cargo install --locked --root`), nginx with
 # apt-get when root (skipped otherwise), vllm-router==0.1.17 and sglang-router==0.3.2 into
@@ -52,7 +65,7 @@ set -euo pipefail
 duration=5
 concurrency="1 16 64"
 repeats=3
-setups="direct kinfer nginx vllm-router sglang-router"
+setups="direct kinfer nginx vllm-router sglang-router kinfer-h2c nginx-h2c kinfer-tls nginx-tls kinfer-tls-h2 nginx-tls-h2"
 ttfb_requests=200
 baseline=
 output=
@@ -128,6 +141,12 @@ drop_setup() {
     skipped+=("$1 ($2)")
 }
 skipped=()
+if [[ $generator == wrk ]]; then
+    for setup in $setups; do
+        if [[ $setup == *-h2c || $setup == *-h2 ]]; then drop_setup "$setup" "wrk speaks HTTP/1.1 only"; fi
+    done
+fi
+has_tls_setup() { [[ " $setups " == *"-tls "* || " $setups " == *"-tls-h2 "* ]]; }
 
 # --- tools ---------------------------------------------------------------------------------
 # apt_install PACKAGE: installs a Debian package when root with apt-get; otherwise does nothing
@@ -144,9 +163,13 @@ if [[ $generator == wrk ]] && ! command -v wrk >/dev/null; then
     command -v wrk >/dev/null || { echo "wrk is not installed and cannot be apt-get installed" >&2; exit 1; }
 fi
 nginx_bin=$(command -v nginx || echo /usr/sbin/nginx)
-if has_setup nginx && [[ ! -x $nginx_bin ]]; then
+if [[ " $setups " == *" nginx"* && ! -x $nginx_bin ]]; then
     apt_install nginx
-    [[ -x $nginx_bin ]] || drop_setup nginx "not installed and cannot apt-get install nginx"
+    if [[ ! -x $nginx_bin ]]; then
+        for setup in $setups; do
+            [[ $setup != nginx* ]] || drop_setup "$setup" "not installed and cannot apt-get install nginx"
+        done
+    fi
 fi
 # A venv per router, reused across runs.
 venv_tool() {  # setup, pip requirement, binary name
@@ -197,9 +220,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# Every port of the run at once (at most 13: two backends, three kinfer setups with an admin
-# port each, nginx, two routers with a metrics port each).
-fill_port_pool 16
+# Every port of the run at once (at most 21: two backends, five kinfer processes with an admin
+# port each, nginx's three listeners, two routers with a metrics port each).
+fill_port_pool 24
 take_port sim_a
 take_port sim_b
 
@@ -212,19 +235,48 @@ for port in "$sim_a" "$sim_b"; do
     backend_pids+=($!)
 done
 
-declare -A url pid_of
+# url: where a setup's load goes; pid_of: the proxy process whose CPU and memory are measured
+# (shared by setups that are listeners of one process); generator_args: the generator's
+# protocol options for the setup (oha's; the TTFB probe and curl read the URL's scheme and
+# whether --http2 is there).
+declare -A url pid_of generator_args
 url[direct]="http://127.0.0.1:$sim_a"
 
-start_kinfer() {  # setup, binary
-    local port admin
+# The TLS setups' certificate: a CA made for this run signs a certificate for 127.0.0.1, which
+# both proxies serve and the clients trust through the CA.
+if has_tls_setup; then
+    tls=$work/tls
+    mkdir -p "$tls"
+    {
+        openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+            -subj "/CN=kinfer bench CA" -keyout "$tls/ca.key" -out "$tls/ca.pem" &&
+            openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=127.0.0.1" \
+                -keyout "$tls/server.key" -out "$tls/server.csr" &&
+            openssl x509 -req -in "$tls/server.csr" -CA "$tls/ca.pem" -CAkey "$tls/ca.key" \
+                -CAcreateserial -days 2 -out "$tls/server.pem" \
+                -extfile <(printf 'subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n')
+    } >"$work/openssl.log" 2>&1 || { cat "$work/openssl.log" >&2; echo "openssl could not make the TLS certificate" >&2; exit 1; }
+fi
+for setup in $setups; do
+    case $setup in
+        *-tls) generator_args[$setup]="--cacert $tls/ca.pem" ;;
+        *-tls-h2) generator_args[$setup]="--cacert $tls/ca.pem --http2" ;;
+        *-h2c) generator_args[$setup]="--http2" ;;
+    esac
+done
+
+start_kinfer() {  # setup, binary, more flags
+    local setup=$1 binary=$2 port admin scheme=http
+    shift 2
+    [[ $* != *--tls-cert-file* ]] || scheme=https
     take_port port
     take_port admin
-    "${pin[@]}" "$2" --discovery static --static-file "$work/models.yaml" \
-        --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$admin" --log-filter warn \
-        ${KINFER_GATEWAY_BENCH_ARGS:-} >"$work/$1.log" 2>&1 &
+    "${pin[@]}" "$binary" --discovery static --static-file "$work/models.yaml" \
+        --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$admin" --log-filter warn "$@" \
+        ${KINFER_GATEWAY_BENCH_ARGS:-} >"$work/$setup.log" 2>&1 &
     pids+=($!)
-    pid_of[$1]=$!
-    url[$1]="http://127.0.0.1:$port"
+    pid_of[$setup]=$!
+    url[$setup]="$scheme://127.0.0.1:$port"
 }
 cat >"$work/models.yaml" <<YAML
 models:
@@ -232,17 +284,42 @@ models:
     strategy: RoundRobin
     endpoints: [127.0.0.1:$sim_a, 127.0.0.1:$sim_b]
 YAML
-if has_setup kinfer; then start_kinfer kinfer "$kinfer_gateway"; fi
+if has_setup kinfer || has_setup kinfer-h2c; then start_kinfer kinfer "$kinfer_gateway"; fi
+if has_setup kinfer-h2c; then url[kinfer-h2c]=${url[kinfer]} pid_of[kinfer-h2c]=${pid_of[kinfer]}; fi
+if has_setup kinfer-tls || has_setup kinfer-tls-h2; then
+    start_kinfer kinfer-tls "$kinfer_gateway" --tls-cert-file "$tls/server.pem" --tls-key-file "$tls/server.key"
+    url[kinfer-tls-h2]=${url[kinfer-tls]} pid_of[kinfer-tls-h2]=${pid_of[kinfer-tls]}
+fi
 if has_setup kinfer-plain; then start_kinfer kinfer-plain "$bin/kinfer-gateway"; fi
+if has_setup kinfer-w1; then start_kinfer kinfer-w1 "$kinfer_gateway" --worker-threads 1; fi
 if has_setup kinfer-base; then start_kinfer kinfer-base "$baseline"; fi
 
-if has_setup nginx; then
+# One nginx process; the protocol setups are more listeners of its one server block. Without
+# keepalive_requests nginx closes a connection after 1,000 requests, and oha counts the request
+# in flight on an HTTP/2 connection that nginx closes (GOAWAY) as failed; kinfer sets no limit.
+nginx_setups=$(for setup in $setups; do [[ $setup != nginx* ]] || echo "$setup"; done)
+if [[ -n $nginx_setups ]]; then
     take_port port
-    write_nginx_conf "$work/nginx" "$port" "$sim_a" "$sim_b"
+    url[nginx]="http://127.0.0.1:$port"
+    listeners="        keepalive_requests 1000000;"$'\n'
+    if has_setup nginx-h2c; then
+        take_port port
+        # `http2` without `ssl`: HTTP/2 with prior knowledge only (nginx before 1.25).
+        listeners+="        listen 127.0.0.1:$port http2;"$'\n'
+        url[nginx-h2c]="http://127.0.0.1:$port"
+    fi
+    if has_setup nginx-tls || has_setup nginx-tls-h2; then
+        take_port port
+        # h2 and http/1.1 offered by ALPN, as kinfer does.
+        listeners+="        listen 127.0.0.1:$port ssl http2;"$'\n'
+        listeners+="        ssl_certificate $tls/server.pem;"$'\n'
+        listeners+="        ssl_certificate_key $tls/server.key;"$'\n'
+        url[nginx-tls]="https://127.0.0.1:$port" url[nginx-tls-h2]="https://127.0.0.1:$port"
+    fi
+    write_nginx_conf "$work/nginx" "${url[nginx]##*:}" "$sim_a" "$sim_b" "" "$listeners"
     "${pin[@]}" "$nginx_bin" -p "$work/nginx" -c "$work/nginx/nginx.conf" 2>"$work/nginx.log" &
     pids+=($!)
-    pid_of[nginx]=$!
-    url[nginx]="http://127.0.0.1:$port"
+    for setup in $nginx_setups; do pid_of[$setup]=$!; done
 fi
 if has_setup vllm-router; then
     take_port port
@@ -271,17 +348,26 @@ printf '{"model":"%s","messages":[{"role":"user","content":"Hello there, how are
 printf '{"model":"%s","messages":[{"role":"user","content":"Hello there, how are you?"}],"max_tokens":32,"stream":true}' "$model" >"$work/stream.json"
 
 # Ready: a non-streaming and a streaming completion answer (routers start after their workers'
-# health checks, which can take a few seconds).
-answers() {
-    curl -fsS -o /dev/null --max-time 2 -H 'content-type: application/json' -d @"$work/plain.json" \
-        "$1/v1/chat/completions" 2>/dev/null &&
-        curl -fsS --max-time 2 -H 'content-type: application/json' -d @"$work/stream.json" \
-            "$1/v1/chat/completions" 2>/dev/null | grep -q 'data: \[DONE\]'
+# health checks, which can take a few seconds), over the setup's protocol: curl must have spoken
+# HTTP/2 to an h2 setup.
+answers() {  # setup
+    local args=() version=1.1
+    if [[ ${generator_args[$1]:-} == *--cacert* ]]; then args+=(--cacert "$tls/ca.pem"); fi
+    if [[ ${generator_args[$1]:-} == *--http2* ]]; then
+        version=2
+        if [[ ${url[$1]} == https:* ]]; then args+=(--http2); else args+=(--http2-prior-knowledge); fi
+    else
+        args+=(--http1.1)  # curl offers h2 by ALPN otherwise; oha offers no ALPN for HTTP/1.1
+    fi
+    curl -fsS -o /dev/null -w '%{http_version}' --max-time 2 "${args[@]}" -H 'content-type: application/json' \
+        -d @"$work/plain.json" "${url[$1]}/v1/chat/completions" 2>/dev/null | grep -qx "$version" &&
+        curl -fsS --max-time 2 "${args[@]}" -H 'content-type: application/json' -d @"$work/stream.json" \
+            "${url[$1]}/v1/chat/completions" 2>/dev/null | grep -q 'data: \[DONE\]'
 }
 for setup in $setups; do
     ready=
     for _ in $(seq 1 300); do
-        if answers "${url[$setup]}"; then ready=1; break; fi
+        if answers "$setup"; then ready=1; break; fi
         sleep 0.2
     done
     if [[ -z $ready ]]; then
@@ -365,8 +451,8 @@ rotated() {  # repetition
     local list=($setups) shift=$((($1 - 1) % $(wc -w <<<"$setups")))
     echo "${list[@]:shift}" "${list[@]:0:shift}"
 }
-# load MODE CONCURRENCY URL: one bounded run of the generator, its JSON report on stdout
-# (oha's own; for wrk, the fields that the script's done() prints).
+# load MODE CONCURRENCY SETUP: one bounded run of the generator against the setup, its JSON
+# report on stdout (oha's own; for wrk, the fields that the script's done() prints).
 for mode in plain stream; do
     { printf 'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
       printf 'wrk.body = [==[%s]==]\n' "$(cat "$work/$mode.json")"
@@ -382,13 +468,15 @@ LUA
     } >"$work/$mode.lua"
 done
 load() {
-    local mode=$1 c=$2 target=$3
+    local mode=$1 c=$2 target=${url[$3]}/v1/chat/completions
+    local protocol=()
+    read -r -a protocol <<<"${generator_args[$3]:-}"
     if [[ $generator == wrk ]]; then
         timeout $((duration + 30)) "${generator_pin[@]}" wrk -t $((c < 2 ? c : 2)) -c "$c" -d "${duration}s" \
             --timeout 10s -s "$work/$mode.lua" "$target" | grep '^{"wrk"'
     else
         timeout $((duration + 30)) "${generator_pin[@]}" oha -z "${duration}s" -c "$c" -m POST \
-            -H 'content-type: application/json' -d "$(cat "$work/$mode.json")" \
+            -H 'content-type: application/json' -d "$(cat "$work/$mode.json")" "${protocol[@]}" \
             --no-tui --output-format json "$target"
     fi
 }
@@ -397,7 +485,7 @@ for repeat in $(seq 1 "$repeats"); do
         for c in $concurrency; do
             for setup in $(rotated "$repeat"); do
                 out=$work/load.json
-                load "$mode" "$c" "${url[$setup]}/v1/chat/completions" >"$out" 2>/dev/null &
+                load "$mode" "$c" "$setup" >"$out" 2>/dev/null &
                 load_pid=$!
                 trace_pid=
                 if [[ -n $wake_window && $c == 1 ]]; then
@@ -462,16 +550,24 @@ echo >&2
 
 # Time to first byte of a stream at concurrency 1: sequential streams on one keep-alive
 # connection, time from sending the request to the first body byte. The client's own cost is
-# the same for every setup.
+# the same for every setup. HTTP/1.1 only (Python's standard library has no HTTP/2 client): the
+# h2 setups are not probed; the TLS ones are, over TLS.
 ttfb=$work/ttfb.jsonl
 for repeat in $(seq 1 "$repeats"); do
-    for setup in $setups; do
-        timeout 120 "${generator_pin[@]}" python3 - "${url[$setup]}" "$work/stream.json" "$ttfb_requests" "$setup" >>"$ttfb" <<'PY' || true
-import http.client, json, statistics, sys, time, urllib.parse
-base, body_path, count, setup = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+    for setup in $(rotated "$repeat"); do
+        [[ ${generator_args[$setup]:-} != *--http2* ]] || continue
+        timeout 120 "${generator_pin[@]}" python3 - "${url[$setup]}" "$work/stream.json" "$ttfb_requests" "$setup" \
+            "$repeat" "${tls:-}" >>"$ttfb" <<'PY' || true
+import http.client, json, ssl, statistics, sys, time, urllib.parse
+base, body_path, count, setup, repeat, tls = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], int(sys.argv[5]), sys.argv[6]
 body = open(body_path, "rb").read()
 parsed = urllib.parse.urlparse(base)
-connection = http.client.HTTPConnection(parsed.hostname, parsed.port, timeout=10)
+if parsed.scheme == "https":
+    context = ssl.create_default_context(cafile=f"{tls}/ca.pem")
+    context.set_alpn_protocols(["http/1.1"])
+    connection = http.client.HTTPSConnection(parsed.hostname, parsed.port, timeout=10, context=context)
+else:
+    connection = http.client.HTTPConnection(parsed.hostname, parsed.port, timeout=10)
 samples = []
 deadline = time.monotonic() + 60
 for _ in range(count):
@@ -484,7 +580,7 @@ for _ in range(count):
     samples.append((time.perf_counter() - started) * 1000)
     response.read()
 samples.sort()
-print(json.dumps({"setup": setup, "p50_ms": statistics.median(samples),
+print(json.dumps({"setup": setup, "repeat": repeat, "p50_ms": statistics.median(samples),
                   "p99_ms": samples[min(len(samples) - 1, int(len(samples) * 0.99))]}))
 PY
     done
@@ -515,6 +611,15 @@ rows = [json.loads(line) for line in open(results)]
 ttfb = [json.loads(line) for line in open(ttfb_path)] if os.path.exists(ttfb_path) else []
 setups, levels = setups.split(), [int(c) for c in levels.split()]
 hwm = dict(arg.split("=") for arg in hwm_args)
+modes = ("plain", "stream")
+# The protocol setups, by suffix; each is compared with the nginx of the same suffix.
+protocols = {"-h2c": "HTTP/2 with prior knowledge (h2c)", "-tls": "HTTP/1.1 over TLS",
+             "-tls-h2": "HTTP/2 over TLS (ALPN h2)"}
+def protocol_of(setup):
+    return next((suffix for suffix in sorted(protocols, key=len, reverse=True) if setup.endswith(suffix)), "")
+def reference(setup):
+    """The nginx a setup is compared with: the one that speaks the same protocol."""
+    return "nginx" + protocol_of(setup)
 def median(mode, setup, c, key):
     values = [r[key] for r in rows if (r["mode"], r["setup"], r["c"]) == (mode, setup, c) and r.get(key) is not None]
     return statistics.median(values) if values else float("nan")
@@ -523,9 +628,12 @@ def ratio(a, b):
 print(f"## kinfer-gateway proxy benchmark\n")
 print(f"Two vllm-sim backends (zero latencies), {generator}, {duration} s runs, medians of {repeats} "
       f"alternated repetitions, everything on {os.cpu_count()} shared cores. Compare ratios "
-      f"within this run only.\n")
+      f"within this run only. Setups ending in -h2c, -tls and -tls-h2 speak "
+      + ", ".join(f"{description} ({suffix})" for suffix, description in protocols.items())
+      + " to the proxy; the proxies speak HTTP/1.1 to the backends.\n")
 for mode, unit in (("plain", "non-streaming, req/s"), ("stream", "streaming (32 chunks), streams/s")):
     print(f"### {unit}\n")
+    print("×nginx: over the nginx that speaks the same protocol.\n")
     header = "| setup |" + "".join(f" c={c} rps | p50 ms | p99 ms | ×nginx | ×direct |" for c in levels)
     print(header)
     print("|---|" + "---:|" * (5 * len(levels)))
@@ -535,7 +643,7 @@ for mode, unit in (("plain", "non-streaming, req/s"), ("stream", "streaming (32 
             rps = median(mode, setup, c, "rps")
             cells += [f"{rps:,.0f}", f"{median(mode, setup, c, 'p50_ms'):.2f}",
                       f"{median(mode, setup, c, 'p99_ms'):.2f}",
-                      f"{ratio(rps, median(mode, 'nginx', c, 'rps')):.2f}",
+                      f"{ratio(rps, median(mode, reference(setup), c, 'rps')):.2f}",
                       f"{ratio(rps, median(mode, 'direct', c, 'rps')):.2f}"]
         print(f"| {setup} | " + " | ".join(cells) + " |")
     print()
@@ -567,72 +675,87 @@ def latency_cell(diffs):
         return "–"
     at_or_below = sum(1 for d in diffs if d <= 0)
     return f"{us(statistics.median(diffs))} ({us(diffs[0])} to {us(diffs[-1])}; ≤0 in {at_or_below}/{len(diffs)})"
+def ratio_cell(found):
+    return f"{found[0]:.2f} ({found[1]:.2f}–{found[2]:.2f})" if found else "–"
 def paired_cells(setup, other, key, inverse):
     """One table row: setup ÷ other paired (other ÷ setup when inverse), each mode and level."""
-    cells = []
-    for mode in ("plain", "stream"):
-        for c in levels:
-            found = paired(mode, other, c, key, setup) if inverse else paired(mode, setup, c, key, other)
-            cells.append(f"{found[0]:.2f} ({found[1]:.2f}–{found[2]:.2f})" if found else "–")
-    return cells
+    return [ratio_cell(paired(mode, other, c, key, setup) if inverse else paired(mode, setup, c, key, other))
+            for mode in modes for c in levels]
 kinfers = [setup for setup in setups if setup.startswith("kinfer")]
-paired_tables = [(other, [setup for setup in kinfers if setup == "kinfer" or other == "nginx"])
-                 for other in ("nginx", "vllm-router") if other in setups]
-for other, compared in paired_tables:
+paired_tables = [("nginx", [setup for setup in kinfers if reference(setup) in setups])]
+if "vllm-router" in setups and "kinfer" in setups:
+    paired_tables.append(("vllm-router", ["kinfer"]))
+for other_name, compared in paired_tables:
     if not compared:
         continue
-    print(f"### kinfer ÷ {other}, paired within each repetition\n")
-    if other == "nginx":
-        print("Each repetition's ratio of two runs made one shortly after the other; the median and the range over "
-              "the repetitions. A host that slows down for a while moves both runs of a pair. The latency rows "
-              "are the difference of the two latencies in each pair (for the p50, of the two added p50s), and "
-              "in how many pairs kinfer's was at or below nginx's.\n")
-    print("| setup | measure |" + "".join(f" {mode} c={c} |" for mode in ("plain", "stream") for c in levels))
+    print(f"### kinfer ÷ {other_name}, paired within each repetition\n")
+    if other_name == "nginx":
+        print("Each kinfer setup against the nginx of its protocol. Each repetition's ratio of two runs made one "
+              "shortly after the other; the median and the range over the repetitions. A host that slows down "
+              "for a while moves both runs of a pair. The latency rows are the difference of the two latencies "
+              "in each pair (for the p50, of the two added p50s), and in how many pairs kinfer's was at or "
+              "below nginx's.\n")
+    print("| setup | measure |" + "".join(f" {mode} c={c} |" for mode in modes for c in levels))
     print("|---|---|" + "---:|" * (2 * len(levels)))
     for setup in compared:
+        other = reference(setup) if other_name == "nginx" else other_name
         for label, key, inverse in (("requests/s", "rps", False), (f"{other} ÷ kinfer CPU per request", "cpu_us", True)):
             print(f"| {setup} | {label} | " + " | ".join(paired_cells(setup, other, key, inverse)) + " |")
-        if other == "nginx":
+        if other_name == "nginx":
             # The p50 row is the target's; p90, p99 and the mean show the rest of the
             # distribution (the mean of a closed loop is c ÷ throughput, Little's law).
             for label, key in (("p50", "p50_ms"), ("p90", "p90_ms"), ("p99", "p99_ms"), ("mean latency", "mean_ms")):
                 if any(r.get(key) is not None for r in rows if r["setup"] == setup):
-                    print(f"| {setup} | {label} minus nginx's, µs | " + " | ".join(
-                        latency_cell(paired_latency_us(mode, setup, c, key)) for mode in ("plain", "stream") for c in levels) + " |")
+                    print(f"| {setup} | {label} minus {other}'s, µs | " + " | ".join(
+                        latency_cell(paired_latency_us(mode, setup, c, key, other)) for mode in modes for c in levels) + " |")
     print()
 proxies = [setup for setup in setups if setup != "direct"]
 if any(r.get("cpu_us") for r in rows):
     print("### proxy CPU per request (user + system, µs; median of the runs)\n")
     print("Capacity on cores of its own: the throughput above is shared with the generator and "
           "the backends, which compresses every ratio towards 1.\n")
-    header = "| setup |" + "".join(f" {mode} c={c} |" for mode in ("plain", "stream") for c in levels)
+    header = "| setup |" + "".join(f" {mode} c={c} |" for mode in modes for c in levels)
     print(header)
     print("|---|" + "---:|" * (2 * len(levels)))
     for setup in proxies:
-        cells = [f"{median(mode, setup, c, 'cpu_us'):.1f}" for mode in ("plain", "stream") for c in levels]
+        cells = [f"{median(mode, setup, c, 'cpu_us'):.1f}" for mode in modes for c in levels]
         print(f"| {setup} | " + " | ".join(cells) + " |")
     print()
-    if "kinfer" in proxies:
+    for setup in kinfers:
         for other in proxies:
-            if other == "kinfer":
+            if other.startswith("kinfer") or protocol_of(other) != protocol_of(setup):
                 continue
-            cells = [f"{ratio(median(mode, other, c, 'cpu_us'), median(mode, 'kinfer', c, 'cpu_us')):.2f}"
-                     for mode in ("plain", "stream") for c in levels]
-            print(f"CPU per request of {other} ÷ kinfer (plain then stream, c={'/'.join(map(str, levels))}): "
+            if setup != "kinfer" and other != reference(setup):
+                continue
+            cells = [f"{ratio(median(mode, other, c, 'cpu_us'), median(mode, setup, c, 'cpu_us')):.2f}"
+                     for mode in modes for c in levels]
+            print(f"CPU per request of {other} ÷ {setup} (plain then stream, c={'/'.join(map(str, levels))}): "
                   + " / ".join(cells) + "\n")
+def ttfb_diffs(setup, other):
+    """setup's TTFB p50 minus other's within each repetition, µs, sorted."""
+    by_repeat = {}
+    for t in ttfb:
+        if t["setup"] in (setup, other):
+            by_repeat.setdefault(t.get("repeat"), {})[t["setup"]] = t["p50_ms"]
+    return sorted((v[setup] - v[other]) * 1000 for v in by_repeat.values() if setup in v and other in v)
 if ttfb:
-    print("### time to first byte, streaming, concurrency 1\n")
-    print("| setup | p50 ms | p99 ms | added p50 vs direct |")
-    print("|---|---:|---:|---:|")
+    print("### time to first byte, streaming, concurrency 1 (HTTP/1.1 setups)\n")
+    print("| setup | p50 ms | p99 ms | added p50 vs direct | p50 minus nginx's, paired, µs |")
+    print("|---|---:|---:|---:|---:|")
     direct = statistics.median([t["p50_ms"] for t in ttfb if t["setup"] == "direct"] or [float("nan")])
     for setup in setups:
         p50s = [t["p50_ms"] for t in ttfb if t["setup"] == setup]
         p99s = [t["p99_ms"] for t in ttfb if t["setup"] == setup]
         if p50s:
             p50 = statistics.median(p50s)
-            print(f"| {setup} | {p50:.2f} | {statistics.median(p99s):.2f} | {p50 - direct:+.2f} |")
+            versus = latency_cell(ttfb_diffs(setup, reference(setup))) if setup.startswith("kinfer") else ""
+            if versus and reference(setup) != "nginx":
+                versus += f" (vs {reference(setup)})"
+            print(f"| {setup} | {p50:.3f} | {statistics.median(p99s):.3f} | {p50 - direct:+.3f} | {versus} |")
     print()
 print("### proxy memory\n")
+print("Setups that are listeners of one process (kinfer-h2c of kinfer, kinfer-tls-h2 of kinfer-tls, the "
+      "nginx ones of one nginx) show that process's RSS during their own runs, and its VmHWM.\n")
 print("| setup | peak RSS under load (MiB) | VmHWM (MiB) |")
 print("|---|---:|---:|")
 def peak_mib(setup):
@@ -644,31 +767,56 @@ for setup in setups:
         print(f"| {setup} | {peak_mib(setup) or 0:.1f} | {int(hwm.get(setup, 0)) / 1024:.1f} |")
 print()
 if "kinfer" in setups and "nginx" in setups:
-    # The gateway issue's targets, read from this run: throughput at least nginx's (paired
-    # median), added p50 no more than nginx's (paired difference of the p50s, median), at least
-    # 3x vllm-router (paired median), peak RSS under 30 MiB.
-    print("### targets (kinfer against nginx and vllm-router, this run)\n")
-    print("| target |" + "".join(f" {mode} c={c} |" for mode in ("plain", "stream") for c in levels))
+    # Issue 29's targets, read from this run, at c=16 and 64 (c=1 shown, not judged):
+    # kinfer ≥ 0.9× nginx's requests/s and ≥ 3× vllm-router's (paired medians), peak RSS
+    # under load < 30 MiB, TTFB at c=1 within 50 µs of nginx's (paired median difference).
+    judged = (16, 64)
+    print("### summary: targets (issue 29) and the HTTP/2 and TLS rows, this run\n")
+    print(f"Requests/s are medians; ratios are paired within each repetition (median, range). ✓/✗: "
+          f"the target, at c={' and '.join(map(str, judged))}.\n")
+    print("| row |" + "".join(f" {mode} c={c} |" for mode in modes for c in levels))
     print("|---|" + "---:|" * (2 * len(levels)))
-    def verdict(found, holds, text):
-        return "–" if found is None else ("✓ " if holds(found) else "✗ ") + text(found)
-    checks = [("throughput ≥ nginx's (paired)", lambda m, c: paired(m, "kinfer", c, "rps"),
-               lambda f: f[0] >= 1.0, lambda f: f"{f[0]:.3f}")]
-    def p50_difference(m, c):
-        diffs = paired_latency_us(m, "kinfer", c)
-        return statistics.median(diffs) if diffs else None
-    checks.append(("added p50 ≤ nginx's (paired median, µs)", p50_difference,
-                   lambda f: f <= 0, us))
+    def rps_row(setup):
+        return f"| {setup} requests/s | " + " | ".join(
+            f"{median(m, setup, c, 'rps'):,.0f}" for m in modes for c in levels) + " |"
+    def ratio_row(label, setup, other, target=None):
+        cells = []
+        for m in modes:
+            for c in levels:
+                found = paired(m, setup, c, "rps", other)
+                cell = ratio_cell(found)
+                if found and target and c in judged:
+                    cell = ("✓ " if found[0] >= target else "✗ ") + cell
+                cells.append(cell)
+        return f"| {label} | " + " | ".join(cells) + " |"
+    for setup in ("kinfer", "nginx", "vllm-router"):
+        if setup in setups:
+            print(rps_row(setup))
+    print(ratio_row("kinfer ÷ nginx (≥ 0.9)", "kinfer", "nginx", 0.9))
     if "vllm-router" in setups:
-        checks.append(("throughput ≥ 3× vllm-router (paired)",
-                       lambda m, c: paired(m, "kinfer", c, "rps", "vllm-router"),
-                       lambda f: f[0] >= 3.0, lambda f: f"{f[0]:.3f}"))
-    for label, measure, holds, text in checks:
-        print(f"| {label} | " + " | ".join(verdict(measure(m, c), holds, text)
-                                           for m in ("plain", "stream") for c in levels) + " |")
-    peak = peak_mib("kinfer")
-    if peak is not None:
-        print(f"\nPeak RSS under load {peak:.1f} MiB: {'✓' if peak < 30 else '✗'} (under 30 MiB).\n")
+        print(ratio_row("kinfer ÷ vllm-router (≥ 3)", "kinfer", "vllm-router", 3.0))
+    for suffix, description in protocols.items():
+        if f"kinfer{suffix}" in setups and f"nginx{suffix}" in setups:
+            print(rps_row(f"kinfer{suffix}"))
+            print(rps_row(f"nginx{suffix}"))
+            print(ratio_row(f"kinfer{suffix} ÷ nginx{suffix}, {description}", f"kinfer{suffix}", f"nginx{suffix}"))
+    print()
+    for setup in ("kinfer", "kinfer-tls"):
+        peak = peak_mib(setup)
+        if peak is not None:
+            print(f"- Peak RSS of {setup} under load: {peak:.1f} MiB {'✓' if peak < 30 else '✗'} (target < 30 MiB).")
+    diffs = ttfb_diffs("kinfer", "nginx")
+    if diffs:
+        kinfer_ttfb = statistics.median([t["p50_ms"] for t in ttfb if t["setup"] == "kinfer"]) * 1000
+        nginx_ttfb = statistics.median([t["p50_ms"] for t in ttfb if t["setup"] == "nginx"]) * 1000
+        difference = statistics.median(diffs)
+        print(f"- Time to first byte at c=1, p50: kinfer {kinfer_ttfb:.0f} µs, nginx {nginx_ttfb:.0f} µs; "
+              f"kinfer minus nginx, paired: {latency_cell(diffs)} µs {'✓' if difference <= 50 else '✗'} "
+              f"(target ≤ +50 µs).")
+    diffs = ttfb_diffs("kinfer-tls", "nginx-tls")
+    if diffs:
+        print(f"- Time to first byte at c=1 over TLS, kinfer-tls minus nginx-tls, paired: {latency_cell(diffs)} µs.")
+    print()
 failed = [r for r in rows if r["success"] < 1.0]
 if failed:
     print(f"{len(failed)} runs had failed requests, e.g. {failed[0]}\n")

@@ -97,7 +97,8 @@ pub fn releasable(
 }
 
 /// The held requests of every model.
-#[derive(Debug, Default)]
+/// No `Default`: a `Holds` must share the index's room signal, or nothing wakes it.
+#[derive(Debug)]
 pub struct Holds {
     models: Mutex<HashMap<String, Arc<ModelQueue>>>,
     room: Arc<RoomSignal>,

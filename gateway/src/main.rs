@@ -36,12 +36,13 @@ fn main() -> anyhow::Result<()> {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let proxy_config = cli.proxy.to_config();
+    let key_sources = cli.auth.key_sources();
     let gateway = Gateway::new(GatewayConfig {
         default_strategy: cli.routing.default_strategy,
         policy: cli.routing.policy_config(),
         proxy: proxy_config.clone(),
         settings: cli.settings(),
-        auth: cli.auth.key_sources().enabled()?,
+        auth: key_sources.enabled()?,
         model_queues: cli.auth.model_queue_config(),
     });
 
@@ -76,7 +77,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 
     kinfer_gateway::auth::start(
-        &cli.auth.key_sources(),
+        &key_sources,
         &gateway.auth,
         &gateway.peers,
         cli.discovery.static_poll_interval,

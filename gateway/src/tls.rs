@@ -36,6 +36,8 @@ pub enum TlsError {
     InvalidCertificate { path: PathBuf, reason: String },
     #[error("{path} holds no PEM private key (PKCS#8, PKCS#1 or SEC1): {reason}")]
     InvalidKey { path: PathBuf, reason: String },
+    #[error("cannot build the TLS configuration: {0}")]
+    Config(String),
     #[error("the key in {key} does not fit the certificate in {cert}: {reason}")]
     Mismatch {
         cert: PathBuf,
@@ -129,11 +131,7 @@ impl TlsAcceptor {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut config = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
-            .map_err(|error| TlsError::Mismatch {
-                cert: files.cert.clone(),
-                key: files.key.clone(),
-                reason: error.to_string(),
-            })?
+            .map_err(|error| TlsError::Config(error.to_string()))?
             .with_no_client_auth()
             .with_cert_resolver(resolver.clone());
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
